@@ -1,0 +1,1 @@
+"""Venue definitions: endpoint tables, stream names and pure parsers."""
