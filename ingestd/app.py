@@ -1,0 +1,417 @@
+"""The daemon: owns every running part and runs the lifecycle.
+
+Start-up: REST client → discovery (the contract set, fixed for the run) → consumers on the bus →
+book manager → snapshot producer → streams producer. Everything a producer emits goes through
+:meth:`Daemon._emit`: the book manager sees each batch first (and may add gap/book records), then
+the bus fans it out.
+
+Shutdown runs in phases under one deadline (STYLE.md §5): stop intake (producers closed, nothing
+new enters) → drain the queues and flush the consumers (Parquet files are complete and renamed)
+→ close the REST client. A second SIGINT forces: remaining tasks are cancelled and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from ingestd.book.manager import BookManager
+from ingestd.bus import Bus, OverflowPolicy
+from ingestd.config import Settings
+from ingestd.consumers.console import ConsoleReporter
+from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook
+from ingestd.consumers.jsonl import JsonDump
+from ingestd.consumers.parquet import ParquetWriter
+from ingestd.errors import IngestError, PhaseTimeoutError, StartupError
+from ingestd.producers.discovery import discover
+from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
+from ingestd.producers.rest import RestClient
+from ingestd.producers.snapshots import SnapshotProducer
+from ingestd.producers.streams import StreamsProducer, plan_connections
+from ingestd.records import AnyRecord, Record
+from ingestd.venues.binance.endpoints import VENUES, VenueSpec
+from ingestd.venues.binance.parse import FrameParser
+from ingestd.venues.binance.symbols import ContractSet
+
+log = logging.getLogger("ingestd.app")
+
+HookFunc = Callable[..., Awaitable[None]]
+
+
+class _HookSpec:
+    __slots__ = ("channels", "func", "name", "symbols")
+
+    def __init__(
+        self, func: HookFunc, name: str, channels: frozenset[str] | None, symbols: frozenset[str] | None
+    ) -> None:
+        self.func = func
+        self.name = name
+        self.channels = channels
+        self.symbols = symbols
+
+
+class Daemon:
+    """One run of ingestd. Create, optionally :meth:`add_hook`, then ``await run()``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.venue: VenueSpec = VENUES[settings.venue]
+        self.rest_url = settings.rest_url or self.venue.rest_url
+        self.ws_url = settings.ws_url or self.venue.ws_url
+        self.contracts: ContractSet | None = None
+        self.bus = Bus()
+        self.books: BookManager | None = None
+        self.rest: RestClient | None = None
+        self.snapshots: SnapshotProducer | None = None
+        self.streams: StreamsProducer | None = None
+        self.hook_context = HookContext()
+        self._hooks: list[_HookSpec] = [
+            _HookSpec(load_hook(spec), spec, None, None) for spec in settings.hooks.specs
+        ]
+        self._stop = asyncio.Event() if _has_loop() else None
+        self._stop_reason = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._fatal: BaseException | None = None
+        self._started_at = 0.0
+        self._conn_events: dict[str, int] = {}
+        self._force = asyncio.Event() if _has_loop() else None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def add_hook(
+        self,
+        func: HookFunc,
+        *,
+        channels: Iterable[str] | None = None,
+        symbols: Iterable[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Register an async callable ``func(record)`` (or ``func(record, context)``).
+
+        ``channels`` and ``symbols`` (normalized, ``BTC-USDT-PERP``) filter what it receives. Each hook
+        gets its own bounded queue (policy from settings) and task; its errors and timeouts are
+        counted, never propagated.
+        """
+        self._hooks.append(
+            _HookSpec(
+                func,
+                name or getattr(func, "__qualname__", "hook"),
+                frozenset(channels) if channels is not None else None,
+                frozenset(symbols) if symbols is not None else None,
+            )
+        )
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Ask for an orderly shutdown. Safe to call from a signal handler, more than once."""
+        if self._stop is None:
+            return
+        if not self._stop.is_set():
+            log.info("stopping: %s", reason)
+            self._stop_reason = reason
+        self._stop.set()
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        chans = list(self.settings.channels)
+        # A book needs snapshots, and a book must be rebuildable from storage: diffs imply snapshots.
+        if "depth_diff" in chans and "depth_snapshot" not in chans:
+            chans.append("depth_snapshot")
+        return tuple(chans)
+
+    async def run(self) -> int:
+        """Run until the duration elapses, a signal arrives or a fatal error. Returns an exit code."""
+        if self._stop is None:
+            self._stop = asyncio.Event()
+        if self._force is None:
+            self._force = asyncio.Event()
+        self._started_at = time.monotonic()
+        self._install_signals()
+        try:
+            await self._start()
+        except StartupError:
+            await self._shutdown()
+            raise
+        except IngestError as exc:
+            await self._shutdown()
+            raise StartupError(str(exc)) from exc
+        log.info(
+            "running: %s, %d contracts, channels %s, rest=%s ws=%s",
+            self.venue.name,
+            len(self.contracts or ()),
+            ",".join(self.channels),
+            self.rest_url,
+            self.ws_url,
+        )
+        duration = self.settings.duration_s
+        try:
+            if duration > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), duration)
+                if not self._stop.is_set():
+                    self.request_stop(f"duration of {duration:g} s elapsed")
+            else:
+                await self._stop.wait()
+        finally:
+            await self._shutdown()
+        if self._fatal is not None:
+            log.error("stopped after a fatal error: %s", self._fatal)
+            return 1
+        return 0
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of every component's counters (status line, metrics, tests)."""
+        out: dict[str, Any] = {
+            "venue": self.venue.name,
+            "uptime_s": round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0,
+            "contracts": len(self.contracts or ()),
+            "bus": self.bus.stats(),
+            "connection_events": dict(self._conn_events),
+        }
+        if self.streams is not None:
+            out["streams"] = self.streams.stats()
+        if self.snapshots is not None:
+            out["snapshots"] = self.snapshots.stats()
+        if self.rest is not None:
+            out["rest"] = self.rest.stats()
+        if self.books is not None:
+            out["books"] = self.books.stats()
+        return out
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        s = self.settings
+        state_file = s.snapshots.state_file or (s.storage.data_dir / ".ingestd-state.json")
+        self.rest = RestClient(
+            self.rest_url,
+            self.venue,
+            headroom=s.snapshots.weight_headroom,
+            state_file=state_file if s.storage.enabled or s.snapshots.state_file else None,
+            timeout_s=s.snapshots.request_timeout_s,
+        )
+        discovered = await discover(self.rest, self.venue)
+        if discovered.skipped_unsafe:
+            log.warning(
+                "skipped %d symbols with unsafe names: %s",
+                len(discovered.skipped_unsafe),
+                ", ".join(discovered.skipped_unsafe[:10]),
+            )
+        self.contracts = discovered.select(s.symbols) if s.symbols else discovered
+        if not len(self.contracts):
+            raise StartupError(f"{self.venue.name}: discovery found no trading contracts at {self.rest_url}")
+        self.hook_context.contracts = self.contracts
+        self.hook_context.price_precision = self.contracts.price_precision()
+        self.hook_context.min_qty = self.contracts.min_qty()
+        self._attach_consumers()
+        await self.bus.start()
+
+        chans = self.channels
+        if "depth_snapshot" in chans:
+            self.snapshots = SnapshotProducer(
+                self.rest,
+                self.venue,
+                self.contracts,
+                self._emit,
+                limit=s.snapshots.limit,
+                poll_interval_s=s.snapshots.poll_interval_s,
+                raw=s.json_dump.raw,
+            )
+            self._spawn(self.snapshots.run(), "snapshots")
+        if "depth_diff" in chans and self.snapshots is not None:
+            snaps = self.snapshots
+            self.books = BookManager(
+                self.venue.name,
+                self.contracts,
+                market="futures" if self.venue.routed else "spot",
+                request_snapshot=lambda native, urgent: snaps.request(native, urgent=urgent),
+                max_buffered=s.snapshots.max_buffered_diffs,
+            )
+            self.hook_context.books = self.books
+        elif self.snapshots is not None:
+            for c in self.contracts:
+                self.snapshots.request(c.native)
+
+        stream_channels = [c for c in chans if c != "depth_snapshot"]
+        if stream_channels:
+            plans = plan_connections(self.venue, self.contracts, stream_channels, s.streams)
+            self.streams = StreamsProducer(
+                self.venue,
+                self.ws_url,
+                plans,
+                FrameParser(self.venue.name, self.contracts),
+                self._emit,
+                s.streams,
+                raw=s.json_dump.raw,
+                on_event=self._on_connection_event,
+            )
+            self._spawn(self.streams.run(), "streams")
+
+    def _attach_consumers(self) -> None:
+        s = self.settings
+        if s.storage.enabled:
+            self.bus.attach(ParquetWriter(s.storage), maxsize=s.storage.queue_size, policy=OverflowPolicy.BLOCK)
+        if s.json_dump.dir is not None:
+            self.bus.attach(JsonDump(s.json_dump), maxsize=s.json_dump.queue_size, policy=OverflowPolicy.BLOCK)
+        for i, h in enumerate(self._hooks):
+            consumer = HookConsumer(
+                f"hook:{h.name}#{i}",
+                h.func,
+                channels=h.channels,
+                timeout_s=s.hooks.timeout_s,
+                context=self.hook_context,
+            )
+            self.bus.attach(
+                consumer, maxsize=s.hooks.queue_size, policy=OverflowPolicy(s.hooks.policy), symbols=h.symbols
+            )
+        if s.console.enabled:
+            self.bus.attach(
+                ConsoleReporter(s.console.interval_s, stats=self._console_stats),
+                maxsize=100_000,
+                policy=OverflowPolicy.DROP_OLDEST,
+            )
+
+    def _console_stats(self) -> dict[str, Any]:
+        reconnects = 0
+        if self.streams is not None:
+            reconnects = int(self.streams.stats().get("reconnects", 0))
+        drops = sum(int(c.get("dropped", 0)) for c in self.bus.stats()["consumers"].values())
+        return {"reconnects": reconnects, "drops": drops}
+
+    # -- data path ----------------------------------------------------------------------------
+
+    async def _emit(self, batch: Sequence[AnyRecord]) -> None:
+        books = self.books
+        if books is not None:
+            extra = books.process(batch)
+            if extra:
+                batch = [*batch, *extra]
+        await self.bus.publish(batch)
+
+    def _on_connection_event(self, ev: ConnectionEvent) -> None:
+        self._conn_events[ev.kind.value] = self._conn_events.get(ev.kind.value, 0) + 1
+        if self.books is None:
+            return
+        extra: list[Record] = self.books.on_connection_event(ev)
+        if extra:
+            # Connection events arrive from the producer's task; publishing is async, so the gap
+            # records are handed to a referenced task rather than dropped.
+            self._spawn(self.bus.publish(extra), f"gap:{ev.connection}", fatal=False)
+        if ev.kind is ConnectionEventKind.STREAM_SILENT:
+            log.warning("stream(s) silent on %s: %s", ev.connection, ", ".join(ev.streams))
+
+    # -- tasks and shutdown -------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None], name: str, *, fatal: bool = True) -> None:
+        async def wrapper() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if fatal:
+                    log.exception("%s failed", name)
+                    self._fatal = exc
+                    self.request_stop(f"{name} failed: {exc}")
+                else:
+                    log.exception("background task %s failed", name)
+
+        task = asyncio.create_task(wrapper(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+            loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _remove_signals(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def _on_sigint(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            log.warning("second SIGINT: forcing shutdown")
+            if self._force is not None:
+                self._force.set()
+            for t in list(self._tasks):
+                t.cancel()
+        self.request_stop("SIGINT")
+
+    def _on_sighup(self) -> None:
+        for h in logging.getLogger("ingestd").handlers:
+            reopen = getattr(h, "reopen", None)
+            if callable(reopen):
+                reopen()
+        log.info("SIGHUP: log file reopened")
+
+    async def _shutdown(self) -> None:
+        deadline = self.settings.shutdown_timeout_s
+        started = time.monotonic()
+
+        def left() -> float:
+            return max(0.1, deadline - (time.monotonic() - started))
+
+        # Phase 1: stop intake. Producers close their sockets; nothing new enters the bus.
+        for name, part in (("streams", self.streams), ("snapshots", self.snapshots)):
+            if part is None:
+                continue
+            try:
+                async with asyncio.timeout(left()):
+                    await part.close()
+            except TimeoutError:
+                log.warning("%s", PhaseTimeoutError(f"shutdown.stop_{name}", deadline))
+        cancelled = await self._cancel_tasks(left())
+        # Phase 2: drain every queue and flush consumers (Parquet files completed and renamed).
+        drain = asyncio.ensure_future(self.bus.close())
+        waits: list[asyncio.Future[Any]] = [drain]
+        if self._force is not None:
+            waits.append(asyncio.ensure_future(self._force.wait()))
+        done, _ = await asyncio.wait(waits, timeout=left(), return_when=asyncio.FIRST_COMPLETED)
+        for w in waits[1:]:
+            w.cancel()
+        if drain not in done:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await drain
+            log.error("%s: some records were not flushed", PhaseTimeoutError("shutdown.drain", deadline))
+        # Phase 3: release the REST session.
+        if self.rest is not None:
+            with contextlib.suppress(Exception):
+                await self.rest.close()
+        self._remove_signals()
+        log.info(
+            "stopped in %.2f s (%s)%s",
+            time.monotonic() - started,
+            self._stop_reason or "done",
+            f", {cancelled} task(s) cancelled" if cancelled else "",
+        )
+
+    async def _cancel_tasks(self, timeout: float) -> int:
+        pending = [t for t in self._tasks if not t.done()]
+        if not pending:
+            return 0
+        _, still = await asyncio.wait(pending, timeout=min(timeout, 2.0))
+        for t in still:
+            t.cancel()
+        for t in still:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        return len(still)
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
