@@ -1,0 +1,37 @@
+# The README's commands. `make demo` and `make test` work on a fresh clone (Python >= 3.11).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo live test lint bench soak clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,nats]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Offline demo: `ingestd sim` replays a real capture, ingestd ingests it into ./demo-data.
+demo: $(STAMP)
+	bash deploy/demo.sh
+
+## Live: USDⓈ-M BTCUSDT from Binance, summary line only (needs internet).
+live: $(STAMP)
+	$(BIN)/ingestd --symbols BTCUSDT --no-storage
+
+lint: $(STAMP)
+	$(BIN)/ruff check ingestd tests bench
+	$(BIN)/ruff format --check ingestd tests bench
+	$(BIN)/mypy
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache
