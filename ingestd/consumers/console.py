@@ -1,0 +1,145 @@
+"""The console reporter: one summary line every ``interval_s``, to stderr by default.
+
+It consumes every market channel only to count records, then writes one line such as::
+
+    ingestd: 1234.5 rec/s | trade 120.0 agg_trade 300.2 depth_diff 14.2 | reconnects 1 (+1) | drops 0
+
+Rates are records per second since the previous line, total first, then per channel (every
+channel seen so far, in the order of :data:`ingestd.records.CHANNELS`, so a channel that went
+quiet shows ``0.0``). ``reconnects`` and ``drops`` come from the ``stats`` callable.
+
+The ``stats`` callable contract: it returns a mapping with ``reconnects: int`` (websocket
+reconnects since start) and ``drops: int`` (records dropped by every bus queue since start); both
+are cumulative totals, the line shows the total and, when it moved, the change since the last
+line. A missing key counts as 0; a callable that raises is logged once and the line is written
+without those figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Any, Final, TextIO
+
+from ingestd.records import CHANNELS, AnyRecord
+
+log = logging.getLogger("ingestd.console")
+
+_CHANNEL: Final = attrgetter("channel")
+_ORDER: Final = {c: i for i, c in enumerate(CHANNELS)}
+
+
+class ConsoleReporter:
+    """Consumer that counts records per channel and prints one rate line per interval."""
+
+    name = "console"
+
+    def __init__(
+        self,
+        interval_s: float,
+        stats: Callable[[], dict[str, Any]] | None = None,
+        out: TextIO | None = None,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"console interval must be positive, got {interval_s}")
+        self.channels: frozenset[str] | None = None
+        self.interval_s = interval_s
+        self._stats = stats
+        self._out = out
+        self._counts: Counter[str] = Counter()
+        self._seen: set[str] = set()
+        self._last_at = time.monotonic()
+        self._last_reconnects = 0
+        self._last_drops = 0
+        self._stats_failed = False
+        self._write_failed = False
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.records = 0
+        self.lines = 0
+
+    async def start(self) -> None:
+        """Start the reporting task; the first line comes one interval later."""
+        self._last_at = time.monotonic()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="console:reporter")
+
+    async def consume(self, batch: list[AnyRecord]) -> None:
+        """Count only (one C-level pass per batch)."""
+        self._counts.update(map(_CHANNEL, batch))
+
+    async def close(self) -> None:
+        """Stop the reporting task. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.report()
+
+    def report(self) -> str:
+        """Write (and return) one line covering the time since the previous line."""
+        now = time.monotonic()
+        elapsed = max(now - self._last_at, 1e-9)
+        self._last_at = now
+        counts, self._counts = self._counts, Counter()
+        self._seen.update(counts)
+        total = sum(counts.values())
+        self.records += total
+        chans = sorted(self._seen, key=lambda c: (_ORDER.get(c, len(_ORDER)), c))
+        parts = [f"ingestd: {total / elapsed:.1f} rec/s"]
+        if chans:
+            parts.append(" ".join(f"{c} {counts.get(c, 0) / elapsed:.1f}" for c in chans))
+        parts.extend(self._health())
+        line = " | ".join(parts)
+        out = self._out if self._out is not None else sys.stderr
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except (OSError, ValueError):
+            # A closed or broken stderr must not take the reporter (or the daemon) down.
+            if not self._write_failed:
+                self._write_failed = True
+                log.warning("console: cannot write the status line", exc_info=True)
+        self.lines += 1
+        return line
+
+    def _health(self) -> list[str]:
+        if self._stats is None:
+            return []
+        try:
+            s = self._stats()
+            reconnects = int(s.get("reconnects", 0))
+            drops = int(s.get("drops", 0))
+        except Exception:
+            if not self._stats_failed:
+                self._stats_failed = True
+                log.exception("console: the stats callable failed; lines go on without it")
+            return []
+        out = []
+        for label, value, last in (
+            ("reconnects", reconnects, self._last_reconnects),
+            ("drops", drops, self._last_drops),
+        ):
+            delta = value - last
+            out.append(f"{label} {value}" + (f" (+{delta})" if delta > 0 else ""))
+        self._last_reconnects = reconnects
+        self._last_drops = drops
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Lines written and records counted."""
+        return {"lines": self.lines, "records": self.records + sum(self._counts.values())}

@@ -1,0 +1,455 @@
+"""The Parquet writer: the embedded default storage.
+
+Layout (hive partitioning, so DuckDB, Polars and pyarrow open the tree as one dataset)::
+
+    <data_dir>/venue=<venue>/channel=<channel>/symbol=<SYMBOL>/date=<YYYY-MM-DD>/<file>.parquet
+
+``SYMBOL`` is the normalized symbol (``BTC-USDT-PERP``); ``date`` is the UTC date of
+``exchange_ts`` (``recv_ts`` where the venue sends no event time). ``venue``, ``channel`` and
+``symbol`` live only in the path (see :mod:`ingestd.consumers.schema`).
+
+Records are buffered per (venue, channel, symbol, date). A buffer becomes a file when it holds
+``rotate_rows`` records or is ``rotate_seconds`` old, and on :meth:`ParquetWriter.close`. Files are
+written by one flusher task that hands each buffer to a worker thread (``asyncio.to_thread``):
+building the Arrow table and the zstd Parquet write run off the event loop, and pyarrow releases
+the GIL while it compresses and writes.
+
+Crash safety: a file is written to ``.<name>.tmp`` in its final directory, fsynced, then
+``os.replace``-d into place, so a ``kill -9`` leaves only complete files (and a temp file, which
+the next start removes). File names carry the shard prefix, a UTC timestamp, the pid and a
+sequence number, and never overwrite an existing file.
+
+Disk errors (``OSError``): logged once per episode with the path and errno; the rows stay in
+memory and are retried every ``retry_interval_s``; new records are still accepted up to
+``max_pending_rows`` rows held in total, and past that they are dropped and counted. The daemon
+keeps streaming. While the disk is healthy, a backlog of sealed buffers makes :meth:`consume`
+wait (back-pressure through the bus's ``block`` queue), so nothing is dropped for being slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow.parquet as pq
+
+from ingestd.config import StorageSettings
+from ingestd.consumers.schema import build_table
+from ingestd.errors import ConfigError, StorageError
+from ingestd.records import AnyRecord, Record
+
+log = logging.getLogger("ingestd.parquet")
+
+NS_PER_DAY: Final = 86_400 * 1_000_000_000
+SAFE_PART: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+"""What a venue, channel or symbol must look like before it names a directory."""
+_SAFE_PREFIX: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,39}$")
+
+_Key = tuple[str, type[Record], str, int]
+"""(venue, record type, normalized symbol, UTC day number)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_str(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+
+
+class _Buffer:
+    __slots__ = ("directory", "opened", "rows")
+
+    def __init__(self, directory: Path, opened: float) -> None:
+        self.directory = directory
+        self.opened = opened
+        self.rows: list[Record] = []
+
+
+class _Chunk:
+    """A sealed buffer waiting to become one file."""
+
+    __slots__ = ("channel", "directory", "record_type", "rows")
+
+    def __init__(self, directory: Path, record_type: type[Record], rows: list[Record]) -> None:
+        self.directory = directory
+        self.record_type = record_type
+        self.channel = record_type.channel
+        self.rows = rows
+
+
+class ParquetWriter:
+    """Consumer writing every market record to hive-partitioned Parquet files.
+
+    ``file_prefix`` distinguishes processes (shards) writing into one ``data_dir``: each removes
+    only its own stale temp files at start, so shards sharing a directory need distinct
+    non-empty prefixes. ``retry_interval_s`` is how often a failing write is retried.
+    """
+
+    name = "parquet"
+
+    def __init__(
+        self, settings: StorageSettings, *, file_prefix: str = "", retry_interval_s: float = 1.0
+    ) -> None:
+        if file_prefix and not _SAFE_PREFIX.match(file_prefix):
+            raise ConfigError(
+                f"parquet file prefix {file_prefix!r} is unsafe (want letters, digits, '_' or '-')",
+                key="storage.file_prefix",
+            )
+        self.channels: frozenset[str] | None = None
+        self.settings = settings
+        self._root = Path(settings.data_dir)
+        self._prefix = f"{file_prefix}-" if file_prefix else ""
+        self._pid = os.getpid()
+        self._seq = itertools.count(1)
+        self._compression = settings.compression
+        self._rotate_rows = settings.rotate_rows
+        self._rotate_s = settings.rotate_seconds
+        self._max_pending = settings.max_pending_rows
+        # Sealed rows past this make consume() wait for the flusher (healthy disk only).
+        self._high_water = max(settings.rotate_rows, settings.max_pending_rows // 2)
+        self._retry_s = retry_interval_s
+        self._tick = max(0.01, min(1.0, settings.rotate_seconds / 4, retry_interval_s))
+        self._buffers: dict[_Key, _Buffer] = {}
+        self._sealed: deque[_Chunk] = deque()
+        self._sealed_rows = 0
+        self._buffered_rows = 0
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = False
+        self._failing = False
+        self._next_retry = 0.0
+        self._episode_errors = 0
+        self._dropping = False
+        self._bad_parts: set[str] = set()
+        # counters (stats)
+        self.files = 0
+        self.rows = 0
+        self.bytes = 0
+        self.write_errors = 0
+        self.dropped_rows = 0
+        self.rejected_rows = 0
+        self.skipped = 0
+        self.stale_removed = 0
+        self.last_write_latency_s = 0.0
+        self._per_channel: dict[str, list[int]] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create ``data_dir``, remove this writer's stale temp files, start the flusher."""
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"data_dir {self._root}: {exc.strerror or exc}") from exc
+        self.stale_removed = await asyncio.to_thread(self._remove_stale_tmp)
+        if self.stale_removed:
+            log.warning("removed %d incomplete temp file(s) left under %s", self.stale_removed, self._root)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="parquet:flusher")
+
+    async def close(self) -> None:
+        """Write every buffered record, then stop. Idempotent.
+
+        Rows that still cannot be written (disk failing) are counted in ``dropped_rows`` and
+        logged; the caller's shutdown deadline bounds how long this waits.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = True
+        if self._task is None:
+            self._seal_all()
+            await self._drain(final=True)
+        else:
+            self._wake.set()
+            await self._task
+        log.info(
+            "parquet writer closed: %d files, %d rows, %d bytes, %d dropped",
+            self.files,
+            self.rows,
+            self.bytes,
+            self.dropped_rows,
+        )
+
+    # -- data path ----------------------------------------------------------------------------
+
+    async def consume(self, batch: list[AnyRecord]) -> None:
+        """Buffer ``batch``; seal full buffers for the flusher. Waits only on a healthy backlog."""
+        if self._closed:
+            self._drop(len(batch), "the writer is closed")
+            return
+        records = batch
+        if self._failing:
+            room = self._max_pending - self._buffered_rows - self._sealed_rows
+            if room < len(batch):
+                keep = max(room, 0)
+                self._drop(len(batch) - keep, f"{self._max_pending} rows already wait for the disk")
+                records = batch[:keep]
+        now = time.monotonic()
+        bufs = self._buffers
+        rotate = self._rotate_rows
+        appended = 0
+        for r in records:
+            if not isinstance(r, Record):
+                self.skipped += 1
+                continue
+            ts = r.exchange_ts
+            if ts is None:
+                ts = r.recv_ts
+            key = (r.venue, type(r), r.symbol, ts // NS_PER_DAY)
+            buf = bufs.get(key)
+            if buf is None:
+                buf = self._open(key, now)
+                if buf is None:
+                    continue
+            rows = buf.rows
+            rows.append(r)
+            appended += 1
+            if len(rows) >= rotate:
+                self._buffered_rows += appended  # settle the count before _seal moves the rows
+                appended = 0
+                self._seal(key)
+        self._buffered_rows += appended
+        if self._sealed:
+            self._wake.set()
+        # Back-pressure only while writes succeed: a failing disk must not stall the daemon.
+        while (
+            self._sealed_rows >= self._high_water
+            and not self._failing
+            and self._task is not None
+            and not self._task.done()
+        ):
+            self._progress.clear()
+            await self._progress.wait()
+
+    def _open(self, key: _Key, now: float) -> _Buffer | None:
+        venue, record_type, symbol, day = key
+        channel = record_type.channel
+        for part in (venue, channel, symbol):
+            if not SAFE_PART.match(part):
+                # Symbols come from the exchange: never let one name a path outside data_dir.
+                self.rejected_rows += 1
+                if part not in self._bad_parts:
+                    self._bad_parts.add(part)
+                    log.error("refusing to write records with unsafe path component %r", part)
+                return None
+        date = _day_str(day)
+        directory = self._root / f"venue={venue}" / f"channel={channel}" / f"symbol={symbol}" / f"date={date}"
+        buf = _Buffer(directory, now)
+        self._buffers[key] = buf
+        return buf
+
+    def _seal(self, key: _Key) -> None:
+        buf = self._buffers.pop(key)
+        if not buf.rows:
+            return
+        self._sealed.append(_Chunk(buf.directory, key[1], buf.rows))
+        n = len(buf.rows)
+        self._sealed_rows += n
+        self._buffered_rows -= n
+
+    def _seal_all(self) -> None:
+        for key in list(self._buffers):
+            self._seal(key)
+
+    def _seal_aged(self, now: float) -> None:
+        limit = now - self._rotate_s
+        for key in [k for k, b in self._buffers.items() if b.opened <= limit]:
+            self._seal(key)
+
+    def _drop(self, n: int, why: str) -> None:
+        if n <= 0:
+            return
+        if not self._dropping:
+            self._dropping = True
+            log.error("parquet: dropping records: %s", why)
+        self.dropped_rows += n
+
+    # -- flusher ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Seal aged buffers and write sealed ones, one file at a time, until close."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._tick):
+                    await self._wake.wait()
+            self._wake.clear()
+            closing = self._closing
+            now = time.monotonic()
+            if closing:
+                self._seal_all()
+            else:
+                self._seal_aged(now)
+            if self._sealed and (closing or not self._failing or now >= self._next_retry):
+                await self._drain(final=closing)
+            if closing:
+                return
+
+    async def _drain(self, *, final: bool) -> None:
+        """Write sealed chunks in order. Stops at the first disk error unless ``final``."""
+        while self._sealed:
+            chunk = self._sealed[0]
+            n = len(chunk.rows)
+            try:
+                path, size, latency = await asyncio.to_thread(self._write_chunk, chunk)
+            except OSError as exc:
+                self.write_errors += 1
+                self._on_disk_error(chunk, exc)
+                self._progress.set()
+                if not final:
+                    self._next_retry = time.monotonic() + self._retry_s
+                    return
+                self._lost_at_shutdown(chunk)
+                continue
+            except Exception:
+                # Not a disk problem (a record that does not fit its schema): retrying cannot help.
+                self._sealed.popleft()
+                self._sealed_rows -= n
+                self.dropped_rows += n
+                self.write_errors += 1
+                log.exception(
+                    "parquet: cannot build %s file in %s; %d rows dropped", chunk.channel, chunk.directory, n
+                )
+                self._progress.set()
+                continue
+            self._sealed.popleft()
+            self._sealed_rows -= n
+            self._on_written(chunk.channel, n, size, latency, path)
+            self._progress.set()
+
+    def _lost_at_shutdown(self, chunk: _Chunk) -> None:
+        # The disk error itself was logged (once per episode); this names what it cost.
+        n = len(chunk.rows)
+        self._sealed.popleft()
+        self._sealed_rows -= n
+        self.dropped_rows += n
+        log.error("parquet: %d %s rows for %s lost at shutdown", n, chunk.channel, chunk.directory)
+
+    def _on_disk_error(self, chunk: _Chunk, exc: OSError) -> None:
+        self._episode_errors += 1
+        if not self._failing:
+            self._failing = True
+            log.error(
+                "parquet write failed in %s (errno %s: %s); keeping %d rows in memory (at most %d), "
+                "retrying every %.3g s",
+                exc.filename or chunk.directory,
+                exc.errno,
+                exc.strerror or exc,
+                self._sealed_rows + self._buffered_rows,
+                self._max_pending,
+                self._retry_s,
+            )
+
+    def _on_written(self, channel: str, n: int, size: int, latency: float, path: Path) -> None:
+        self.files += 1
+        self.rows += n
+        self.bytes += size
+        self.last_write_latency_s = latency
+        per = self._per_channel.setdefault(channel, [0, 0, 0])
+        per[0] += 1
+        per[1] += n
+        per[2] += size
+        if self._failing:
+            log.warning(
+                "parquet writes recovered (%s) after %d failed attempt(s); %d rows dropped so far",
+                path,
+                self._episode_errors,
+                self.dropped_rows,
+            )
+            self._failing = False
+            self._episode_errors = 0
+            self._dropping = False
+
+    # -- worker thread ------------------------------------------------------------------------
+
+    def _next_name(self) -> str:
+        now = time.time_ns()
+        stamp = datetime.fromtimestamp(now // 1_000_000_000, UTC).strftime("%Y%m%dT%H%M%S")
+        millis = (now // 1_000_000) % 1000
+        return f"{self._prefix}{stamp}{millis:03d}Z-{self._pid}-{next(self._seq):06d}.parquet"
+
+    def _write_chunk(self, chunk: _Chunk) -> tuple[Path, int, float]:
+        """Build and atomically write one file (runs in a worker thread)."""
+        started = time.perf_counter()
+        table = build_table(chunk.record_type, chunk.rows)
+        directory = chunk.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / self._next_name()
+        while final.exists():  # a restart with the same pid in the same millisecond (pid 1 in Docker)
+            final = directory / self._next_name()
+        tmp = directory / f".{final.name}.tmp"
+        try:
+            pq.write_table(table, tmp, compression=self._compression)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+        # The file is complete and in place; a failed directory fsync must not cause a rewrite.
+        with contextlib.suppress(OSError):
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return final, size, time.perf_counter() - started
+
+    def _stale_tmp(self) -> Iterator[Path]:
+        lead = f".{self._prefix}"
+        for dirpath, _dirs, files in os.walk(self._root):
+            for f in files:
+                if f.startswith(lead) and f.endswith(".parquet.tmp"):
+                    yield Path(dirpath) / f
+
+    def _remove_stale_tmp(self) -> int:
+        removed = 0
+        for p in self._stale_tmp():
+            try:
+                p.unlink()
+            except OSError as exc:
+                log.warning("cannot remove stale temp file %s: %s", p, exc.strerror or exc)
+            else:
+                removed += 1
+        return removed
+
+    # -- status -------------------------------------------------------------------------------
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows accepted but not yet in a file (open buffers + sealed, including failed writes)."""
+        return self._buffered_rows + self._sealed_rows
+
+    def stats(self) -> dict[str, Any]:
+        """Files, rows and bytes written (total and per channel), backlog and error counters."""
+        return {
+            "files": self.files,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "per_channel": {
+                ch: {"files": f, "rows": r, "bytes": b} for ch, (f, r, b) in sorted(self._per_channel.items())
+            },
+            "pending_rows": self.pending_rows,
+            "open_buffers": len(self._buffers),
+            "write_errors": self.write_errors,
+            "failing": self._failing,
+            "dropped_rows": self.dropped_rows,
+            "rejected_rows": self.rejected_rows,
+            "last_write_latency_s": round(self.last_write_latency_s, 6),
+        }

@@ -1,0 +1,144 @@
+"""Connection planning (pure): which streams ride on which websocket.
+
+Rules (DESIGN.md "Routing", BINANCE.md §1.1):
+
+* USDⓈ-M streams go to the route :func:`~ingestd.venues.binance.endpoints.route_for` names
+  (``/public`` for book data, ``/market`` for the rest); one connection never mixes routes,
+  because a stream on the wrong route is acknowledged and then silent.
+* Spot has no routes: every connection is ``/stream``.
+* At most ``max_streams_per_connection`` streams per connection (and never more than the
+  venue's own limit).
+* All streams of one symbol on one route share a connection when they fit, so a reconnect
+  makes few books resync; symbols are spread evenly over the connections a route needs.
+* Deterministic: symbols are planned in sorted order, so the same contracts and channels always
+  give the same plan, whatever order discovery returned them in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ingestd.config import StreamSettings
+from ingestd.errors import ConfigError
+from ingestd.venues.binance.endpoints import SPOT_ONLY_MISSING, STREAM_TEMPLATES, VenueSpec, route_for
+from ingestd.venues.binance.symbols import ContractSet
+
+REST_ONLY_CHANNELS = frozenset({"depth_snapshot"})
+"""Channels served by REST, not by a stream: the planner skips them."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPlan:
+    """One websocket: its name, route and the exact streams it subscribes (in URL order)."""
+
+    name: str
+    """``<venue>/<route>#<index>``: ``binance-usdm/public#0``, ``binance-spot/stream#0``."""
+    route: str
+    """``/public`` or ``/market`` on USDⓈ-M; ``""`` on spot."""
+    streams: tuple[str, ...]
+    natives: tuple[str, ...]
+    """Native symbols (``BTCUSDT``) whose streams this connection carries."""
+
+    @property
+    def path(self) -> str:
+        """URL path below the websocket base: ``/public/stream``, ``/stream`` on spot."""
+        return f"{self.route}/stream"
+
+    def url(self, ws_url: str) -> str:
+        """Combined-stream URL: ``<ws_url><route>/stream?streams=a/b/c``."""
+        return f"{ws_url.rstrip('/')}{self.path}?streams={'/'.join(self.streams)}"
+
+    def source(self, ws_url: str) -> str:
+        """The URL path a raw frame is recorded under (``/public/stream``), base path included."""
+        return f"{urlsplit(ws_url).path.rstrip('/')}{self.path}"
+
+
+def stream_names(native: str, channels: Sequence[str], settings: StreamSettings) -> list[tuple[str, str]]:
+    """``(channel, stream name)`` for one symbol, in channel order; REST-only channels skipped."""
+    s = native.lower()
+    out = []
+    for ch in channels:
+        if ch in REST_ONLY_CHANNELS:
+            continue
+        template = STREAM_TEMPLATES[ch]
+        out.append(
+            (ch, template.format(s=s, interval=settings.kline_interval, levels=settings.partial_depth_levels))
+        )
+    return out
+
+
+def _check_channels(venue: VenueSpec, channels: Sequence[str]) -> list[str]:
+    wanted = list(dict.fromkeys(channels))
+    unknown = [c for c in wanted if c not in STREAM_TEMPLATES and c not in REST_ONLY_CHANNELS]
+    if unknown:
+        raise ConfigError(
+            f"no stream for channel(s) {', '.join(unknown)}; streams exist for {', '.join(STREAM_TEMPLATES)}",
+            key="channels",
+        )
+    if not venue.routed:
+        missing = [c for c in wanted if c in SPOT_ONLY_MISSING]
+        if missing:
+            raise ConfigError(f"channel(s) {', '.join(missing)} do not exist on {venue.name}", key="channels")
+    return wanted
+
+
+def _chunks(groups: list[tuple[str, list[str]]], cap: int) -> list[list[tuple[str, list[str]]]]:
+    """Split per-symbol stream groups into connections of at most ``cap`` streams.
+
+    Groups stay whole when a group fits in ``cap``; the symbols are then spread evenly over the
+    fewest connections that hold them. A group larger than ``cap`` (more channels than the cap)
+    is cut into ``cap``-sized pieces, each its own connection.
+    """
+    if not groups:
+        return []
+    size = max(len(streams) for _, streams in groups)
+    if size > cap:
+        pieces: list[list[tuple[str, list[str]]]] = []
+        for native, streams in groups:
+            pieces.extend([[(native, streams[i : i + cap])] for i in range(0, len(streams), cap)])
+        return pieces
+    per_conn = cap // size
+    n_conns = -(-len(groups) // per_conn)
+    base, extra = divmod(len(groups), n_conns)
+    out = []
+    start = 0
+    for i in range(n_conns):
+        take = base + (1 if i < extra else 0)
+        out.append(groups[start : start + take])
+        start += take
+    return out
+
+
+def plan_connections(
+    venue: VenueSpec, contracts: ContractSet, channels: Sequence[str], settings: StreamSettings
+) -> list[ConnectionPlan]:
+    """Plan the websockets for ``contracts`` × ``channels`` on ``venue``.
+
+    Raises :class:`~ingestd.errors.ConfigError` for a channel without a stream on this venue.
+    ``depth_snapshot`` is REST and is skipped. Connections are ordered by route, then index.
+    """
+    wanted = _check_channels(venue, channels)
+    cap = max(1, min(settings.max_streams_per_connection, venue.max_streams_per_connection))
+    by_route: dict[str, list[tuple[str, list[str]]]] = {}
+    for native in sorted(contracts.natives):
+        per_route: dict[str, list[str]] = {}
+        for _, stream in stream_names(native, wanted, settings):
+            route = route_for(stream) if venue.routed else ""
+            per_route.setdefault(route, []).append(stream)
+        for route, streams in per_route.items():
+            by_route.setdefault(route, []).append((native, streams))
+    plans = []
+    for route in sorted(by_route):
+        label = route.lstrip("/") or "stream"
+        for index, chunk in enumerate(_chunks(by_route[route], cap)):
+            plans.append(
+                ConnectionPlan(
+                    name=f"{venue.name}/{label}#{index}",
+                    route=route,
+                    streams=tuple(s for _, streams in chunk for s in streams),
+                    natives=tuple(dict.fromkeys(native for native, _ in chunk)),
+                )
+            )
+    return plans
