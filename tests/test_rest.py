@@ -345,7 +345,9 @@ TOO_MANY = (
 
 
 @pytest.mark.asyncio
-async def test_429_waits_retry_after_then_retries(venue: FakeBinance, caplog: pytest.LogCaptureFixture) -> None:
+async def test_429_waits_retry_after_then_retries(
+    venue: FakeBinance, caplog: pytest.LogCaptureFixture
+) -> None:
     venue.script.append(Reply(status=429, body=TOO_MANY, headers={"Retry-After": "1"}))
     caplog.set_level(logging.INFO, logger="ingestd.rest")
     async with client_for(venue) as client:
@@ -487,6 +489,16 @@ async def test_ban_over_resumes_and_clears_state(
     assert sum("is over" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.asyncio
+async def test_ban_that_ended_before_start_is_ignored(venue: FakeBinance, tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    save_ban(state, venue.url.removeprefix("http://"), time.time() - 5)
+    async with client_for(venue, state_file=state) as client:
+        assert client.banned_until == 0
+        assert (await client.get(USDM.time_path, None, weight=1)).status == 200
+    assert len(venue.seen) == 1
+
+
 def test_state_file_round_trip_and_bad_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     state = tmp_path / "s.json"
     assert load_ban(state, "h:1") == 0.0
@@ -576,7 +588,7 @@ async def test_budget_serves_higher_priority_first() -> None:
 
 @pytest.mark.asyncio
 async def test_cancelled_waiter_leaves_the_queue() -> None:
-    budget = WeightBudget(10, window_s=1.0)
+    budget = WeightBudget(10, window_s=0.3)
     await budget.acquire(10)
     stuck = asyncio.create_task(budget.acquire(5, priority=9))
     await asyncio.sleep(0.05)
@@ -585,7 +597,7 @@ async def test_cancelled_waiter_leaves_the_queue() -> None:
     with pytest.raises(asyncio.CancelledError):
         await stuck
     assert budget.waiting == 0
-    # The next caller is served as soon as the budget allows (the window frees at 1 s),
+    # The next caller is served as soon as the budget allows (the window frees at 0.3 s),
     # not stuck behind the cancelled one.
     await asyncio.wait_for(budget.acquire(2), 2.0)
     assert budget.stats()["acquired"] == 2
@@ -605,6 +617,15 @@ async def test_budget_rolling_window_and_observe() -> None:
     budget.observe(10, sent_at=time.monotonic())
     assert budget.used() <= 10.5
     assert budget.last_used == 10
+
+
+@pytest.mark.asyncio
+async def test_zero_weight_is_not_paced_but_is_paused() -> None:
+    budget = WeightBudget(10, window_s=1.0)
+    await budget.acquire(30)  # in debt for two seconds
+    assert await budget.acquire(0) < 0.05
+    budget.pause(0.2)
+    assert await budget.acquire(0) >= 0.19
 
 
 def test_budget_validation() -> None:

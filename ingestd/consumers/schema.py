@@ -46,6 +46,9 @@ from ingestd.records import Record
 PARTITION_COLUMNS: Final = ("venue", "channel", "symbol")
 """Stored in the directory names, never inside a file."""
 
+SLICE_ROWS: Final = 2048
+"""Rows converted per ``pa.array`` call (see :func:`build_table`)."""
+
 _NOT_STORED: Final = frozenset({"venue", "symbol"})
 """Struct fields that are partition columns (``channel`` is a class constant, not a field)."""
 
@@ -157,13 +160,23 @@ def _enum_value(v: Any) -> Any:
 
 
 def build_table(record_type: type[Record], records: Sequence[Record]) -> pa.Table:
-    """One Arrow table from records of one type: one pass over the records per column."""
+    """One Arrow table from records of one type: one pass over the records per column.
+
+    Each column is converted in slices of ``SLICE_ROWS``: ``pa.array`` holds the GIL for a whole
+    call, and this runs in a worker thread beside the event loop, so slicing bounds how long the
+    loop can be kept waiting (one depth slice is ~10 ms, a whole 200k-row file would be seconds).
+    """
     arrays = []
+    n = len(records)
     for col in columns_for(record_type):
         values: list[Any] = list(map(attrgetter(col.name), records))
         if col.kind is _Kind.JSON:
             values = list(map(_to_json, values))
         elif col.kind is _Kind.ENUM:
             values = list(map(_enum_value, values))
-        arrays.append(pa.array(values, type=col.type))
+        if n <= SLICE_ROWS:
+            arrays.append(pa.array(values, type=col.type))
+        else:
+            chunks = [pa.array(values[i : i + SLICE_ROWS], type=col.type) for i in range(0, n, SLICE_ROWS)]
+            arrays.append(pa.chunked_array(chunks, type=col.type))
     return pa.Table.from_arrays(arrays, schema=schema_for(record_type))

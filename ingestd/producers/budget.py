@@ -161,6 +161,8 @@ class WeightBudget:
         """Seconds until ``weight`` may be spent; 0 when it may be spent now."""
         if self._paused_until > now:
             return self._paused_until - now
+        if weight == 0:
+            return 0.0  # free endpoints (fundingInfo) are not paced, only paused
         self._refill(now)
         self._expire(now)
         delay = 0.0

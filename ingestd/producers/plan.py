@@ -114,7 +114,7 @@ def _chunks(groups: list[tuple[str, list[str]]], cap: int) -> list[list[tuple[st
 def plan_connections(
     venue: VenueSpec, contracts: ContractSet, channels: Sequence[str], settings: StreamSettings
 ) -> list[ConnectionPlan]:
-    """Plan the websockets for ``contracts`` × ``channels`` on ``venue``.
+    """Plan the websockets for every contract and channel on ``venue``.
 
     Raises :class:`~ingestd.errors.ConfigError` for a channel without a stream on this venue.
     ``depth_snapshot`` is REST and is skipped. Connections are ordered by route, then index.

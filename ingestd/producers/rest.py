@@ -168,8 +168,10 @@ class RestClient:
         self.venue = venue
         self.host = urlsplit(self.base_url).netloc
         self.headroom = headroom
-        self.budget = budget or WeightBudget.for_limit(
-            venue.weight_limit_per_minute, headroom, name=self.host
+        self.budget = (
+            budget
+            if budget is not None
+            else WeightBudget.for_limit(venue.weight_limit_per_minute, headroom, name=self.host)
         )
         self.state_file = state_file
         self.timeout_s = timeout_s
@@ -179,7 +181,9 @@ class RestClient:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._banned_until = load_ban(state_file, self.host) if state_file is not None else 0.0
-        if self._banned_until > time.time():
+        if self._banned_until <= time.time():
+            self._banned_until = 0.0  # ended before this run: nothing to wait for or announce
+        else:
             log.warning(
                 "%s banned this IP until %s (recorded in %s): no request to it before then",
                 self.host,

@@ -98,8 +98,10 @@ class SnapshotProducer:
         self._retry_urgent: set[str] = set()
         self._backoffs: dict[str, Backoff] = {}
         """Per-symbol retry pacing while its fetches fail; dropped on success."""
-        self._failing = 0
-        """Failed fetches since the last success (0: healthy); for once-per-episode logs."""
+        self._failing: set[str] = set()
+        """Symbols whose last fetch failed. An episode runs from the first failure until no
+        symbol is failing: one warning when it starts, one line when it ends."""
+        self._episode_failures = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self.requested = 0
@@ -227,9 +229,11 @@ class SnapshotProducer:
         self.fetched += 1
         self.last_latency_s = resp.elapsed_s
         self._backoffs.pop(native, None)
-        if self._failing:
-            log.info("snapshots recovered after %d failed fetch(es)", self._failing)
-            self._failing = 0
+        if native in self._failing:
+            self._failing.discard(native)
+            if not self._failing:
+                log.info("snapshots recovered after %d failed fetch(es)", self._episode_failures)
+                self._episode_failures = 0
         batch: list[AnyRecord] = []
         if self.raw:
             source = f"{path}?symbol={native}&limit={self.limit}"
@@ -243,7 +247,8 @@ class SnapshotProducer:
         self.last_error = f"{native}: {exc}"
         if not self._failing:
             log.warning("snapshot fetch failing (%s: %s); retrying with backoff", native, exc)
-        self._failing += 1
+        self._failing.add(native)
+        self._episode_failures += 1
 
     async def _poll(self) -> None:
         while True:

@@ -25,17 +25,16 @@ open, emission switches and the old socket is closed. One ``ROTATED`` event repl
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
-from operator import attrgetter
+from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
-from ingestd.backoff import Backoff, classify
+from ingestd.backoff import classify
 from ingestd.config import StreamSettings
 from ingestd.errors import ParseError, TransportError
+from ingestd.producers.connstate import Live, Slot, SlotState, StreamStats
+from ingestd.producers.dedupe import HighWaterMarks, key_for
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind, Emit, OnConnectionEvent
 from ingestd.producers.plan import ConnectionPlan, plan_connections
 from ingestd.producers.transport import AiohttpTransport, WsConnection, WsTransport
@@ -61,111 +60,6 @@ class FrameParserLike(Protocol):
         ``("!serverShutdown", [])`` for the shutdown notice. Raises ``ParseError`` on bad input."""
 
 
-class SlotState(enum.StrEnum):
-    """Where one planned connection is."""
-
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    """Open and subscribed; no data yet."""
-    STREAMING = "streaming"
-    ROTATING = "rotating"
-    BACKOFF = "backoff"
-    CLOSED = "closed"
-
-
-def _kline_key(r: Any) -> tuple[int, int] | None:
-    return None if r.exchange_ts is None else (r.open_time, r.exchange_ts)
-
-
-_KEYS: Final[dict[str, Callable[[Any], Any]]] = {
-    "depth_diff": attrgetter("final_update_id"),
-    "partial_depth": attrgetter("final_update_id"),
-    "book_ticker": attrgetter("update_id"),
-    "trade": attrgetter("trade_id"),
-    "agg_trade": attrgetter("agg_id"),
-    "kline": _kline_key,
-}
-_EXCHANGE_TS: Final = attrgetter("exchange_ts")
-
-
-class _StreamStats:
-    __slots__ = (
-        "connection", "duplicates", "errors_in_episode", "first_frame_ts", "frames",
-        "keyfn", "last_frame", "parse_errors", "records",
-    )  # fmt: skip
-
-    def __init__(self, connection: str) -> None:
-        self.connection = connection
-        self.frames = 0
-        self.records = 0
-        self.parse_errors = 0
-        self.duplicates = 0
-        self.errors_in_episode = 0
-        self.first_frame_ts: int | None = None
-        self.last_frame = 0.0
-        self.keyfn: Callable[[Any], Any] | None = None
-
-
-class _Live:
-    """One open socket of a slot: the primary, or a rotation candidate."""
-
-    __slots__ = (
-        "candidate", "caught", "connected", "data_seen", "end_reason", "held", "last_frame",
-        "needed", "reader", "silence_checked", "unseen", "ws",
-    )  # fmt: skip
-
-    def __init__(self, ws: WsConnection, streams: Sequence[str], *, candidate: bool) -> None:
-        self.ws = ws
-        self.candidate = candidate
-        self.connected = time.monotonic()
-        self.last_frame = self.connected
-        self.data_seen = False
-        self.unseen = set(streams)
-        self.silence_checked = False
-        self.end_reason: str | None = None
-        self.reader: asyncio.Task[None] | None = None
-        # Rotation hand-over, per (stream, native) key: the highest key held back (ahead of the
-        # primary), keys proven to overlap, and keys the primary emitted that are not proven yet.
-        self.held: dict[tuple[str, str], Any] = {}
-        self.caught: set[tuple[str, str]] = set()
-        self.needed: set[tuple[str, str]] = set()
-
-    def handover_ready(self, primary: _Live) -> bool:
-        """Every key either socket delivered is proven to overlap, and the primary has read a
-        frame that arrived after this socket opened."""
-        return self.data_seen and not self.held and not self.needed and primary.last_frame >= self.connected
-
-
-class _Slot:
-    """Everything about one planned connection that outlives its sockets."""
-
-    def __init__(self, plan: ConnectionPlan, ws_url: str, settings: StreamSettings) -> None:
-        self.plan = plan
-        self.url = plan.url(ws_url)
-        self.source = plan.source(ws_url)
-        self.backoff = Backoff.from_settings(settings)
-        self.rotate_backoff = Backoff.from_settings(settings)
-        self.state = SlotState.IDLE
-        self.primary: _Live | None = None
-        self.candidate: _Live | None = None
-        self.immediate = False
-        self.emit_lock = asyncio.Lock()
-        self.connects = 0
-        self.reconnects = 0
-        self.reasons: dict[str, int] = {}
-        self.connect_failures = 0
-        self.failures_in_row = 0
-        self.last_error = ""
-        self.rotations = 0
-        self.frames = 0
-        self.bytes = 0
-        self.last_frame = 0.0
-        self.parse_errors = 0
-        self.errors_in_episode = 0
-        self.silent: tuple[str, ...] = ()
-
-
 def _close_reason(code: int | None) -> str:
     return "closed" if code is None else f"close {code}"
 
@@ -178,7 +72,7 @@ class StreamsProducer:
     ``transport`` defaults to aiohttp with the venue's keepalive cadence.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional order is the daemon's call (app.py)
         self,
         venue: VenueSpec,
         ws_url: str,
@@ -204,9 +98,9 @@ class StreamsProducer:
             max_frame_bytes=settings.max_frame_bytes,
             ping_interval_s=settings.ping_interval_s or venue.ping_interval_s,
         )
-        self._slots = [_Slot(p, ws_url, settings) for p in plans]
-        self._streams: dict[str, _StreamStats] = {s: _StreamStats(p.name) for p in plans for s in p.streams}
-        self._hwm: dict[tuple[str, str], Any] = {}
+        self._slots = [Slot(p, ws_url, settings) for p in plans]
+        self._streams: dict[str, StreamStats] = {s: StreamStats(p.name) for p in plans for s in p.streams}
+        self._marks = HighWaterMarks()
         self._stopping = False
         self._stop: asyncio.Future[None] | None = None
         self._running = False
@@ -255,7 +149,7 @@ class StreamsProducer:
 
     # -- one planned connection -----------------------------------------------------------------
 
-    async def _run_slot(self, slot: _Slot) -> None:
+    async def _run_slot(self, slot: Slot) -> None:
         name = slot.plan.name
         graceful = False
         try:
@@ -266,7 +160,7 @@ class StreamsProducer:
                     if delay > 0:
                         slot.state = SlotState.BACKOFF
                         await asyncio.wait({self._stop_future()}, timeout=delay)
-                        if self._stopping:
+                        if self._stopped():
                             break
                 slot.state = SlotState.CONNECTING
                 try:
@@ -279,7 +173,7 @@ class StreamsProducer:
                 if live is None:
                     break
                 reason = await self._serve(slot, live)
-                if self._stopping:
+                if self._stopped():
                     break
                 slot.reconnects += 1
                 slot.reasons[reason] = slot.reasons.get(reason, 0) + 1
@@ -300,7 +194,7 @@ class StreamsProducer:
                 if lv is not None:
                     await self._close_live(lv, cancel=not graceful)
 
-    def _connect_failed(self, slot: _Slot, exc: Exception) -> None:
+    def _connect_failed(self, slot: Slot, exc: Exception) -> None:
         slot.connect_failures += 1
         slot.failures_in_row += 1
         slot.last_error = str(exc)
@@ -309,12 +203,12 @@ class StreamsProducer:
         level = logging.WARNING if slot.failures_in_row == 1 else logging.DEBUG
         log.log(level, "%s: connect failed (%s); retrying with backoff", slot.plan.name, exc)
 
-    async def _open(self, slot: _Slot, *, candidate: bool) -> _Live | None:
+    async def _open(self, slot: Slot, *, candidate: bool) -> Live | None:
         """Connect and start the reader. ``None`` when stopped while connecting."""
         ws = await self._connect(slot)
         if ws is None:
             return None
-        live = _Live(ws, slot.plan.streams, candidate=candidate)
+        live = Live(ws, slot.plan.streams, candidate=candidate)
         slot.connects += 1
         if candidate:
             slot.candidate = live
@@ -334,11 +228,12 @@ class StreamsProducer:
         live.reader = asyncio.create_task(self._read(slot, live), name=f"streams-reader:{slot.plan.name}")
         return live
 
-    async def _connect(self, slot: _Slot) -> WsConnection | None:
+    async def _connect(self, slot: Slot) -> WsConnection | None:
         stop = self._stop_future()
         task = asyncio.ensure_future(self._transport.connect(slot.url, self._settings.connect_timeout_s))
+        waits: set[asyncio.Future[Any]] = {task, stop}
         try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             await _abandon_connect(task)
             raise
@@ -346,82 +241,38 @@ class StreamsProducer:
             await _abandon_connect(task)
             return None
         conn = task.result()  # raises the connect error
-        if self._stopping:
+        if self._stopped():
             await conn.close()
             return None
         return conn
 
-    async def _serve(self, slot: _Slot, primary: _Live) -> str:
+    async def _serve(self, slot: Slot, primary: Live) -> str:
         """Supervise ``primary`` (and its rotations) until the current socket ends; return why.
 
         Every socket it owns is closed when it returns.
         """
-        st = self._settings
-        rotate_at = primary.connected + st.rotate_after_s
-        opening: asyncio.Task[_Live | None] | None = None
+        slot.rotate_at = primary.connected + self._settings.rotate_after_s
         graceful = False
         try:
             while True:
-                assert primary.reader is not None
-                if primary.reader.done():
+                reader = primary.reader
+                assert reader is not None
+                if reader.done():
                     graceful = True
                     return self._end_reason(slot, primary)
-                if self._stopping:
+                if self._stopped():
                     graceful = True
                     return "closed"
                 now = time.monotonic()
-                if primary.end_reason is None and now - primary.last_frame >= st.stale_after_s:
-                    quiet_for = now - primary.last_frame
-                    primary.end_reason = "stale"
-                    log.warning("%s stale: no frame for %.1f s; reconnecting", slot.plan.name, quiet_for)
-                    self._event(Kind.STALE, slot, reason=f"no frame for {quiet_for:.1f} s")
-                    await primary.ws.close()
+                if await self._watchdogs(slot, primary, now):
                     continue
-                if not primary.silence_checked and now >= primary.connected + st.first_frame_deadline_s:
-                    primary.silence_checked = True
-                    self._report_silent(slot, primary)
-                if opening is None and slot.candidate is None and now >= rotate_at:
-                    slot.state = SlotState.ROTATING
-                    opening = asyncio.create_task(self._open(slot, candidate=True))
-                if opening is not None and opening.done():
-                    task, opening = opening, None
-                    try:
-                        task.result()
-                    except Exception as exc:
-                        if not classify(exc):
-                            raise _fatal(slot.plan.name, exc) from exc
-                        rotate_at = self._rotation_failed(slot, primary, f"connect failed: {exc}")
-                cand = slot.candidate
-                if cand is not None:
-                    assert cand.reader is not None
-                    handover_by = cand.connected + st.first_frame_deadline_s
-                    if cand.reader.done():
-                        reason = self._end_reason(slot, cand)
-                        await self._close_live(cand)
-                        slot.candidate = None
-                        rotate_at = self._rotation_failed(slot, primary, f"new socket ended ({reason})")
-                    elif cand.handover_ready(primary) or (cand.data_seen and now >= handover_by):
-                        await self._promote(slot, primary, cand)
-                        primary = cand
-                        rotate_at = primary.connected + st.rotate_after_s
-                        continue
-                    elif now >= handover_by:
-                        await self._close_live(cand)
-                        slot.candidate = None
-                        rotate_at = self._rotation_failed(slot, primary, "new socket delivered no data")
-                wake = primary.last_frame + st.stale_after_s
-                if not primary.silence_checked:
-                    wake = min(wake, primary.connected + st.first_frame_deadline_s)
-                if slot.candidate is not None or opening is not None:
-                    wake = min(wake, now + ROTATION_POLL_S)
-                else:
-                    wake = min(wake, rotate_at)
-                waits: set[asyncio.Future[Any]] = {primary.reader, self._stop_future()}
-                if opening is not None:
-                    waits.add(opening)
-                timeout = max(0.0, wake - time.monotonic())
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                promoted = await self._rotation_step(slot, primary, now)
+                if promoted is not None:
+                    primary = promoted
+                    continue
+                await self._sleep_until_due(slot, primary, reader, now)
         finally:
+            opening, slot.opening = slot.opening, None
             if opening is not None:
                 opening.cancel()
                 await asyncio.wait({opening})
@@ -430,16 +281,84 @@ class StreamsProducer:
                     await self._close_live(lv, cancel=not graceful)
             slot.candidate = None
 
-    def _rotation_failed(self, slot: _Slot, primary: _Live, why: str) -> float:
+    async def _watchdogs(self, slot: Slot, primary: Live, now: float) -> bool:
+        """Stale and first-frame checks. ``True`` when the primary was closed as stale."""
+        st = self._settings
+        if primary.end_reason is None and now - primary.last_frame >= st.stale_after_s:
+            quiet_for = now - primary.last_frame
+            primary.end_reason = "stale"
+            log.warning("%s stale: no frame for %.1f s; reconnecting", slot.plan.name, quiet_for)
+            self._event(Kind.STALE, slot, reason=f"no frame for {quiet_for:.1f} s")
+            await primary.ws.close()
+            return True
+        if not primary.silence_checked and now >= primary.connected + st.first_frame_deadline_s:
+            primary.silence_checked = True
+            self._report_silent(slot, primary)
+        return False
+
+    async def _rotation_step(self, slot: Slot, primary: Live, now: float) -> Live | None:
+        """Advance a make-before-break rotation; the new primary once it has taken over."""
+        if slot.opening is None and slot.candidate is None and now >= slot.rotate_at:
+            slot.state = SlotState.ROTATING
+            slot.opening = asyncio.create_task(self._open(slot, candidate=True))
+        if slot.opening is not None and slot.opening.done():
+            task, slot.opening = slot.opening, None
+            try:
+                task.result()
+            except Exception as exc:
+                if not classify(exc):
+                    raise _fatal(slot.plan.name, exc) from exc
+                self._rotation_failed(slot, primary, f"connect failed: {exc}")
+        cand = slot.candidate
+        if cand is None:
+            return None
+        assert cand.reader is not None
+        # The hand-over deadline reuses the first-frame deadline: a socket that has not proven
+        # itself by then is not going to.
+        handover_by = cand.connected + self._settings.first_frame_deadline_s
+        if cand.reader.done():
+            reason = self._end_reason(slot, cand)
+            await self._close_live(cand)
+            slot.candidate = None
+            self._rotation_failed(slot, primary, f"new socket ended ({reason})")
+        elif cand.handover_ready(primary) or (cand.data_seen and now >= handover_by):
+            await self._promote(slot, primary, cand)
+            slot.rotate_at = cand.connected + self._settings.rotate_after_s
+            return cand
+        elif now >= handover_by:
+            await self._close_live(cand)
+            slot.candidate = None
+            self._rotation_failed(slot, primary, "new socket delivered no data")
+        return None
+
+    async def _sleep_until_due(
+        self, slot: Slot, primary: Live, reader: asyncio.Task[None], now: float
+    ) -> None:
+        """Sleep until the nearest deadline, the reader ending, a connect finishing or a stop."""
+        st = self._settings
+        wake = primary.last_frame + st.stale_after_s
+        if not primary.silence_checked:
+            wake = min(wake, primary.connected + st.first_frame_deadline_s)
+        if slot.candidate is not None or slot.opening is not None:
+            wake = min(wake, now + ROTATION_POLL_S)
+        else:
+            wake = min(wake, slot.rotate_at)
+        waits: set[asyncio.Future[Any]] = {reader, self._stop_future()}
+        if slot.opening is not None:
+            waits.add(slot.opening)
+        timeout = max(0.0, wake - time.monotonic())
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+
+    def _rotation_failed(self, slot: Slot, primary: Live, why: str) -> None:
         delay = slot.rotate_backoff.next_delay()
         slot.state = SlotState.STREAMING if primary.data_seen else SlotState.CONNECTED
+        slot.rotate_at = time.monotonic() + delay
         log.warning("%s: rotation attempt failed (%s); keeping the current socket, retrying in %.1f s",
                     slot.plan.name, why, delay)  # fmt: skip
-        return time.monotonic() + delay
 
-    async def _promote(self, slot: _Slot, old: _Live, new: _Live) -> None:
-        unproven = len(new.needed | new.held.keys())
-        new.candidate = False
+    async def _promote(self, slot: Slot, old: Live, new: Live) -> None:
+        unproven = new.handover.unproven() if new.handover is not None else 0
+        new.handover = None
         slot.primary, slot.candidate = new, None
         old.end_reason = "rotated"
         await self._close_live(old)
@@ -451,9 +370,10 @@ class StreamsProducer:
         log.info("%s rotated to a new socket after %.0f s%s", slot.plan.name, age, extra)
         self._event(Kind.ROTATED, slot, reason=f"after {age:.0f} s{extra}")
 
-    def _end_reason(self, slot: _Slot, live: _Live) -> str:
+    def _end_reason(self, slot: Slot, live: Live) -> str:
         """Why ``live``'s reader ended; raises when it ended on a fatal error."""
-        assert live.reader is not None and live.reader.done()
+        assert live.reader is not None
+        assert live.reader.done()
         exc = None if live.reader.cancelled() else live.reader.exception()
         if exc is not None:
             if not classify(exc):
@@ -462,7 +382,7 @@ class StreamsProducer:
             live.end_reason = live.end_reason or f"error {type(exc).__name__}"
         return live.end_reason or _close_reason(live.ws.close_code)
 
-    async def _close_live(self, live: _Live, *, cancel: bool = False) -> None:
+    async def _close_live(self, live: Live, *, cancel: bool = False) -> None:
         """Close the socket and wait for its reader (which finishes a batch in flight first,
         unless ``cancel``)."""
         await live.ws.close()
@@ -476,13 +396,17 @@ class StreamsProducer:
         if not reader.cancelled() and (exc := reader.exception()) is not None:
             log.debug("reader of a closed socket ended with %r", exc)
 
+    def _stopped(self) -> bool:
+        # A method, not the attribute: the flag flips while this task awaits.
+        return self._stopping
+
     def _stop_future(self) -> asyncio.Future[None]:
         assert self._stop is not None
         return self._stop
 
     # -- the hot path ---------------------------------------------------------------------------
 
-    async def _read(self, slot: _Slot, live: _Live) -> None:
+    async def _read(self, slot: Slot, live: Live) -> None:
         ws = live.ws
         parser = self._parser
         emit = self._emit
@@ -508,7 +432,7 @@ class StreamsProducer:
             except ParseError as exc:
                 self._parse_error(slot, exc.stream, exc)
                 continue
-            except Exception as exc:  # a parser bug must not cost the connection: counted, traced once
+            except Exception as exc:  # noqa: BLE001 - a parser bug must not cost the connection; _parse_error logs its traceback once per episode
                 self._parse_error(slot, None, exc)
                 continue
             if not stream:
@@ -517,25 +441,13 @@ class StreamsProducer:
                 self._server_shutdown(slot, live)
                 await ws.close()
                 return
-            st = streams.get(stream)
-            if st is None:
-                st = streams[stream] = _StreamStats(slot.plan.name)
+            st = streams.get(stream) or self._new_stream(slot, stream)
             st.frames += 1
             st.last_frame = now
+            if live.unseen or not live.data_seen or st.errors_in_episode or slot.errors_in_episode:
+                self._data_transitions(slot, live, stream, st)
             if st.first_frame_ts is None:
                 st.first_frame_ts = recv_ts
-            if st.errors_in_episode:
-                log.info("%s parses again after %d bad frame(s)", stream, st.errors_in_episode)
-                st.errors_in_episode = 0
-            if slot.errors_in_episode:
-                log.info(
-                    "%s: frames parse again after %d bad frame(s)", slot.plan.name, slot.errors_in_episode
-                )
-                slot.errors_in_episode = 0
-            if live.unseen:
-                live.unseen.discard(stream)
-            if not live.data_seen:
-                self._first_data(slot, live)
             if records:
                 st.records += len(records)
                 # The lock keeps emission in admission order when a rotation runs two readers.
@@ -545,59 +457,41 @@ class StreamsProducer:
                         await emit(kept)
 
     def _admit(
-        self, slot: _Slot, live: _Live, stream: str, st: _StreamStats, records: list[Record]
+        self, slot: Slot, live: Live, stream: str, st: StreamStats, records: list[Record]
     ) -> list[Record]:
         """Drop records at or below their (stream, native) high-water mark; advance the marks."""
         keyfn = st.keyfn
         if keyfn is None:
-            keyfn = st.keyfn = _KEYS.get(records[0].channel, _EXCHANGE_TS)
-        hwm = self._hwm
-        other = slot.candidate if not live.candidate else None
-        kept: list[Record] = []
-        dropped = 0
-        for r in records:
-            key = keyfn(r)
-            if key is None:
-                if live.candidate:
-                    dropped += 1  # unkeyed: only the primary may emit it
-                else:
-                    kept.append(r)
-                continue
-            hk = (stream, r.native)
-            prev = hwm.get(hk)
-            if live.candidate and hk not in live.caught:
-                if prev is not None and key <= prev:
-                    # Overlap proven: from here on this socket continues the primary's sequence.
-                    live.caught.add(hk)
-                    live.held.pop(hk, None)
-                    live.needed.discard(hk)
-                else:
-                    live.held[hk] = key  # ahead of the primary, which still delivers it
-                dropped += 1
-                continue
-            if prev is not None and key <= prev:
-                dropped += 1
-                continue
-            hwm[hk] = key
-            kept.append(r)
-            if other is not None and hk not in other.caught:
-                # A rotation runs: the new socket may switch only once it has proven overlap on
-                # every key the primary is still delivering.
-                held = other.held.get(hk)
-                if held is not None and key >= held:
-                    del other.held[hk]
-                    other.caught.add(hk)
-                    other.needed.discard(hk)
-                else:
-                    other.needed.add(hk)
+            keyfn = st.keyfn = key_for(records[0].channel)
+        cand = slot.candidate
+        rival = cand.handover if cand is not None and cand is not live else None
+        kept, dropped = self._marks.admit(stream, records, keyfn, candidate=live.handover, rival=rival)
         if dropped:
             st.duplicates += dropped
             self.duplicates += dropped
         return kept
 
-    def _first_data(self, slot: _Slot, live: _Live) -> None:
+    def _new_stream(self, slot: Slot, stream: str) -> StreamStats:
+        # A stream the plan did not name (the venue's spelling differs): counted, still emitted.
+        st = self._streams[stream] = StreamStats(slot.plan.name)
+        return st
+
+    def _data_transitions(self, slot: Slot, live: Live, stream: str, st: StreamStats) -> None:
+        """Bookkeeping for the rare data frames that change a state (first frame, episode end)."""
+        if st.errors_in_episode:
+            log.info("%s parses again after %d bad frame(s)", stream, st.errors_in_episode)
+            st.errors_in_episode = 0
+        if slot.errors_in_episode:
+            log.info("%s: frames parse again after %d bad frame(s)", slot.plan.name, slot.errors_in_episode)
+            slot.errors_in_episode = 0
+        if live.unseen:
+            live.unseen.discard(stream)
+        if not live.data_seen:
+            self._first_data(slot, live)
+
+    def _first_data(self, slot: Slot, live: Live) -> None:
         live.data_seen = True
-        if live.candidate:
+        if live.handover is not None:
             return
         # Only data proves the subscription works (a wrong route is acked and then silent).
         slot.backoff.reset()
@@ -605,7 +499,7 @@ class StreamsProducer:
         log.debug("%s: data flowing", slot.plan.name)
         self._event(Kind.DATA_FLOWING, slot)
 
-    def _parse_error(self, slot: _Slot, stream: str | None, exc: Exception) -> None:
+    def _parse_error(self, slot: Slot, stream: str | None, exc: Exception) -> None:
         self.parse_errors += 1
         st = self._streams.get(stream) if stream else None
         if st is not None:
@@ -624,30 +518,30 @@ class StreamsProducer:
         else:
             log.error("parser failed on %s; counting until a good frame", where, exc_info=exc)
 
-    def _server_shutdown(self, slot: _Slot, live: _Live) -> None:
-        if live.candidate:
-            live.end_reason = "server_shutdown"
-            return
+    def _server_shutdown(self, slot: Slot, live: Live) -> None:
         live.end_reason = "server_shutdown"
+        if live.handover is not None:
+            return  # a rotation candidate: the attempt fails and is retried later
         slot.immediate = True
         log.info("%s: venue announced serverShutdown; reconnecting now", slot.plan.name)
         self._event(Kind.SERVER_SHUTDOWN, slot, reason="serverShutdown")
 
-    def _report_silent(self, slot: _Slot, live: _Live) -> None:
+    def _report_silent(self, slot: Slot, live: Live) -> None:
         silent = tuple(s for s in slot.plan.streams if s in live.unseen)
         slot.silent = silent
         if not silent:
             return
         by_lower = {n.lower(): n for n in slot.plan.natives}
         natives = tuple(dict.fromkeys(n for s in silent if (n := by_lower.get(stream_symbol(s) or ""))))
+        deadline = self._settings.first_frame_deadline_s
         log.warning("%s: %d stream(s) silent %.0f s after connecting: %s",
-                    slot.plan.name, len(silent), self._settings.first_frame_deadline_s, ", ".join(silent))  # fmt: skip
+                    slot.plan.name, len(silent), deadline, ", ".join(silent))  # fmt: skip
         self._event(Kind.STREAM_SILENT, slot, streams=silent, natives=natives)
 
     def _event(
         self,
         kind: ConnectionEventKind,
-        slot: _Slot,
+        slot: Slot,
         *,
         streams: tuple[str, ...] | None = None,
         natives: tuple[str, ...] | None = None,
@@ -674,45 +568,9 @@ class StreamsProducer:
     def stats(self) -> dict[str, Any]:
         """A snapshot: per connection, per stream, and totals (``reconnects``, ``parse_errors``)."""
         now = time.monotonic()
-
-        def age(t: float) -> float | None:
-            return round(now - t, 3) if t else None
-
-        connections = {
-            s.plan.name: {
-                "state": s.state.value,
-                "url": s.url,
-                "connects": s.connects,
-                "reconnects": s.reconnects,
-                "reconnect_reasons": dict(s.reasons),
-                "connect_failures": s.connect_failures,
-                "last_error": s.last_error,
-                "rotations": s.rotations,
-                "frames": s.frames,
-                "bytes": s.bytes,
-                "parse_errors": s.parse_errors,
-                "last_frame_age_s": age(s.last_frame),
-                "backoff_attempts": s.backoff.attempts,
-                "silent_streams": list(s.silent),
-            }
-            for s in self._slots
-        }
-        streams = {
-            name: {
-                "connection": st.connection,
-                "frames": st.frames,
-                "records": st.records,
-                "parse_errors": st.parse_errors,
-                "duplicates": st.duplicates,
-                "first_frame_seen": st.first_frame_ts is not None,
-                "first_frame_ts": st.first_frame_ts,
-                "last_frame_age_s": age(st.last_frame),
-            }
-            for name, st in self._streams.items()
-        }
         return {
-            "connections": connections,
-            "streams": streams,
+            "connections": {s.plan.name: s.snapshot(now) for s in self._slots},
+            "streams": {name: st.snapshot(now) for name, st in self._streams.items()},
             "reconnects": sum(s.reconnects for s in self._slots),
             "parse_errors": self.parse_errors,
             "duplicates": self.duplicates,
@@ -728,8 +586,6 @@ def _fatal(name: str, exc: BaseException) -> TransportError:
 async def _abandon_connect(task: asyncio.Future[WsConnection]) -> None:
     """Cancel a connect in progress; close the socket if it won the race anyway."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait({task})
-    if task.done() and not task.cancelled():
-        if task.exception() is None:
-            await task.result().close()
+    await asyncio.wait({task})
+    if task.done() and not task.cancelled() and task.exception() is None:
+        await task.result().close()

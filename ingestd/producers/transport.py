@@ -52,7 +52,7 @@ class WsConnection(Protocol):
 class WsTransport(Protocol):
     """Opens websockets."""
 
-    async def connect(self, url: str, timeout: float) -> WsConnection:
+    async def connect(self, url: str, timeout: float) -> WsConnection:  # noqa: ASYNC109 - the deadline is data of the seam; implementations apply it with asyncio.timeout
         """Open ``url`` within ``timeout`` seconds.
 
         Raises :class:`~ingestd.errors.TransportError` whose ``retriable`` says whether trying
@@ -151,7 +151,7 @@ class AiohttpTransport:
         self.ping_interval_s = ping_interval_s
         self.close_timeout_s = close_timeout_s
 
-    async def connect(self, url: str, timeout: float) -> AiohttpConnection:
+    async def connect(self, url: str, timeout: float) -> AiohttpConnection:  # noqa: ASYNC109 - see WsTransport.connect
         session = aiohttp.ClientSession()
         try:
             # One deadline over DNS, TCP, TLS and the upgrade: the error says which URL stalled.

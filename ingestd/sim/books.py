@@ -21,7 +21,7 @@ from ingestd.sim.captures import Market, Snapshot, Timeline
 def _parse(body: bytes) -> dict[str, Any]:
     parsed = orjson.loads(body)
     if not isinstance(parsed, dict):
-        raise ValueError("depth snapshot body is not an object")
+        raise TypeError("depth snapshot body is not an object")
     return parsed
 
 
@@ -113,13 +113,15 @@ class DepthBooks:
         key = (market, symbol)
         diffs = self._diff_indices(market, symbol)
         state = self._rolled.get(key)
-        if state is None or state.base is not base or (
-            state.next_diff > 0 and diffs[state.next_diff - 1] > position
+        if (
+            state is None
+            or state.base is not base
+            or (state.next_diff > 0 and diffs[state.next_diff - 1] > position)
         ):
             template = self._decoded(base)
             state = _Rolled(base=base, template=template, last_id=int(template["lastUpdateId"]))
-            state.bids = {p: q for p, q in template.get("bids") or []}
-            state.asks = {p: q for p, q in template.get("asks") or []}
+            state.bids = dict(template.get("bids") or [])
+            state.asks = dict(template.get("asks") or [])
             self._rolled[key] = state
         futures = market == "futures"
         snap_id = int(state.template["lastUpdateId"])
@@ -137,7 +139,8 @@ class DepthBooks:
             state.last_id = final
             state.applied += 1
             if "E" in data:
-                state.event_ts = (int(data["E"]), int(data.get("T", data["E"])))
+                event = int(data["E"])
+                state.event_ts = (event, int(data.get("T", event)))
         state.next_diff = k
         return state
 

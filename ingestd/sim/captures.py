@@ -164,7 +164,9 @@ class _Builder:
         )
 
 
-def _detect_market(names: Sequence[str], sids: Sequence[int], frames: Sequence[bytes], hints: list[Market]) -> Market:
+def _detect_market(
+    names: Sequence[str], sids: Sequence[int], frames: Sequence[bytes], hints: list[Market]
+) -> Market:
     """Payload evidence first (depth diffs with/without ``pu``), then URL hints, else futures."""
     first: dict[int, bytes] = {}
     for s, f in zip(sids, frames, strict=True):
@@ -211,9 +213,12 @@ def wrap(name: str, data: bytes) -> bytes:
 def unwrap(name: str, frame: bytes) -> bytes:
     """The ``data`` part of a combined frame, as the exact recorded bytes when the layout allows."""
     head = len(_STREAM_PREFIX) + len(name.encode()) + len(_DATA_INFIX)
-    if frame.startswith(_STREAM_PREFIX) and frame.startswith(_DATA_INFIX, head - len(_DATA_INFIX)):
-        if frame.endswith(b"}"):
-            return frame[head:-1]
+    if (
+        frame.startswith(_STREAM_PREFIX)
+        and frame.startswith(_DATA_INFIX, head - len(_DATA_INFIX))
+        and frame.endswith(b"}")
+    ):
+        return frame[head:-1]
     return orjson.dumps(orjson.loads(frame)["data"])
 
 
@@ -241,8 +246,8 @@ def _query_symbol(url: str) -> str | None:
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    for no, line in enumerate(data.split(b"\n"), 1):
-        line = line.rstrip(b"\r")
+    for no, raw in enumerate(data.split(b"\n"), 1):
+        line = raw.rstrip(b"\r")
         if line.strip():
             yield no, line
 
@@ -289,7 +294,7 @@ def _read_ingestd_raw(lines: Iterable[tuple[int, bytes]], b: _Builder, name: str
             continue
         # A raw /ws/<name> connection carries bare payloads; one name in the path says whose.
         _, ws, names = path.partition("/ws/")
-        if ws and names and "/" not in names and frame.startswith((b"{", b"[")) and b'"result"' not in frame[:12]:
+        if ws and names and "/" not in names and not frame.startswith(b'{"result"'):
             b.frame(ts, names, wrap(names, frame))
         else:
             b.skipped += 1
@@ -365,7 +370,8 @@ def load_capture(path: Path | str) -> Capture:
     if head.startswith(b"configuration: "):
         raise CaptureError(f"{name}: a cryptofeed exchangeInfo file; pass its X.ws.N.0 capture instead")
     if _CF_WS_HEADER.match(head) or _CF_HTTP_LINE.match(head):
-        ws_path, http_path = path, None
+        ws_path: Path | None = path
+        http_path: Path | None = None
         if cf is not None:
             sib = _cryptofeed_sibling(path, cf["kind"], int(cf["n"]), cf["x"], cf["m"])
             ws_path, http_path = (path, sib) if cf["kind"] == "ws" else (sib, path)
@@ -424,13 +430,10 @@ class Timeline:
         merged: Iterable[tuple[int, int, int]]
         if len(self.captures) == 1:
             c = self.captures[0]
-            merged = zip(c.ts, (0 for _ in c.ts), range(len(c.ts)))
+            merged = ((t, 0, i) for i, t in enumerate(c.ts))
         else:
             merged = heapq.merge(
-                *(
-                    ((t + shifts[k], k, i) for i, t in enumerate(c.ts))
-                    for k, c in enumerate(self.captures)
-                )
+                *(((t + shifts[k], k, i) for i, t in enumerate(c.ts)) for k, c in enumerate(self.captures))
             )
         self.ts: list[int] = []
         self.sid: list[int] = []

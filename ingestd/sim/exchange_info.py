@@ -35,12 +35,22 @@ _SAMPLE_FRAMES: Final = 400
 """Frames per symbol decoded to infer precisions (plus the whole recorded snapshot)."""
 
 FUTURES_RATE_LIMITS: Final = (
-    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": USDM.weight_limit_per_minute},
+    {
+        "rateLimitType": "REQUEST_WEIGHT",
+        "interval": "MINUTE",
+        "intervalNum": 1,
+        "limit": USDM.weight_limit_per_minute,
+    },
     {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
     {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
 )
 SPOT_RATE_LIMITS: Final = (
-    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": SPOT.weight_limit_per_minute},
+    {
+        "rateLimitType": "REQUEST_WEIGHT",
+        "interval": "MINUTE",
+        "intervalNum": 1,
+        "limit": SPOT.weight_limit_per_minute,
+    },
     {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
     {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
     {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 300000},
@@ -74,7 +84,10 @@ def _fixed(value: str | int, written: int) -> str:
 
 
 def split_symbol(native: str) -> tuple[str, str, str]:
-    """``BTCUSDT`` → (``BTC``, ``USDT``, contract type); ``BTCUSD_PERP`` → (``BTC``, ``USD``, ``PERPETUAL``)."""
+    """``BTCUSDT`` → (``BTC``, ``USDT``, contract type).
+
+    ``BTCUSD_PERP`` is a ``PERPETUAL``; a dated ``BTCUSD_211231`` a ``CURRENT_QUARTER``.
+    """
     pair, _, suffix = native.partition("_")
     contract = "PERPETUAL" if suffix in ("", "PERP") else "CURRENT_QUARTER"
     for quote in sorted(QUOTE_ASSETS, key=len, reverse=True):

@@ -11,7 +11,7 @@ shifts ``serverTime``. Everything is plain state read by the venue; this module 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -138,9 +138,9 @@ class Faults:
     _sticky: list[tuple[Command, Where]] = field(default_factory=list)
     _rest: list[RestFault] = field(default_factory=list)
     _refusals: list[_Refusal] = field(default_factory=list)
-    _now_ms: Any = None
+    _now_ms: Callable[[], int] | None = None
 
-    def bind(self, timeline: Timeline, target: ConnectionControl, now_ms: Any) -> None:
+    def bind(self, timeline: Timeline, target: ConnectionControl, now_ms: Callable[[], int]) -> None:
         """Called by the venue at start: the timeline, its connections, its clock (ms)."""
         self._timeline, self._target, self._now_ms = timeline, target, now_ms
 
@@ -205,7 +205,7 @@ class Faults:
         self, *, route: str | None = None, stream: str | None = None, connection: int | None = None
     ) -> int:
         """Send ``{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":<ms>}}``."""
-        now = int(self._now_ms()) if self._now_ms is not None else 0
+        now = self._now_ms() if self._now_ms is not None else 0
         combined, bare = server_shutdown_frames(now + self.clock_skew_ms)
         return self._send(Inject((combined,), bare=(bare,)), Where(route, stream, connection), sticky=False)
 
@@ -214,7 +214,12 @@ class Faults:
         return [c for c, w in self._sticky if w.matches(conn)]
 
     def skip_depth_diff(
-        self, symbol: str, *, index: int | None = None, update_id: int | None = None, market: Market | None = None
+        self,
+        symbol: str,
+        *,
+        index: int | None = None,
+        update_id: int | None = None,
+        market: Market | None = None,
     ) -> int:
         """Never send one depth diff of ``symbol``: its ``index``-th (0-based) or the one whose
         final update id ``u`` is ``update_id``. Returns its timeline index."""
@@ -223,11 +228,8 @@ class Faults:
             raise ConfigError("skip_depth_diff: the venue has not started")
         if (index is None) == (update_id is None):
             raise ConfigError("skip_depth_diff: give exactly one of index or update_id")
-        sids = [
-            s
-            for s in tl.symbol_sids(market or "futures", symbol) + (tl.symbol_sids("spot", symbol) if not market else [])
-            if tl.streams[s].is_depth_diff
-        ]
+        markets: tuple[Market, ...] = (market,) if market else ("futures", "spot")
+        sids = [s for m in markets for s in tl.symbol_sids(m, symbol) if tl.streams[s].is_depth_diff]
         if not sids:
             raise ConfigError(f"skip_depth_diff: no depth diff stream for {symbol}")
         sid = sids[0]

@@ -126,18 +126,10 @@ def _trade(r: _Route, c: Contract, w: TradeWire, recv_ts: int) -> Trade:
     spot [hftbacktest spot_btcusdt]: ``{"e":"trade",...,"T":1723161255342,"m":true,"M":true}``.
     """
     return Trade(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=w.event_time * _MS,
-        recv_ts=recv_ts,
-        transaction_ts=w.trade_time * _MS,
-        trade_id=w.trade_id,
-        price=w.price,
-        qty=w.qty,
-        is_buyer_maker=w.buyer_is_maker,
-        trade_type=w.trade_type,
-    )
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
+        transaction_ts=w.trade_time * _MS, trade_id=w.trade_id, price=w.price, qty=w.qty,
+        is_buyer_maker=w.buyer_is_maker, trade_type=w.trade_type,
+    )  # fmt: skip
 
 
 def _agg_trade(r: _Route, c: Contract, w: AggTradeWire, recv_ts: int) -> AggTrade:
@@ -151,20 +143,11 @@ def _agg_trade(r: _Route, c: Contract, w: AggTradeWire, recv_ts: int) -> AggTrad
     Spot adds ``"M":true``; futures may add ``nq`` (→ ``normal_qty``).
     """
     return AggTrade(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=w.event_time * _MS,
-        recv_ts=recv_ts,
-        transaction_ts=w.trade_time * _MS,
-        agg_id=w.agg_id,
-        first_trade_id=w.first_trade_id,
-        last_trade_id=w.last_trade_id,
-        price=w.price,
-        qty=w.qty,
-        is_buyer_maker=w.buyer_is_maker,
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
+        transaction_ts=w.trade_time * _MS, agg_id=w.agg_id, first_trade_id=w.first_trade_id,
+        last_trade_id=w.last_trade_id, price=w.price, qty=w.qty, is_buyer_maker=w.buyer_is_maker,
         normal_qty=w.normal_qty,
-    )
+    )  # fmt: skip
 
 
 def _book_ticker(
@@ -184,18 +167,10 @@ def _book_ticker(
     """
     e, t = w.event_time, w.trade_time
     return BookTicker(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=None if e is None else e * _MS,
-        recv_ts=recv_ts,
-        transaction_ts=None if t is None else t * _MS,
-        update_id=w.update_id,
-        bid_price=w.bid_price,
-        bid_qty=w.bid_qty,
-        ask_price=w.ask_price,
-        ask_qty=w.ask_qty,
-    )
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=None if e is None else e * _MS,
+        recv_ts=recv_ts, transaction_ts=None if t is None else t * _MS, update_id=w.update_id,
+        bid_price=w.bid_price, bid_qty=w.bid_qty, ask_price=w.ask_price, ask_qty=w.ask_qty,
+    )  # fmt: skip
 
 
 def _depth_diff(r: _Route, c: Contract, w: SpotDepthWire | FuturesDepthWire, recv_ts: int) -> DepthDiff:
@@ -211,18 +186,11 @@ def _depth_diff(r: _Route, c: Contract, w: SpotDepthWire | FuturesDepthWire, rec
     """
     t = w.trade_time
     return DepthDiff(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=w.event_time * _MS,
-        recv_ts=recv_ts,
-        transaction_ts=None if t is None else t * _MS,
-        first_update_id=w.first_update_id,
-        final_update_id=w.final_update_id,
-        prev_final_update_id=w.prev_final_update_id,
-        bids=w.bids,
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
+        transaction_ts=None if t is None else t * _MS, first_update_id=w.first_update_id,
+        final_update_id=w.final_update_id, prev_final_update_id=w.prev_final_update_id, bids=w.bids,
         asks=w.asks,
-    )
+    )  # fmt: skip
 
 
 def _partial_depth_spot(r: _Route, c: Contract, w: SpotPartialDepthWire, recv_ts: int) -> PartialDepth:
@@ -234,18 +202,10 @@ def _partial_depth_spot(r: _Route, c: Contract, w: SpotPartialDepthWire, recv_ts
          "asks":[["1782.01000000","15.46080000"]]}
     """
     return PartialDepth(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=None,
-        recv_ts=recv_ts,
-        depth=r.depth,
-        first_update_id=None,
-        final_update_id=w.last_update_id,
-        prev_final_update_id=None,
-        bids=w.bids,
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=None, recv_ts=recv_ts, depth=r.depth,
+        first_update_id=None, final_update_id=w.last_update_id, prev_final_update_id=None, bids=w.bids,
         asks=w.asks,
-    )
+    )  # fmt: skip
 
 
 def _partial_depth_futures(r: _Route, c: Contract, w: FuturesDepthWire, recv_ts: int) -> PartialDepth:
@@ -258,19 +218,11 @@ def _partial_depth_futures(r: _Route, c: Contract, w: FuturesDepthWire, recv_ts:
     """
     t = w.trade_time
     return PartialDepth(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=w.event_time * _MS,
-        recv_ts=recv_ts,
-        transaction_ts=None if t is None else t * _MS,
-        depth=r.depth,
-        first_update_id=w.first_update_id,
-        final_update_id=w.final_update_id,
-        prev_final_update_id=w.prev_final_update_id,
-        bids=w.bids,
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
+        transaction_ts=None if t is None else t * _MS, depth=r.depth, first_update_id=w.first_update_id,
+        final_update_id=w.final_update_id, prev_final_update_id=w.prev_final_update_id, bids=w.bids,
         asks=w.asks,
-    )
+    )  # fmt: skip
 
 
 def _kline(r: _Route, c: Contract, w: KlineWire, recv_ts: int) -> Kline:
@@ -285,25 +237,12 @@ def _kline(r: _Route, c: Contract, w: KlineWire, recv_ts: int) -> Kline:
     """
     k = w.kline
     return Kline(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=w.event_time * _MS,
-        recv_ts=recv_ts,
-        interval=k.interval,
-        open_time=k.open_time * _MS,
-        close_time=k.close_time * _MS,
-        open=k.open,
-        high=k.high,
-        low=k.low,
-        close=k.close,
-        volume=k.volume,
-        quote_volume=k.quote_volume,
-        trades=k.trades,
-        taker_buy_volume=k.taker_buy_volume,
-        taker_buy_quote_volume=k.taker_buy_quote_volume,
-        closed=k.closed,
-    )
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
+        interval=k.interval, open_time=k.open_time * _MS, close_time=k.close_time * _MS, open=k.open,
+        high=k.high, low=k.low, close=k.close, volume=k.volume, quote_volume=k.quote_volume,
+        trades=k.trades, taker_buy_volume=k.taker_buy_volume,
+        taker_buy_quote_volume=k.taker_buy_quote_volume, closed=k.closed,
+    )  # fmt: skip
 
 
 def _mark_price(r: _Route, c: Contract, w: MarkPriceWire, recv_ts: int) -> MarkPrice:
@@ -320,18 +259,11 @@ def _mark_price(r: _Route, c: Contract, w: MarkPriceWire, recv_ts: int) -> MarkP
     """
     nft = w.next_funding_time
     return MarkPrice(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=w.event_time * _MS,
-        recv_ts=recv_ts,
-        mark_price=w.mark_price,
-        index_price=w.index_price,
-        estimated_settle_price=w.estimated_settle_price,
-        funding_rate=w.funding_rate,
-        next_funding_time=nft * _MS if nft else None,
-        mark_price_avg=w.mark_price_avg,
-    )
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
+        mark_price=w.mark_price, index_price=w.index_price,
+        estimated_settle_price=w.estimated_settle_price, funding_rate=w.funding_rate,
+        next_funding_time=nft * _MS if nft else None, mark_price_avg=w.mark_price_avg,
+    )  # fmt: skip
 
 
 def _liquidation(r: _Route, c: Contract, w: ForceOrderWire, recv_ts: int) -> Liquidation:
@@ -345,22 +277,11 @@ def _liquidation(r: _Route, c: Contract, w: ForceOrderWire, recv_ts: int) -> Liq
     """
     o = w.order
     return Liquidation(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=w.event_time * _MS,
-        recv_ts=recv_ts,
-        transaction_ts=o.trade_time * _MS,
-        side=o.side,
-        order_type=o.order_type,
-        time_in_force=o.time_in_force,
-        qty=o.qty,
-        price=o.price,
-        avg_price=o.avg_price,
-        status=o.status,
-        last_filled_qty=o.last_filled_qty,
-        filled_qty=o.filled_qty,
-    )
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
+        transaction_ts=o.trade_time * _MS, side=o.side, order_type=o.order_type,
+        time_in_force=o.time_in_force, qty=o.qty, price=o.price, avg_price=o.avg_price, status=o.status,
+        last_filled_qty=o.last_filled_qty, filled_qty=o.filled_qty,
+    )  # fmt: skip
 
 
 def _ticker(r: _Route, c: Contract, w: TickerWire, recv_ts: int) -> Ticker:
@@ -376,32 +297,14 @@ def _ticker(r: _Route, c: Contract, w: TickerWire, recv_ts: int) -> Ticker:
          "L":841646650,"n":552479}
     """
     return Ticker(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=w.event_time * _MS,
-        recv_ts=recv_ts,
-        price_change=w.price_change,
-        price_change_pct=w.price_change_pct,
-        weighted_avg_price=w.weighted_avg_price,
-        last_price=w.last_price,
-        last_qty=w.last_qty,
-        open=w.open,
-        high=w.high,
-        low=w.low,
-        volume=w.volume,
-        quote_volume=w.quote_volume,
-        open_time=w.open_time * _MS,
-        close_time=w.close_time * _MS,
-        first_trade_id=w.first_trade_id,
-        last_trade_id=w.last_trade_id,
-        trades=w.trades,
-        prev_close=w.prev_close,
-        bid_price=w.bid_price,
-        bid_qty=w.bid_qty,
-        ask_price=w.ask_price,
-        ask_qty=w.ask_qty,
-    )
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
+        price_change=w.price_change, price_change_pct=w.price_change_pct,
+        weighted_avg_price=w.weighted_avg_price, last_price=w.last_price, last_qty=w.last_qty,
+        open=w.open, high=w.high, low=w.low, volume=w.volume, quote_volume=w.quote_volume,
+        open_time=w.open_time * _MS, close_time=w.close_time * _MS, first_trade_id=w.first_trade_id,
+        last_trade_id=w.last_trade_id, trades=w.trades, prev_close=w.prev_close, bid_price=w.bid_price,
+        bid_qty=w.bid_qty, ask_price=w.ask_price, ask_qty=w.ask_qty,
+    )  # fmt: skip
 
 
 def _mini_ticker(r: _Route, c: Contract, w: MiniTickerWire, recv_ts: int) -> MiniTicker:
@@ -414,18 +317,9 @@ def _mini_ticker(r: _Route, c: Contract, w: MiniTickerWire, recv_ts: int) -> Min
          "v":"471703.53110000","q":"840180761.51358100"}
     """
     return MiniTicker(
-        venue=r.venue,
-        symbol=c.symbol,
-        native=c.native,
-        exchange_ts=w.event_time * _MS,
-        recv_ts=recv_ts,
-        close=w.close,
-        open=w.open,
-        high=w.high,
-        low=w.low,
-        volume=w.volume,
-        quote_volume=w.quote_volume,
-    )
+        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
+        close=w.close, open=w.open, high=w.high, low=w.low, volume=w.volume, quote_volume=w.quote_volume,
+    )  # fmt: skip
 
 
 # -- per-market channel specs (data) -----------------------------------------------------------
@@ -453,7 +347,7 @@ _SHARED_SPECS: Final[dict[str, _Spec]] = {
     "miniTicker": _Spec(MiniTickerWire, _mini_ticker, _SYMBOL),
 }
 
-SPOT_SPECS: Final[dict[str, _Spec]] = {
+_SPOT_SPECS: Final[dict[str, _Spec]] = {
     **_SHARED_SPECS,
     "depth": _Spec(SpotDepthWire, _depth_diff, _SYMBOL),
     "depthN": _Spec(SpotPartialDepthWire, _partial_depth_spot, None),
@@ -461,7 +355,7 @@ SPOT_SPECS: Final[dict[str, _Spec]] = {
 }
 """Spot has no markPrice or forceOrder streams."""
 
-FUTURES_SPECS: Final[dict[str, _Spec]] = {
+_FUTURES_SPECS: Final[dict[str, _Spec]] = {
     **_SHARED_SPECS,
     "depth": _Spec(FuturesDepthWire, _depth_diff, _SYMBOL),
     "depthN": _Spec(FuturesDepthWire, _partial_depth_futures, _SYMBOL),
@@ -571,6 +465,16 @@ def _sniff_stream(frame: bytes) -> str | None:
     return frame[_NAME_AT:end].decode("utf-8", "replace")
 
 
+def _frame_error(route: _Route, frame: bytes, exc: msgspec.DecodeError) -> str:
+    """The error of decoding the whole frame, so that slow-path messages point at ``$.data.p``
+    like the fast path's do (``data`` decoded alone would say ``$.p``). Error path only."""
+    try:
+        route.frame_decoder.decode(frame)
+    except msgspec.DecodeError as whole:
+        return str(whole)
+    return str(exc)
+
+
 def _error_text(code: object, msg: object, error: object) -> str | None:
     """``code=.. msg=..`` of a flat or nested (``{"error":{...}}``) error reply, else ``None``."""
     if isinstance(error, dict):
@@ -597,7 +501,7 @@ class FrameParser:
             raise ValueError(f"unknown venue {venue!r}; expected one of {', '.join(VENUES)}")
         self.venue = venue
         self.contracts = contracts
-        self._specs = SPOT_SPECS if venue == SPOT.name else FUTURES_SPECS
+        self._specs = _SPOT_SPECS if venue == SPOT.name else _FUTURES_SPECS
         self._by_name: dict[str, _Route] = {}
         self._by_key: dict[bytes, _Route] = {}
 
@@ -647,7 +551,7 @@ class FrameParser:
         try:
             payload = route.data_decoder.decode(env.data)
         except msgspec.DecodeError as exc:
-            raise ParseError(f"bad payload: {exc}", stream=name) from exc
+            raise ParseError(f"bad payload: {_frame_error(route, frame, exc)}", stream=name) from exc
         return name, route.emit(route, payload, recv_ts)
 
     def _route(self, name: str) -> _Route:
@@ -739,13 +643,8 @@ def parse_depth_snapshot(venue: str, contract: Contract, body: bytes | str, recv
         raise ParseError(f"snapshot is for {w.symbol!r}, not {contract.native}", stream=where)
     e_ms, t_ms = w.event_time, w.trade_time
     return DepthSnapshot(
-        venue=venue,
-        symbol=contract.symbol,
-        native=contract.native,
-        exchange_ts=None if e_ms is None else e_ms * _MS,
-        recv_ts=recv_ts,
-        transaction_ts=None if t_ms is None else t_ms * _MS,
-        last_update_id=w.last_update_id,
-        bids=w.bids,
+        venue=venue, symbol=contract.symbol, native=contract.native,
+        exchange_ts=None if e_ms is None else e_ms * _MS, recv_ts=recv_ts,
+        transaction_ts=None if t_ms is None else t_ms * _MS, last_update_id=w.last_update_id, bids=w.bids,
         asks=w.asks,
-    )
+    )  # fmt: skip

@@ -1,0 +1,468 @@
+"""The book stage in the data flow: one :class:`BookSync` per symbol, the gap log, the audit.
+
+:meth:`BookManager.process` sees every batch before the bus does (``Daemon._emit``) and returns
+the extra records to publish with it: :class:`Gap` records and, when asked for, :class:`BookTop`
+views. It asks for REST snapshots through the ``request_snapshot(native, urgent)`` callback
+(non-blocking: the snapshot producer queues the request and later emits the
+:class:`~ingestd.records.DepthSnapshot`, which comes back through :meth:`process`).
+
+Integrity audit: Binance's ``bookTicker.u`` shares the depth diffs' id space, so a bookTicker
+whose ``u`` equals the final id of a diff describes exactly the book after that diff. Best bid
+and ask (price and quantity) are compared exactly; a mismatch is logged, written as an
+``audit_mismatch`` gap, and that symbol alone resyncs. bookTicker is real-time while depth diffs
+are batched, so the matching ticker usually arrives *before* its diff (in the real hftbacktest
+USDⓈ-M BTCUSDT capture: 503 of 629 pairs; spot and COIN-M: all of them, up to 32 tickers ahead).
+Tickers ahead of the book are therefore held in a short per-symbol queue (at most
+:data:`AUDIT_AHEAD`, oldest dropped) and checked when the diff with their ``u`` is applied; a
+ticker arriving right after its diff is checked at once. Only a ticker whose diff was already
+followed by another one cannot be checked (the book has moved on).
+
+Pure like the rest of ``ingestd.book``: no I/O, no clock (timestamps come from the records and
+events), logs only on transitions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ingestd.book.book import OrderBook
+from ingestd.book.records import BookTop, Gap, GapKind
+from ingestd.book.sync import APPLIED, NOTHING, BookSync, GapInfo, Market, SyncResult, SyncState
+from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
+from ingestd.records import AnyRecord, BookTicker, DepthDiff, DepthSnapshot, Level, Record
+from ingestd.venues.binance.endpoints import stream_kind, stream_symbol
+from ingestd.venues.binance.symbols import Contract, ContractSet
+
+log = logging.getLogger("ingestd.book")
+
+AUDIT_AHEAD: Final = 128
+"""bookTickers held per symbol while they are ahead of the book (see the module docstring)."""
+
+RequestSnapshot = Callable[[str, bool], None]
+"""``request_snapshot(native, urgent)``: queue a REST depth snapshot (must not block)."""
+
+
+@dataclass(slots=True)
+class _Symbol:
+    """Per-symbol state beside the sync machine: gap episode, counters, BookTop cadence."""
+
+    contract: Contract
+    sync: BookSync
+    gap_started_ts: int | None = None
+    """``started_ts`` of the open gap episode (``None``: no episode open)."""
+    gap_last_id: int | None = None
+    gap_kind: str | None = None
+    gaps: dict[str, int] = field(default_factory=dict)
+    resyncs: int = 0
+    audit_checks: int = 0
+    audit_mismatches: int = 0
+    since_top: int = 0
+    repeated_disconnects: int = 0
+    ahead: deque[BookTicker] = field(default_factory=lambda: deque(maxlen=AUDIT_AHEAD))
+    """bookTickers with an update id the book has not reached yet, oldest first."""
+
+
+class BookView:
+    """Read-only access to one symbol's local book for hooks.
+
+    Every read checks the live state: once the book loses sync, ``is_synced`` is ``False`` and
+    the tops and levels read as empty until it is exact again. The view reflects the newest diff
+    the manager has processed, which may be ahead of the record a hook is handling.
+    """
+
+    __slots__ = ("_book", "_sync", "native", "symbol")
+
+    def __init__(self, symbol: str, native: str, sync: BookSync) -> None:
+        self.symbol = symbol
+        self.native = native
+        self._sync = sync
+        self._book: OrderBook = sync.book
+
+    @property
+    def is_synced(self) -> bool:
+        """True when the book is exact."""
+        return self._sync.state is SyncState.SYNCED
+
+    @property
+    def last_update_id(self) -> int | None:
+        """Final id of the last diff applied, or ``None`` when not synced."""
+        return self._book.last_update_id if self.is_synced else None
+
+    def best_bid(self) -> Level | None:
+        """``(price, qty)`` of the best bid, or ``None`` (empty side or not synced)."""
+        return self._book.best_bid() if self.is_synced else None
+
+    def best_ask(self) -> Level | None:
+        """``(price, qty)`` of the best ask, or ``None`` (empty side or not synced)."""
+        return self._book.best_ask() if self.is_synced else None
+
+    def levels(self, n: int) -> tuple[list[Level], list[Level]]:
+        """Top ``n`` levels ``(bids highest first, asks lowest first)``; empty when not synced."""
+        return self._book.levels(n) if self.is_synced else ([], [])
+
+    def __repr__(self) -> str:
+        return f"<BookView {self.symbol} synced={self.is_synced} u={self.last_update_id}>"
+
+
+class BookManager:
+    """Exact local books for every contract of a run, fed by the record stream.
+
+    ``book_depth > 0`` adds a :class:`BookTop` of that many levels every ``book_every`` applied
+    diffs (``1`` or ``0`` = after every diff) and whenever a book becomes synced.
+    """
+
+    def __init__(
+        self,
+        venue: str,
+        contracts: ContractSet,
+        *,
+        market: Market,
+        request_snapshot: RequestSnapshot,
+        max_buffered: int = 10_000,
+        book_depth: int = 0,
+        book_every: int = 0,
+    ) -> None:
+        if book_depth < 0 or book_every < 0:
+            raise ValueError("book_depth and book_every must be >= 0")
+        self.venue = venue
+        self.market: Market = market
+        self._request = request_snapshot
+        self.book_depth = book_depth
+        self.book_every = max(1, book_every)
+        self._by_native: dict[str, _Symbol] = {}
+        self._views: dict[str, BookView] = {}
+        for c in contracts:
+            sym = _Symbol(c, BookSync(market, max_buffered))
+            self._by_native[c.native] = sym
+            view = BookView(c.symbol, c.native, sym.sync)
+            self._views[c.native] = view
+            self._views[c.symbol] = view
+        self.unknown_symbols = 0
+        self.snapshot_requests = 0
+
+    # -- data path --------------------------------------------------------------------------
+
+    def process(self, batch: Sequence[AnyRecord]) -> list[Record]:
+        """Feed one batch (in arrival order); returns the gap/book records to publish with it."""
+        out: list[Record] = []
+        books = self._by_native
+        depth = self.book_depth
+        for rec in batch:
+            cls = type(rec)
+            if cls is DepthDiff:
+                assert isinstance(rec, DepthDiff)
+                sym = books.get(rec.native)
+                if sym is None:
+                    self.unknown_symbols += 1
+                    continue
+                res = sym.sync.on_diff(rec)
+                if res is APPLIED:
+                    if sym.ahead:
+                        self._audit_ahead(sym, out)
+                    if depth:
+                        sym.since_top += 1
+                        if sym.since_top >= self.book_every:
+                            out.append(self._top(sym, rec))
+                elif res is not NOTHING:
+                    self._handle(sym, res, rec, out)
+            elif cls is BookTicker:
+                assert isinstance(rec, BookTicker)
+                sym = books.get(rec.native)
+                if sym is not None:
+                    self._audit(sym, rec, out)
+            elif cls is DepthSnapshot:
+                assert isinstance(rec, DepthSnapshot)
+                sym = books.get(rec.native)
+                if sym is None:
+                    self.unknown_symbols += 1
+                    continue
+                res = sym.sync.on_snapshot(rec)
+                if res is not NOTHING:
+                    self._handle(sym, res, rec, out)
+        return out
+
+    def on_connection_event(self, ev: ConnectionEvent) -> list[Record]:
+        """React to a websocket transition; returns the gap records to publish.
+
+        ``DISCONNECTED``: every symbol whose depth-diff stream the connection carried loses its
+        book (gap ``disconnect``); the first diff of the new connection asks for a snapshot.
+        ``STREAM_SILENT``: a ``silent_stream`` notice per symbol of the silent streams (no resync:
+        a silent depth stream simply never syncs, a silent bookTicker stream costs no book data).
+        """
+        out: list[Record] = []
+        if ev.kind is ConnectionEventKind.DISCONNECTED:
+            natives = self._depth_natives(ev)
+            for native in natives:
+                sym = self._by_native[native]
+                if sym.sync.state is SyncState.IDLE and sym.gap_kind == GapKind.DISCONNECT:
+                    # Nothing arrived since the last disconnect: the open episode covers this one.
+                    sym.repeated_disconnects += 1
+                    continue
+                sym.ahead.clear()
+                res = sym.sync.resync(
+                    GapKind.DISCONNECT, f"{ev.connection} disconnected: {ev.reason}", stream_alive=False
+                )
+                assert res.gap is not None
+                out.append(self._gap(sym, res.gap, ev.ts, None))
+            if natives:
+                log.warning("%s disconnected: %d book(s) will resync", ev.connection, len(natives))
+        elif ev.kind is ConnectionEventKind.STREAM_SILENT:
+            by_native: dict[str, list[str]] = {}
+            for stream in ev.streams:
+                native = (stream_symbol(stream) or "").upper()
+                if native in self._by_native:
+                    by_native.setdefault(native, []).append(stream)
+            for native in ev.natives:
+                if native in self._by_native:
+                    by_native.setdefault(native, [])
+            for native, streams in by_native.items():
+                sym = self._by_native[native]
+                what = ", ".join(streams) or "its streams"
+                info = GapInfo(
+                    GapKind.SILENT_STREAM,
+                    f"{ev.connection}: no first frame on {what}",
+                    sym.sync.last_update_id if sym.sync.is_synced else None,
+                )
+                out.append(self._gap(sym, info, ev.ts, None, opens=False))
+        return out
+
+    def record_gap(self, native: str, kind: GapKind, reason: str, ts: int) -> list[Record]:
+        """Write a gap of ``kind`` for ``native`` on another component's behalf (e.g. ``ban``:
+        snapshots cannot be fetched). The book is left alone; it syncs when it can."""
+        sym = self._by_native.get(native)
+        if sym is None:
+            return []
+        last = sym.sync.last_update_id if sym.sync.is_synced else sym.gap_last_id
+        return [self._gap(sym, GapInfo(kind, reason, last), ts, None)]
+
+    # -- readiness (hooks) ------------------------------------------------------------------
+
+    def get(self, symbol: str) -> BookView | None:
+        """The book of ``symbol`` (normalized ``BTC-USDT-PERP`` or native ``BTCUSDT``), or
+        ``None`` when it is unknown or not synced right now."""
+        view = self._views.get(symbol)
+        if view is None or not view.is_synced:
+            return None
+        return view
+
+    def state(self, native: str) -> SyncState | None:
+        """Sync state of ``native`` (``None`` if not a contract of the run)."""
+        sym = self._by_native.get(native)
+        return None if sym is None else sym.sync.state
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: per symbol and totals (states, syncs, resyncs, gaps by kind, audit)."""
+        symbols: dict[str, dict[str, Any]] = {}
+        totals: dict[str, Any] = {
+            "symbols": len(self._by_native),
+            "synced": 0,
+            "syncs": 0,
+            "resyncs": 0,
+            "applied": 0,
+            "buffered": 0,
+            "audit_checks": 0,
+            "audit_mismatches": 0,
+            "stale_snapshots": 0,
+            "overflow_dropped": 0,
+            "gaps": {},
+            "unknown_symbols": self.unknown_symbols,
+            "snapshot_requests": self.snapshot_requests,
+        }
+        gaps_total: dict[str, int] = totals["gaps"]
+        for native, sym in self._by_native.items():
+            s = sym.sync
+            row = {
+                "symbol": sym.contract.symbol,
+                "state": s.state.value,
+                "last_update_id": s.last_update_id,
+                "syncs": s.syncs,
+                "resyncs": sym.resyncs,
+                "applied": s.applied,
+                "buffered": s.buffered,
+                "already_in_snapshot": s.already_in_snapshot,
+                "stale_snapshots": s.stale_snapshots,
+                "overflow_dropped": s.overflow_dropped,
+                "ignored_duplicates": s.ignored_duplicates,
+                "ignored_snapshots": s.ignored_snapshots,
+                "audit_checks": sym.audit_checks,
+                "audit_mismatches": sym.audit_mismatches,
+                "gaps": dict(sym.gaps),
+                "gap_open_since": sym.gap_started_ts,
+            }
+            symbols[native] = row
+            totals["synced"] += s.is_synced
+            for key in ("syncs", "resyncs", "applied", "buffered", "audit_checks", "audit_mismatches",
+                        "stale_snapshots", "overflow_dropped"):  # fmt: skip
+                totals[key] += row[key]
+            for kind, n in sym.gaps.items():
+                gaps_total[kind] = gaps_total.get(kind, 0) + n
+        return {"symbols": symbols, "totals": totals}
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _handle(
+        self, sym: _Symbol, res: SyncResult, rec: DepthDiff | DepthSnapshot, out: list[Record]
+    ) -> None:
+        """Turn a non-trivial :class:`SyncResult` into records, a snapshot request and logs."""
+        native = sym.contract.native
+        if res.synced and res.gap is None:
+            self._synced(sym, rec, out)
+        elif res.applied and self.book_depth and sym.sync.is_synced:
+            sym.since_top += res.applied
+            if sym.since_top >= self.book_every:
+                out.append(self._top(sym, rec))
+        if res.gap is not None:
+            gap = res.gap
+            if gap.kind is GapKind.BUFFER_OVERFLOW:
+                log.warning("%s: %s", native, gap.reason)
+            elif gap.kind is GapKind.STALE_SNAPSHOT:
+                log.info("%s: %s; requesting another", native, gap.reason)
+            else:
+                log.warning("%s: book discarded (%s): %s", native, gap.kind.value, gap.reason)
+            out.append(self._gap(sym, gap, rec.recv_ts, rec.exchange_ts))
+        if res.need_snapshot:
+            self.snapshot_requests += 1
+            self._request(native, res.urgent)
+        if res.applied and sym.ahead and sym.sync.is_synced:
+            self._audit_ahead(sym, out)
+
+    def _synced(self, sym: _Symbol, rec: DepthDiff | DepthSnapshot, out: list[Record]) -> None:
+        s = sym.sync
+        native = sym.contract.native
+        if sym.gap_started_ts is not None:
+            sym.resyncs += 1
+            secs = (rec.recv_ts - sym.gap_started_ts) / 1e9
+            log.info("%s: book resynced at u=%s from snapshot %s after %.1f s (%s)",
+                     native, s.last_update_id, s.snapshot_id, secs, sym.gap_kind)  # fmt: skip
+            out.append(
+                Gap(
+                    venue=self.venue,
+                    symbol=sym.contract.symbol,
+                    native=native,
+                    exchange_ts=rec.exchange_ts,
+                    recv_ts=rec.recv_ts,
+                    transaction_ts=None,
+                    kind=GapKind.RESYNC.value,
+                    reason=f"book exact again after {sym.gap_kind}",
+                    last_update_id=sym.gap_last_id,
+                    first_update_id=s.snapshot_id,
+                    final_update_id=s.last_update_id,
+                    started_ts=sym.gap_started_ts,
+                    ended_ts=rec.recv_ts,
+                )
+            )
+            sym.gap_started_ts = sym.gap_last_id = sym.gap_kind = None
+        else:
+            log.info("%s: book synced at u=%s from snapshot %s (%d buffered diff(s) already in it)",
+                     native, s.last_update_id, s.snapshot_id, s.already_in_snapshot)  # fmt: skip
+        if self.book_depth:
+            out.append(self._top(sym, rec))
+
+    def _gap(
+        self, sym: _Symbol, info: GapInfo, ts: int, exchange_ts: int | None, *, opens: bool = True
+    ) -> Gap:
+        """A gap record; ``opens`` starts (or joins) the symbol's gap episode."""
+        kind = info.kind.value
+        sym.gaps[kind] = sym.gaps.get(kind, 0) + 1
+        started = ts
+        if opens:
+            if sym.gap_started_ts is None:
+                sym.gap_started_ts = ts
+                sym.gap_last_id = info.last_update_id
+            started = sym.gap_started_ts
+            sym.gap_kind = kind
+        return Gap(
+            venue=self.venue,
+            symbol=sym.contract.symbol,
+            native=sym.contract.native,
+            exchange_ts=exchange_ts,
+            recv_ts=ts,
+            transaction_ts=None,
+            kind=kind,
+            reason=info.reason,
+            last_update_id=info.last_update_id,
+            first_update_id=info.first_update_id,
+            final_update_id=info.final_update_id,
+            prev_final_update_id=info.prev_final_update_id,
+            started_ts=started,
+        )
+
+    def _top(self, sym: _Symbol, diff: DepthDiff | DepthSnapshot) -> BookTop:
+        sym.since_top = 0
+        bids, asks = sym.sync.book.levels(self.book_depth)
+        last = sym.sync.last_update_id
+        assert last is not None
+        return BookTop(
+            venue=self.venue,
+            symbol=sym.contract.symbol,
+            native=sym.contract.native,
+            exchange_ts=diff.exchange_ts,
+            recv_ts=diff.recv_ts,
+            transaction_ts=diff.transaction_ts,
+            bids=bids,
+            asks=asks,
+            last_update_id=last,
+            depth=self.book_depth,
+        )
+
+    def _audit(self, sym: _Symbol, t: BookTicker, out: list[Record]) -> None:
+        """A bookTicker arrived: check it now if it is the book's state, hold it if ahead."""
+        s = sym.sync
+        if s.state is SyncState.SYNCED:
+            last = s.book.last_update_id
+            assert last is not None
+            if t.update_id == last:
+                self._check(sym, t, out)
+            elif t.update_id > last:
+                sym.ahead.append(t)
+        elif s.state is not SyncState.IDLE:
+            # Not synced yet: the ticker may match a diff the coming snapshot makes applicable.
+            sym.ahead.append(t)
+
+    def _audit_ahead(self, sym: _Symbol, out: list[Record]) -> None:
+        """The book moved to a new id: drop held tickers it passed, check one it reached."""
+        ahead = sym.ahead
+        last = sym.sync.book.last_update_id
+        assert last is not None
+        while ahead and ahead[0].update_id < last:
+            ahead.popleft()
+        if ahead and ahead[0].update_id == last:
+            self._check(sym, ahead.popleft(), out)
+
+    def _check(self, sym: _Symbol, t: BookTicker, out: list[Record]) -> None:
+        s = sym.sync
+        sym.audit_checks += 1
+        bid, ask = s.book.best_bid(), s.book.best_ask()
+        if bid == (t.bid_price, t.bid_qty) and ask == (t.ask_price, t.ask_qty):
+            return
+        sym.audit_mismatches += 1
+        reason = (
+            f"bookTicker u={t.update_id} says bid {t.bid_price} x {t.bid_qty}, ask {t.ask_price} x "
+            f"{t.ask_qty}; book has bid {bid}, ask {ask}"
+        )
+        log.error("%s: audit mismatch: %s", sym.contract.native, reason)
+        sym.ahead.clear()
+        res = s.resync(GapKind.AUDIT_MISMATCH, reason, stream_alive=True)
+        assert res.gap is not None
+        gap = GapInfo(GapKind.AUDIT_MISMATCH, reason, res.gap.last_update_id, t.update_id, t.update_id, None)
+        out.append(self._gap(sym, gap, t.recv_ts, t.exchange_ts))
+        self.snapshot_requests += 1
+        self._request(sym.contract.native, True)
+
+    def _depth_natives(self, ev: ConnectionEvent) -> list[str]:
+        """Natives whose diff-depth stream ``ev``'s connection carried (all of ``ev.natives``
+        when the event names no streams)."""
+        if not ev.streams:
+            return [n for n in ev.natives if n in self._by_native]
+        found: dict[str, None] = {}
+        for stream in ev.streams:
+            if stream_kind(stream) != "depth":
+                continue
+            native = (stream_symbol(stream) or "").upper()
+            if native in self._by_native:
+                found[native] = None
+        return list(found)

@@ -1,0 +1,401 @@
+"""Binance's local-book sync rules as a pure state machine (no I/O, no clock, no logging).
+
+States::
+
+    IDLE ──first diff──► BUFFERING ──snapshot──► BRIDGING ──diff spanning L──► SYNCED
+      ▲                    ▲   │ stale snapshot: ask again                        │
+      │                    └───┴──────────── desync / crossed / audit ◄───────────┘
+      └──────────────────────────── disconnect (any state)
+
+* **BUFFERING**: every diff is kept (at most ``max_buffered``; on overflow the oldest go, and
+  the snapshot must then be newer than the oldest one kept). A snapshot was requested.
+* On the snapshot (``L = lastUpdateId``): older than the first buffered diff (spot
+  ``L + 1 < U``, futures ``L < U``) → ask for another. Otherwise load it, then feed the buffer.
+* **BRIDGING**: diffs already in the snapshot are dropped (spot ``u <= L``, futures ``u < L``;
+  the real USDⓈ-M ETHUSDT capture has a first valid event with ``u == L``). The first diff
+  applied must span it: spot ``U <= L + 1 <= u``, futures ``U <= L <= u``.
+* **SYNCED**: spot ``U == prev_u + 1``; futures ``pu == prev_u`` (futures ids are a global
+  sequence: ``U`` jumps, so ``U == prev_u + 1`` would be wrong there). A diff with
+  ``u <= prev_u`` was already applied (a duplicate across a connection rotation): ignored. A
+  break, or a crossed book after applying, discards the book: the offending diff starts a new
+  buffer and a new snapshot is needed.
+
+The caller (:class:`ingestd.book.manager.BookManager`) fetches snapshots, writes gap records and
+logs; this module only says what happened through :class:`SyncResult`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from ingestd.book.book import OrderBook
+from ingestd.book.records import GapKind
+from ingestd.records import DepthDiff, DepthSnapshot
+
+Market = Literal["spot", "futures"]
+
+
+class SyncState(enum.StrEnum):
+    """Where a symbol's book is in the sync procedure."""
+
+    IDLE = "idle"
+    """No diff yet (start, or after a disconnect): nothing buffered, nothing requested."""
+    BUFFERING = "buffering"
+    """Diffs are buffered; a snapshot was requested."""
+    BRIDGING = "bridging"
+    """A snapshot is loaded; waiting for the diff that spans its ``lastUpdateId``."""
+    SYNCED = "synced"
+    """The book is exact at :attr:`BookSync.last_update_id`."""
+
+
+@dataclass(frozen=True, slots=True)
+class GapInfo:
+    """Why the book was discarded (or why the snapshot did not fit), with the ids involved."""
+
+    kind: GapKind
+    reason: str
+    last_update_id: int | None
+    """Last id applied to a good book (``None`` if it never synced since the last discard)."""
+    first_update_id: int | None = None
+    final_update_id: int | None = None
+    prev_final_update_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """What one call did. Most calls return a shared constant (no allocation)."""
+
+    applied: int = 0
+    """Diffs applied to the book by this call."""
+    synced: bool = False
+    """The book became exact during this call."""
+    need_snapshot: bool = False
+    """The caller must fetch a (new) snapshot for this symbol."""
+    urgent: bool = False
+    """The snapshot replaces a book that was lost (a resync), not a first sync."""
+    gap: GapInfo | None = None
+    """Set when the book was discarded, a snapshot was rejected or buffered diffs were dropped."""
+    already_in_snapshot: int = 0
+    """Buffered diffs discarded because the snapshot already contains them."""
+
+
+NOTHING: Final = SyncResult()
+APPLIED: Final = SyncResult(applied=1)
+_NEED_FIRST: Final = SyncResult(need_snapshot=True)
+_NEED_URGENT: Final = SyncResult(need_snapshot=True, urgent=True)
+
+
+class BookSync:
+    """One symbol's book and its sync state. Feed it every diff and snapshot, in arrival order."""
+
+    __slots__ = (
+        "_bridge_prev_u",
+        "_buffer",
+        "_gap_open",
+        "_last_good",
+        "_overflowed",
+        "already_in_snapshot",
+        "applied",
+        "awaiting_snapshot",
+        "book",
+        "ignored_duplicates",
+        "ignored_snapshots",
+        "market",
+        "max_buffered",
+        "overflow_dropped",
+        "snapshot_id",
+        "spot",
+        "stale_snapshots",
+        "state",
+        "syncs",
+    )
+
+    def __init__(self, market: Market, max_buffered: int) -> None:
+        if market not in ("spot", "futures"):
+            raise ValueError(f"market must be 'spot' or 'futures', not {market!r}")
+        if max_buffered < 1:
+            raise ValueError(f"max_buffered must be >= 1, not {max_buffered}")
+        self.market: Market = market
+        self.spot = market == "spot"
+        self.max_buffered = max_buffered
+        self.book = OrderBook()
+        self.state = SyncState.IDLE
+        self._buffer: deque[DepthDiff] = deque()
+        self.snapshot_id: int | None = None
+        """``lastUpdateId`` of the snapshot the current book was built from."""
+        self.awaiting_snapshot = False
+        self._bridge_prev_u: int | None = None
+        self._last_good: int | None = None
+        self._gap_open = False
+        self._overflowed = False
+        self.syncs = 0
+        self.applied = 0
+        self.already_in_snapshot = 0
+        self.overflow_dropped = 0
+        self.stale_snapshots = 0
+        self.ignored_duplicates = 0
+        self.ignored_snapshots = 0
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def is_synced(self) -> bool:
+        """True when the book is exact (hooks may read it)."""
+        return self.state is SyncState.SYNCED
+
+    @property
+    def last_update_id(self) -> int | None:
+        """The id the book is at (``None`` when no snapshot is loaded)."""
+        return self.book.last_update_id
+
+    @property
+    def buffered(self) -> int:
+        """Diffs waiting for a snapshot."""
+        return len(self._buffer)
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def on_diff(self, diff: DepthDiff) -> SyncResult:
+        """Feed one diff (in arrival order). Returns :data:`APPLIED` on the common path."""
+        state = self.state
+        if state is SyncState.SYNCED:
+            return self._apply_synced(diff)
+        if state is SyncState.BRIDGING:
+            return self._bridge(diff)
+        if state is SyncState.IDLE:
+            self.state = SyncState.BUFFERING
+            self._buffer.append(diff)
+            self.awaiting_snapshot = True
+            return _NEED_URGENT if self._gap_open else _NEED_FIRST
+        return self._buffer_diff(diff)
+
+    def on_snapshot(self, snap: DepthSnapshot) -> SyncResult:
+        """Feed a REST snapshot. Ignored when the book is synced (e.g. periodic polling)."""
+        state = self.state
+        if state is SyncState.SYNCED:
+            self.ignored_snapshots += 1
+            return NOTHING
+        self.awaiting_snapshot = False
+        big_l = snap.last_update_id
+        if state is SyncState.BRIDGING:
+            # A second answer to an earlier request: keep whichever snapshot is newer.
+            if self.snapshot_id is not None and big_l <= self.snapshot_id:
+                self.ignored_snapshots += 1
+                return NOTHING
+            self._load(snap)
+            return NOTHING
+        buf = self._buffer
+        if not buf:
+            # Snapshot before any diff (IDLE, or the buffer was cleared): hold it and let the
+            # first diff prove it spans (see _bridge).
+            self._load(snap)
+            return NOTHING
+        first = buf[0]
+        too_old = first.first_update_id > (big_l + 1 if self.spot else big_l)
+        if too_old:
+            self.stale_snapshots += 1
+            self.awaiting_snapshot = True
+            self.state = SyncState.BUFFERING
+            self._gap_open = True
+            return SyncResult(
+                need_snapshot=True,
+                urgent=True,
+                gap=GapInfo(
+                    GapKind.STALE_SNAPSHOT,
+                    f"snapshot lastUpdateId {big_l} is older than the first buffered diff "
+                    f"(U={first.first_update_id})",
+                    self._last_good,
+                    final_update_id=big_l,
+                ),
+            )
+        self._load(snap)
+        return self._replay()
+
+    def resync(self, kind: GapKind, reason: str, *, stream_alive: bool) -> SyncResult:
+        """Discard the book on the caller's request (disconnect, audit mismatch, ban …).
+
+        ``stream_alive``: the diffs keep flowing (audit mismatch), so a snapshot is requested
+        now and new diffs are buffered. Otherwise (the connection dropped) everything buffered is
+        dropped and the book goes IDLE: the first diff of the new connection asks for the
+        snapshot, so it is not fetched before the stream it must bridge exists.
+        """
+        last = self._last_good
+        self._discard()
+        self._gap_open = True
+        gap = GapInfo(kind, reason, last)
+        if stream_alive:
+            self.state = SyncState.BUFFERING
+            self.awaiting_snapshot = True
+            return SyncResult(need_snapshot=True, urgent=True, gap=gap)
+        self._buffer.clear()
+        self.state = SyncState.IDLE
+        self.awaiting_snapshot = False
+        return SyncResult(gap=gap)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _apply_synced(self, diff: DepthDiff) -> SyncResult:
+        book = self.book
+        prev = book.last_update_id
+        assert prev is not None
+        u = diff.final_update_id
+        # Spot ids are contiguous per symbol; futures ids are global, so only ``pu`` links events.
+        ok = (diff.first_update_id == prev + 1) if self.spot else (diff.prev_final_update_id == prev)
+        if not ok:
+            if u <= prev:
+                self.ignored_duplicates += 1
+                return NOTHING
+            rule = "U == prev_u + 1" if self.spot else "pu == prev_u"
+            return self._break(
+                diff,
+                GapKind.DESYNC,
+                f"sequence break: expected {rule} with prev_u={prev}, got U={diff.first_update_id} "
+                f"u={u} pu={diff.prev_final_update_id}",
+            )
+        book.apply(diff.bids, diff.asks, u)
+        self.applied += 1
+        if book.crossed():
+            return self._crossed(diff)
+        self._last_good = u
+        return APPLIED
+
+    def _bridge(self, diff: DepthDiff) -> SyncResult:
+        """First diff after a snapshot: drop it if contained, apply it if it spans, else reject."""
+        big_l = self.snapshot_id
+        assert big_l is not None
+        u = diff.final_update_id
+        if (u <= big_l) if self.spot else (u < big_l):
+            self.already_in_snapshot += 1
+            self._bridge_prev_u = u
+            return SyncResult(already_in_snapshot=1)
+        if diff.first_update_id <= (big_l + 1 if self.spot else big_l):
+            self.book.apply(diff.bids, diff.asks, u)
+            self.applied += 1
+            if self.book.crossed():
+                return self._crossed(diff)
+            self._last_good = u
+            self.state = SyncState.SYNCED
+            self.syncs += 1
+            self._gap_open = False
+            self._overflowed = False
+            self._bridge_prev_u = None
+            return SyncResult(applied=1, synced=True)
+        prev_u = self._bridge_prev_u
+        if prev_u is None:
+            kind, reason = (
+                GapKind.STALE_SNAPSHOT,
+                f"snapshot lastUpdateId {big_l} is older than the stream (first diff U="
+                f"{diff.first_update_id})",
+            )
+            self.stale_snapshots += 1
+        else:
+            kind, reason = (
+                GapKind.DESYNC,
+                f"diffs skip the snapshot: after u={prev_u} (contained in lastUpdateId {big_l}) "
+                f"came U={diff.first_update_id} u={u} pu={diff.prev_final_update_id}",
+            )
+        return self._break(diff, kind, reason)
+
+    def _buffer_diff(self, diff: DepthDiff) -> SyncResult:
+        buf = self._buffer
+        buf.append(diff)
+        if len(buf) <= self.max_buffered:
+            return NOTHING
+        buf.popleft()
+        self.overflow_dropped += 1
+        if self._overflowed:
+            return NOTHING
+        # Reported once per buffering episode; the snapshot must now be newer than buf[0].
+        self._overflowed = True
+        self._gap_open = True
+        return SyncResult(
+            gap=GapInfo(
+                GapKind.BUFFER_OVERFLOW,
+                f"more than {self.max_buffered} diffs buffered while waiting for a snapshot; "
+                "dropping the oldest",
+                self._last_good,
+                first_update_id=buf[0].first_update_id,
+            )
+        )
+
+    def _replay(self) -> SyncResult:
+        """Feed the buffered diffs to a freshly loaded snapshot."""
+        buf = self._buffer
+        applied = contained = 0
+        synced = False
+        while buf:
+            diff = buf.popleft()
+            res = self._bridge(diff) if self.state is SyncState.BRIDGING else self._apply_synced(diff)
+            applied += res.applied
+            contained += res.already_in_snapshot
+            synced = synced or res.synced
+            if res.gap is not None:
+                # The book was discarded part-way: what is left of the buffer stays buffered
+                # (the offending diff was already put back in front by _break).
+                return SyncResult(
+                    applied=applied,
+                    need_snapshot=res.need_snapshot,
+                    urgent=True,
+                    gap=res.gap,
+                    already_in_snapshot=contained,
+                )
+        return SyncResult(applied=applied, synced=synced, already_in_snapshot=contained)
+
+    def _load(self, snap: DepthSnapshot) -> None:
+        self.book.load_snapshot(snap.bids, snap.asks, snap.last_update_id)
+        self.snapshot_id = snap.last_update_id
+        self._bridge_prev_u = None
+        self.state = SyncState.BRIDGING
+
+    def _discard(self) -> None:
+        self.book.clear()
+        self.snapshot_id = None
+        self._bridge_prev_u = None
+
+    def _break(self, diff: DepthDiff, kind: GapKind, reason: str) -> SyncResult:
+        """Discard the book; ``diff`` (newer than anything applied) heads the new buffer."""
+        last = self._last_good
+        self._discard()
+        self._buffer.appendleft(diff)
+        self.state = SyncState.BUFFERING
+        self.awaiting_snapshot = True
+        self._gap_open = True
+        self._overflowed = False
+        return SyncResult(
+            need_snapshot=True,
+            urgent=True,
+            gap=GapInfo(
+                kind,
+                reason,
+                last,
+                diff.first_update_id,
+                diff.final_update_id,
+                diff.prev_final_update_id,
+            ),
+        )
+
+    def _crossed(self, diff: DepthDiff) -> SyncResult:
+        """The diff was applied and crossed the book: discard it, buffer from the next diff."""
+        bid, ask = self.book.best_bid(), self.book.best_ask()
+        self._discard()
+        self.state = SyncState.BUFFERING
+        self.awaiting_snapshot = True
+        self._gap_open = True
+        self._overflowed = False
+        return SyncResult(
+            applied=1,
+            need_snapshot=True,
+            urgent=True,
+            gap=GapInfo(
+                GapKind.CROSSED,
+                f"book crossed after applying U={diff.first_update_id} u={diff.final_update_id}: "
+                f"best bid {bid} >= best ask {ask}",
+                self._last_good,
+                diff.first_update_id,
+                diff.final_update_id,
+                diff.prev_final_update_id,
+            ),
+        )

@@ -1,0 +1,152 @@
+"""Runtime state of the streams producer's connections: what :meth:`StreamsProducer.stats`
+reports and what its controller and readers update (no I/O here).
+
+A :class:`Slot` is one planned connection for the whole run (counters, backoff, the sockets it
+currently has); a :class:`Live` is one open socket of it (the primary, or a rotation candidate
+while a make-before-break rotation runs); a :class:`StreamStats` counts one stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ingestd.backoff import Backoff
+from ingestd.config import StreamSettings
+from ingestd.producers.dedupe import Handover, KeyFn
+from ingestd.producers.plan import ConnectionPlan
+from ingestd.producers.transport import WsConnection
+
+
+def _age(now: float, t: float) -> float | None:
+    return round(now - t, 3) if t else None
+
+
+class SlotState(enum.StrEnum):
+    """Where one planned connection is."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    """Open and subscribed; no data yet."""
+    STREAMING = "streaming"
+    ROTATING = "rotating"
+    BACKOFF = "backoff"
+    CLOSED = "closed"
+
+
+class StreamStats:
+    """Counters of one stream (across every socket that carried it)."""
+
+    __slots__ = (
+        "connection", "duplicates", "errors_in_episode", "first_frame_ts", "frames",
+        "keyfn", "last_frame", "parse_errors", "records",
+    )  # fmt: skip
+
+    def __init__(self, connection: str) -> None:
+        self.connection = connection
+        self.frames = 0
+        self.records = 0
+        self.parse_errors = 0
+        self.duplicates = 0
+        self.errors_in_episode = 0
+        self.first_frame_ts: int | None = None
+        self.last_frame = 0.0
+        self.keyfn: KeyFn | None = None
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """The stream's part of ``stats()``."""
+        return {
+            "connection": self.connection,
+            "frames": self.frames,
+            "records": self.records,
+            "parse_errors": self.parse_errors,
+            "duplicates": self.duplicates,
+            "first_frame_seen": self.first_frame_ts is not None,
+            "first_frame_ts": self.first_frame_ts,
+            "last_frame_age_s": _age(now, self.last_frame),
+        }
+
+
+class Live:
+    """One open socket of a slot: the primary, or a rotation candidate."""
+
+    __slots__ = (
+        "connected", "data_seen", "end_reason", "handover", "last_frame", "reader",
+        "silence_checked", "unseen", "ws",
+    )  # fmt: skip
+
+    def __init__(self, ws: WsConnection, streams: Sequence[str], *, candidate: bool) -> None:
+        self.ws = ws
+        self.connected = time.monotonic()
+        self.last_frame = self.connected
+        self.data_seen = False
+        self.unseen = set(streams)
+        self.silence_checked = False
+        self.end_reason: str | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.handover: Handover | None = Handover() if candidate else None
+        """Set while this socket is a rotation candidate; ``None`` once it is the primary."""
+
+    def handover_ready(self, primary: Live) -> bool:
+        """Overlap is proven on every key, and the primary has read a frame that arrived after
+        this socket opened (so its backlog from before is drained)."""
+        return (
+            self.data_seen
+            and self.handover is not None
+            and self.handover.ready()
+            and primary.last_frame >= self.connected
+        )
+
+
+class Slot:
+    """Everything about one planned connection that outlives its sockets."""
+
+    def __init__(self, plan: ConnectionPlan, ws_url: str, settings: StreamSettings) -> None:
+        self.plan = plan
+        self.url = plan.url(ws_url)
+        self.source = plan.source(ws_url)
+        self.backoff = Backoff.from_settings(settings)
+        self.rotate_backoff = Backoff.from_settings(settings)
+        self.state = SlotState.IDLE
+        self.primary: Live | None = None
+        self.candidate: Live | None = None
+        self.immediate = False
+        self.rotate_at = 0.0
+        self.opening: asyncio.Task[Live | None] | None = None
+        self.emit_lock = asyncio.Lock()
+        self.connects = 0
+        self.reconnects = 0
+        self.reasons: dict[str, int] = {}
+        self.connect_failures = 0
+        self.failures_in_row = 0
+        self.last_error = ""
+        self.rotations = 0
+        self.frames = 0
+        self.bytes = 0
+        self.last_frame = 0.0
+        self.parse_errors = 0
+        self.errors_in_episode = 0
+        self.silent: tuple[str, ...] = ()
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """The connection's part of ``stats()``."""
+        return {
+            "state": self.state.value,
+            "url": self.url,
+            "connects": self.connects,
+            "reconnects": self.reconnects,
+            "reconnect_reasons": dict(self.reasons),
+            "connect_failures": self.connect_failures,
+            "last_error": self.last_error,
+            "rotations": self.rotations,
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "parse_errors": self.parse_errors,
+            "last_frame_age_s": _age(now, self.last_frame),
+            "backoff_attempts": self.backoff.attempts,
+            "silent_streams": list(self.silent),
+        }

@@ -1,0 +1,127 @@
+"""``ingestd sim``: serve recorded captures as a local Binance venue until SIGINT/SIGTERM.
+
+When ready it prints exactly one line to stdout, flushed::
+
+    rest=http://127.0.0.1:PORT ws=ws://127.0.0.1:PORT
+
+Exit codes: 0 clean stop, 2 missing/unreadable capture or bad flag, 3 could not listen.
+``python -m ingestd.sim.cli …`` runs it without the main CLI (tests start it that way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ingestd.errors import ConfigError
+from ingestd.sim.venue import BUNDLED_CAPTURE, SimVenue
+
+EXIT_OK, EXIT_USAGE, EXIT_STARTUP = 0, 2, 3
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"speed must be a number >= 0 (0 = as fast as the client reads): {text!r}"
+        )
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``ingestd sim`` flags."""
+    parser.add_argument(
+        "--capture",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="capture to replay, repeatable: hftbacktest .gz, an ingestd --raw dump, or a cryptofeed "
+        f"X.ws.N.0 (default: the bundled {BUNDLED_CAPTURE.name})",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    parser.add_argument(
+        "--speed", type=_speed, default=0.0, help="1 = real time, 10 = ten times faster, 0 = as fast as read"
+    )
+    parser.add_argument("--loop", action="store_true", help="at the end of the capture start again")
+    parser.add_argument(
+        "--resume",
+        choices=("restart", "continue"),
+        default="restart",
+        help="new connections replay from the start (restart) or go on where the last one left (continue)",
+    )
+    parser.add_argument("--clock-skew-ms", type=int, default=0, help="added to serverTime")
+    parser.add_argument(
+        "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log to stderr at this level"
+    )
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"ingestd sim: {message}\n")
+    sys.stderr.flush()
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Start the venue, print the ready line, serve until SIGINT/SIGTERM, close, return 0."""
+    if getattr(args, "log_level", None):
+        from ingestd.observe.logging import setup_logging  # noqa: PLC0415 - only when asked for
+
+        setup_logging("auto", args.log_level)
+    captures = list(args.capture or [BUNDLED_CAPTURE])
+    try:
+        venue = SimVenue(
+            captures, host=args.host, port=args.port, speed=args.speed, loop=args.loop, resume=args.resume
+        )
+        venue.faults.clock_skew_ms = args.clock_skew_ms
+        await venue.start()
+    except ConfigError as exc:  # CaptureError included: missing, unreadable or unknown capture
+        _fail(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        _fail(f"cannot listen on {args.host}:{args.port}: {exc}")
+        return EXIT_STARTUP
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Handlers only ask for shutdown; not available off the main thread or on Windows.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        sys.stdout.write(f"rest={venue.rest_url} ws={venue.ws_url}\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await venue.close()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ingestd.sim.cli [flags]``."""
+    from ingestd.loop import loop_factory  # noqa: PLC0415 - keeps importing this module cheap
+
+    parser = argparse.ArgumentParser(
+        prog="ingestd sim", description="A local Binance venue replaying captures."
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(True)) as runner:
+            return runner.run(run(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
