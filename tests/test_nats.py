@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -239,7 +239,7 @@ def test_settings_validation() -> None:
     ):
         with pytest.raises(ValidationError):
             NatsSettings.model_validate(bad)
-    with pytest.raises(ConfigError, match="nats.url"):
+    with pytest.raises(ConfigError, match=r"nats\.url"):
         NatsPublisher(NatsSettings())
 
 
@@ -259,19 +259,27 @@ def nats_url() -> str:
     return f"nats://{NATS_HOST}:{NATS_PORT}"
 
 
+class Admin:
+    """A plain JetStream context for checking what the publisher wrote, plus the streams to delete."""
+
+    def __init__(self, js: Any) -> None:
+        self.js = js
+        self.created: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.js, name)
+
+
 @pytest_asyncio.fixture
-async def js_admin(nats_url: str) -> AsyncIterator[Any]:
-    """A plain JetStream context for checking what the publisher wrote; deletes test streams."""
+async def js_admin(nats_url: str) -> AsyncIterator[Admin]:
     nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    made: list[str] = []
-    js.created = made  # the tests append the streams they make
+    admin = Admin(nc.jetstream())
     try:
-        yield js
+        yield admin
     finally:
-        for name in made:
+        for name in admin.created:
             with contextlib.suppress(Exception):
-                await js.delete_stream(name)
+                await admin.js.delete_stream(name)
         await nc.close()
 
 
@@ -465,7 +473,9 @@ async def test_outage_buffers_drops_oldest_and_resumes(own_server: OwnServer, re
         assert st["status"] == "disconnected"
 
         own_server.start()
-        await _until(lambda: pub.stats()["acked"] == len(before) + cap, timeout=20, what="acks after reconnect")
+        await _until(
+            lambda: pub.stats()["acked"] == len(before) + cap, timeout=20, what="acks after reconnect"
+        )
         assert pub.stats()["reconnects"] == 1
     finally:
         await pub.close()
@@ -592,14 +602,16 @@ async def test_tail_from_time_and_new(
 
 @pytest.mark.nats
 @pytest.mark.asyncio
-async def test_tail_feeds_hooks(nats_url: str, js_admin: Any, real: Real, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_tail_feeds_hooks(
+    nats_url: str, js_admin: Any, real: Real, capsys: pytest.CaptureFixture[str]
+) -> None:
     records = real.records[:120]
     s = await _published(nats_url, js_admin, records)
     HOOKED.clear()
     code = await tail.run(_tail_args("--nats-url", nats_url, f"{s.subject_prefix}.>", "--from", "first",
                                      "--count", "120", "--hook", "tests.test_nats:collect_hook"))  # fmt: skip
     assert code == 0
-    assert HOOKED == records  # real Record objects, in order
+    assert records == HOOKED  # real Record objects, in order
     assert all(type(a) is type(b) for a, b in zip(HOOKED, records, strict=True))
     assert capsys.readouterr().out == ""  # hooks instead of NDJSON
 
@@ -621,7 +633,9 @@ async def test_tail_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.nats
 @pytest.mark.asyncio
-async def test_tail_without_stream_is_a_startup_error(nats_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_tail_without_stream_is_a_startup_error(
+    nats_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     subject = f"nothing{uuid.uuid4().hex[:8]}.>"
     assert await tail.run(_tail_args("--nats-url", nats_url, subject)) == 3
     assert "no stream holds" in capsys.readouterr().err
@@ -630,10 +644,10 @@ async def test_tail_without_stream_is_a_startup_error(nats_url: str, capsys: pyt
 def test_parse_start() -> None:
     assert tail.parse_start("new") == ("new", None)
     assert tail.parse_start("first") == ("all", None)
-    assert tail.parse_start("2024-08-08T23:55:00Z") == ("by_start_time", datetime(2024, 8, 8, 23, 55, tzinfo=UTC))
+    assert tail.parse_start("2024-08-08T23:55:00Z") == (
+        "by_start_time",
+        datetime(2024, 8, 8, 23, 55, tzinfo=UTC),
+    )
     policy, when = tail.parse_start("2024-08-09T01:55:00+02:00")
     assert when == datetime(2024, 8, 8, 23, 55, tzinfo=UTC)
     assert policy == "by_start_time"
-
-
-_ = Awaitable  # typing-only import kept explicit for readers of the hook signature

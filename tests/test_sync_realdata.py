@@ -280,13 +280,16 @@ def test_hftbacktest_first_applied_events_are_the_documented_edge_cases() -> Non
 # -- cryptofeed: several symbols per connection, snapshots among the diffs ---------------------
 
 CF_CASES = [
-    # http file, ws file, venue, market, natives
+    # http file, ws file, venue, market, natives, NOTES.md §1 ranges over the symbols:
+    # (fewest, most) diffs applied and (fewest, most) bookTicker cross-checks
     (
         "2021-10_head/BINANCE_FUTURES.http.0.0",
         "2021-10_head/BINANCE_FUTURES.ws.1.0",
         USDM,
         "futures",
         ["SUSHIUSDT", "AKROUSDT", "KEEPUSDT", "CTKUSDT"],
+        (132, 252),
+        (7, 18),
     ),
     (
         "2021-04-17/BINANCE_FUTURES.http.4.0",
@@ -294,6 +297,8 @@ CF_CASES = [
         USDM,
         "futures",
         ["KSMUSDT", "YFIUSDT", "DENTUSDT", "XMRUSDT"],
+        (233, 267),
+        (12, 33),
     ),
     (
         "2021-10_head/BINANCE.http.0.0",
@@ -301,6 +306,8 @@ CF_CASES = [
         SPOT,
         "spot",
         ["NKNUSDT", "BLZETH", "LRCBTC", "RUNEEUR"],
+        (1, 149),
+        (0, 19),
     ),
     (
         "2021-08-14/BINANCE.http.0.0",
@@ -308,6 +315,8 @@ CF_CASES = [
         SPOT,
         "spot",
         ["XMRBTC", "FTMUSDT", "SXPBTC", "BADGERBTC"],
+        (75, 222),
+        (13, 34),
     ),
     (
         "2021-10_head/BINANCE_DELIVERY.http.0.0",
@@ -326,13 +335,21 @@ CF_CASES = [
             "LINKUSD_211231",
             "EOSUSD_PERP",
         ],
+        (101, 228),
+        (8, 62),
     ),
 ]
 
 
-@pytest.mark.parametrize(("http", "ws", "venue", "market", "natives"), CF_CASES)
+@pytest.mark.parametrize(("http", "ws", "venue", "market", "natives", "applied", "checks"), CF_CASES)
 def test_cryptofeed_capture_syncs_every_symbol(
-    http: str, ws: str, venue: str, market: Market, natives: list[str]
+    http: str,
+    ws: str,
+    venue: str,
+    market: Market,
+    natives: list[str],
+    applied: tuple[int, int],
+    checks: tuple[int, int],
 ) -> None:
     need_realdata()
     records = read_cryptofeed(CF / http, CF / ws, venue)
@@ -354,3 +371,40 @@ def test_cryptofeed_capture_syncs_every_symbol(
         assert view is not None
         last = max(x.final_update_id for x in records if isinstance(x, DepthDiff) and x.native == native)
         assert view.last_update_id == last
+    per_symbol = [stats["symbols"][n] for n in natives]
+    # The spread over symbols is exactly what the independent Decimal rebuild of NOTES.md found.
+    assert (min(s["applied"] for s in per_symbol), max(s["applied"] for s in per_symbol)) == applied
+    assert (min(s["audit_checks"] for s in per_symbol), max(s["audit_checks"] for s in per_symbol)) == checks
+
+
+def test_cryptofeed_coin_m_discards_up_to_42_buffered_diffs() -> None:
+    """NOTES.md §1: up to 42 buffered diffs per symbol are already in the COIN-M snapshots."""
+    need_realdata()
+    http, ws, venue, market, natives, _, _ = CF_CASES[-1]
+    r = replay(natives, venue, market)
+    r.feed(read_cryptofeed(CF / http, CF / ws, venue))
+    contained = {n: r.manager.stats()["symbols"][n]["already_in_snapshot"] for n in natives}
+    assert max(contained.values()) == contained["EOSUSD_PERP"] == 42
+
+
+def test_real_parser_feeds_the_book_manager() -> None:
+    """The whole USDⓈ-M BTCUSDT capture through the real frame parser and snapshot parser."""
+    need_realdata()
+    parse = pytest.importorskip("ingestd.venues.binance.parse")
+    cs = ContractSet(USDM, (contract("BTCUSDT", USDM),))
+    parser = parse.FrameParser(USDM, cs)
+    requests: list[tuple[str, bool]] = []
+    manager = BookManager(USDM, cs, market="futures", request_snapshot=lambda n, u: requests.append((n, u)))
+    extra: list[Record] = []
+    with gzip.open(HFT / "usdm_btcusdt_20240808.gz", "rb") as fh:
+        for line in fh:
+            ts, _, body = line.partition(b" ")
+            if body.startswith(b'{"lastUpdateId"'):
+                batch: list[AnyRecord] = [parse.parse_depth_snapshot(USDM, cs.contracts[0], body, int(ts))]
+            else:
+                batch = list(parser.parse(body, int(ts))[1])
+            extra.extend(manager.process(batch))
+    st = manager.stats()["symbols"]["BTCUSDT"]
+    assert extra == []
+    assert requests == [("BTCUSDT", False)]
+    assert (st["state"], st["syncs"], st["audit_checks"], st["audit_mismatches"]) == ("synced", 1, 629, 0)

@@ -385,7 +385,7 @@ class NatsPublisher:
             log.info("nats: connected to %s", where)
             await self._ensure_stream(first=True)
         except StartupError as exc:
-            self._start_error = exc.__cause__ or exc
+            self._start_error = exc
             log.error("nats: %s", exc)  # noqa: TRY400 - the cause is in the message; no traceback needed
             return
         except Exception as exc:

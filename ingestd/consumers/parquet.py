@@ -6,7 +6,15 @@ Layout (hive partitioning, so DuckDB, Polars and pyarrow open the tree as one da
 
 ``SYMBOL`` is the normalized symbol (``BTC-USDT-PERP``); ``date`` is the UTC date of
 ``exchange_ts`` (``recv_ts`` where the venue sends no event time). ``venue``, ``channel`` and
-``symbol`` live only in the path (see :mod:`ingestd.consumers.schema`).
+``symbol`` live only in the path (see :mod:`ingestd.consumers.schema`). Reading it back::
+
+    -- one channel
+    select * from read_parquet('data/venue=*/channel=trade/**/*.parquet', hive_partitioning=true)
+    -- the whole tree: channels have different columns, so let DuckDB union them by name
+    select * from read_parquet('data/**/*.parquet', hive_partitioning=true, union_by_name=true)
+
+(pyarrow: ``ds.dataset("data", partitioning="hive")`` per channel directory, or for the whole
+tree with ``schema=`` the unified schema of the channels read.)
 
 Records are buffered per (venue, channel, symbol, date). A buffer becomes a file when it holds
 ``rotate_rows`` records or is ``rotate_seconds`` old, and on :meth:`ParquetWriter.close`. Files are
