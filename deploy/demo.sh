@@ -18,9 +18,9 @@ WS=$(echo "$line" | sed -E 's/.*ws=([^ ]+).*/\1/')
     --channels trade,book_ticker,depth_diff --data-dir "$OUT" --duration "${DURATION:-15}" --log-format text
 "$BIN/python" - "$OUT" <<'PY'
 import sys
-import pyarrow.dataset as ds
+from ingestd.consumers.schema import open_dataset
 root = sys.argv[1]
-t = ds.dataset(root, format="parquet", partitioning="hive").to_table(columns=["channel"])
+t = open_dataset(root).to_table(columns=["channel"])
 counts = t.group_by("channel").aggregate([("channel", "count")]).to_pylist()
 print(f"Parquet under {root}/ (hive: venue=/channel=/symbol=/date=):")
 for row in sorted(counts, key=lambda r: r["channel"]):

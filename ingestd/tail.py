@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -194,25 +195,68 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-async def run(args: argparse.Namespace) -> int:
-    """Run ``ingestd tail`` until ``--count`` records, SIGTERM, or stdout closes. Returns the exit code."""
+def _prepare(args: argparse.Namespace) -> tuple[str, datetime | None, list[HookConsumer]]:
+    """Check the arguments and load the hooks: (deliver policy, start time, hooks) or ConfigError."""
+    _check_subject(args.subject)
+    policy, start_time = parse_start(args.start)
+    hooks = [
+        HookConsumer(spec, load_hook(spec), channels=None, timeout_s=args.hook_timeout, context=HookContext())
+        for spec in args.hook or ()
+    ]
+    return policy, start_time, hooks
+
+
+async def _subscribe(nc: Any, args: argparse.Namespace, policy: str, start_time: datetime | None) -> Any:
+    """An ordered consumer on ``args.subject``, or ``None`` (reported) if no stream holds it."""
     from nats.js.api import ConsumerConfig, DeliverPolicy  # noqa: PLC0415 - optional dependency
     from nats.js.errors import NotFoundError  # noqa: PLC0415
 
-    subject: str = args.subject
+    config = ConsumerConfig(opt_start_time=start_time) if start_time is not None else None
     try:
-        _check_subject(subject)
-        policy, start_time = parse_start(args.start)
-        hooks = [
-            HookConsumer(
-                spec, load_hook(spec), channels=None, timeout_s=args.hook_timeout, context=HookContext()
-            )
-            for spec in args.hook or ()
-        ]
+        return await nc.jetstream().subscribe(
+            args.subject,
+            stream=args.stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy(policy),
+            config=config,
+            pending_msgs_limit=65_536,  # bounded; the ordered consumer's flow control paces the server
+            pending_bytes_limit=64 * 1024 * 1024,
+        )
+    except NotFoundError:
+        where = f"stream {args.stream}" if args.stream else "no stream"
+        _complain(f"ingestd tail: {where} holds subject {args.subject!r} on {args.nats_url}")
+        return None
+
+
+async def _follow(sub: Any, reader: _Reader, stop: asyncio.Event) -> None:
+    """Read until the reader is done or ``stop`` is set; a closed stdout is a normal end."""
+    reading = asyncio.create_task(reader.read(sub), name="tail:read")
+    stopping = asyncio.create_task(stop.wait(), name="tail:stop")
+    try:
+        await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (reading, stopping):
+            task.cancel()
+        await asyncio.gather(reading, stopping, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    failure = None if reading.cancelled() else reading.exception()
+    if isinstance(failure, BrokenPipeError):
+        _silence_stdout()  # the reader of our stdout left (`| head`)
+    elif failure is not None:
+        raise failure
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run ``ingestd tail`` until ``--count`` records, SIGTERM, or stdout closes. Returns the exit code."""
+    if importlib.util.find_spec("nats") is None:
+        _complain("ingestd tail: needs nats-py: pip install 'ingestd[nats]'")
+        return EXIT_USAGE
+    try:
+        policy, start_time, hooks = _prepare(args)
     except ConfigError as exc:
         _complain(f"ingestd tail: {exc}")
         return EXIT_USAGE
-
     nc = await _connect(args.nats_url, args.connect_timeout)
     if nc is None:
         _complain(f"ingestd tail: NATS at {args.nats_url} did not answer within {args.connect_timeout:g} s")
@@ -223,38 +267,11 @@ async def run(args: argparse.Namespace) -> int:
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)  # main thread only; Ctrl-C cancels instead
     try:
-        js = nc.jetstream()
-        config = ConsumerConfig(opt_start_time=start_time) if start_time is not None else None
-        try:
-            sub = await js.subscribe(
-                subject,
-                stream=args.stream,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy(policy),
-                config=config,
-                pending_msgs_limit=65_536,  # bounded; the ordered consumer's flow control paces the server
-                pending_bytes_limit=64 * 1024 * 1024,
-            )
-        except NotFoundError:
-            where = f"stream {args.stream}" if args.stream else "no stream"
-            _complain(f"ingestd tail: {where} holds subject {subject!r} on {args.nats_url}")
+        sub = await _subscribe(nc, args, policy, start_time)
+        if sub is None:
             return EXIT_STARTUP
-        log.info("tail: %s from %s on %s", subject, args.start, args.nats_url)
-        reading = asyncio.create_task(reader.read(sub), name="tail:read")
-        stopping = asyncio.create_task(stop.wait(), name="tail:stop")
-        try:
-            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (reading, stopping):
-                task.cancel()
-            await asyncio.gather(reading, stopping, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        failure = None if reading.cancelled() else reading.exception()
-        if isinstance(failure, BrokenPipeError):
-            _silence_stdout()  # the reader of our stdout left: a normal end
-        elif failure is not None:
-            raise failure
+        log.info("tail: %s from %s on %s", args.subject, args.start, args.nats_url)
+        await _follow(sub, reader, stop)
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGTERM)

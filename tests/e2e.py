@@ -11,10 +11,10 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from ingestd.app import Daemon
 from ingestd.config import Settings, load_settings
+from ingestd.consumers.schema import open_dataset
 from ingestd.venues.binance.endpoints import stream_kind
 
 
@@ -92,10 +92,9 @@ async def wait_for(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 
 
 def read_channel(data_dir: Path, channel: str) -> pa.Table:
     """One channel of the stored hive dataset as a table (partition columns included)."""
-    dataset = ds.dataset(data_dir, format="parquet", partitioning="hive")
-    return dataset.to_table(filter=ds.field("channel") == channel)
+    return open_dataset(data_dir, channel).to_table()
 
 
 def stored_counts(data_dir: Path) -> Counter[str]:
-    t = ds.dataset(data_dir, format="parquet", partitioning="hive").to_table(columns=["channel"])
+    t = open_dataset(data_dir).to_table(columns=["channel"])
     return Counter(t.column("channel").to_pylist())

@@ -31,6 +31,7 @@ import pytest_asyncio
 from pydantic import ValidationError
 
 from ingestd import tail
+from ingestd.bus import Bus, Consumer, OverflowPolicy
 from ingestd.consumers.nats import (
     MSG_ID_HEADER,
     NatsPublisher,
@@ -203,7 +204,7 @@ def test_message_ids_use_the_exchange_identity(real: Real) -> None:
 
 
 def test_subject_safety() -> None:
-    base = {"venue": "binance-usdm", "symbol": "X", "exchange_ts": 1, "recv_ts": 1}
+    base: dict[str, Any] = {"venue": "binance-usdm", "symbol": "X", "exchange_ts": 1, "recv_ts": 1}
     ok = Trade(**base, native="BTCUSDT", trade_id=1, price=1.0, qty=1.0, is_buyer_maker=True)
     assert subject_for("a.b", ok) == "a.b.binance-usdm.trade.BTCUSDT"
     for bad in ("BTC.USDT", "BTC*", "BTC>", "BTC USDT", "", "BTC\tX", "币安"):
@@ -344,6 +345,28 @@ async def test_publish_read_back_and_deduplicate(nats_url: str, js_admin: Any, r
     assert st["status"] == "closed"
     assert st["unpublished_at_close"] == 0
     assert st["buffer_dropped"] == st["failed"] == st["refused_unsafe"] == 0
+
+
+@pytest.mark.nats
+@pytest.mark.asyncio
+async def test_through_the_bus(nats_url: str, js_admin: Any, real: Real) -> None:
+    """As the daemon runs it: attached to the bus, closed by the bus's ordered shutdown."""
+    s = _settings(nats_url, js_admin)
+    pub = NatsPublisher(s)
+    assert isinstance(pub, Consumer)
+    bus = Bus()
+    bus.attach(pub, maxsize=s.buffer_records, policy=OverflowPolicy.DROP_OLDEST)
+    await bus.start()
+    records = real.records[:500]
+    for i in range(0, len(records), 50):
+        await bus.publish(records[i : i + 50])
+    await bus.close()  # drains the queue, then close() publishes what is buffered
+    st = bus.stats()["consumers"]["nats"]
+    assert st["status"] == "closed"
+    assert st["acked"] == len(records)
+    assert st["unpublished_at_close"] == 0
+    assert st["dropped"] == 0  # the bus queue's own counter is not shadowed
+    assert [decode_message(m.data) for m in await _stored(js_admin, s.stream)] == records
 
 
 @pytest.mark.nats
@@ -496,6 +519,53 @@ async def test_outage_buffers_drops_oldest_and_resumes(own_server: OwnServer, re
         assert_matches(back, real.fields[message_id(rec)])
 
 
+@pytest.mark.nats
+@pytest.mark.asyncio
+async def test_server_stopped_mid_flight_stores_each_record_once(own_server: OwnServer, real: Real) -> None:
+    """The server goes away while acks are outstanding: those messages are published again after
+    the reconnect, and the Nats-Msg-Id window keeps the stream free of the copies."""
+    records = real.records[:1500]
+    s = NatsSettings(url=own_server.url, stream="MIDFLIGHT", subject_prefix="midflight", max_inflight=50,
+                     reconnect_wait_s=0.1, ack_timeout_s=1.0)  # fmt: skip
+    pub = NatsPublisher(s)
+    await pub.start()
+    loop = asyncio.get_running_loop()
+    stopping: asyncio.Future[None] | None = None
+    try:
+        for i in range(0, len(records), 10):
+            if i == 300:
+                stopping = loop.run_in_executor(None, own_server.stop)  # while publishing goes on
+            await pub.consume(list(records[i : i + 10]))
+            await asyncio.sleep(0.002)
+        assert stopping is not None
+        await stopping
+        await loop.run_in_executor(None, own_server.start)
+
+        def settled() -> bool:
+            st = pub.stats()
+            return st["connected"] and not (st["buffered"] or st["awaiting_ack"] or st["retry_queued"])
+
+        await _until(settled, timeout=20, what="everything acknowledged after the restart")
+        st = pub.stats()
+        assert st["disconnects"] == 1
+        assert st["reconnects"] == 1
+        assert st["buffer_dropped"] == st["failed"] == 0
+        # Each message is acknowledged once: as new, or as a duplicate when the first ack was lost.
+        assert st["acked"] == len(records)
+    finally:
+        await pub.close()
+    nc = await nats.connect(own_server.url)
+    try:
+        stored = await _stored(nc.jetstream(), "MIDFLIGHT")
+    finally:
+        await nc.close()
+    by_id = {message_id(r): r for r in records}
+    ids = [m.headers[MSG_ID_HEADER] for m in stored]
+    assert len(ids) == len(set(ids)) == len(records)
+    for msg, mid in zip(stored, ids, strict=True):
+        assert decode_message(msg.data) == by_id[mid]
+
+
 @pytest.mark.asyncio
 async def test_unreachable_server_never_blocks_and_close_reports(real: Real) -> None:
     s = NatsSettings(url=f"nats://{NATS_HOST}:{_free_port()}", buffer_records=100, connect_timeout_s=0.3,
@@ -567,6 +637,27 @@ async def test_tail_prints_ndjson_from_first(
     subject = f"{s.subject_prefix}.binance-usdm.trade.>"
     assert await tail.run(_tail_args("--nats-url", nats_url, subject, "--from", "first", "--count", "5")) == 0
     assert _ndjson(capsys.readouterr().out) == trades[:5]
+
+
+@pytest.mark.nats
+@pytest.mark.asyncio
+async def test_msgpack_payloads_tail_as_the_same_ndjson(
+    nats_url: str, js_admin: Any, real: Real, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [r for r in real.records if r.channel in ("depth_snapshot", "kline", "agg_trade")][:60]
+    s = _settings(nats_url, js_admin, format="msgpack")
+    pub = NatsPublisher(s)
+    await pub.start()
+    await pub.consume(list(records))
+    await _until(lambda: pub.stats()["acked"] == len(records))
+    await pub.close()
+    stored = await _stored(js_admin, s.stream)
+    assert all(m.data[:1] != b"{" for m in stored)  # really MessagePack on the wire
+    code = await tail.run(_tail_args("--nats-url", nats_url, f"{s.subject_prefix}.>", "--from", "first",
+                                     "--count", str(len(records))))  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.encode() for line in lines] == [encode_record(r, "json") for r in records]
 
 
 @pytest.mark.nats

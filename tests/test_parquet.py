@@ -38,9 +38,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingestd.config import StorageSettings
-from ingestd.consumers import parquet as parquet_mod
 from ingestd.consumers.parquet import ParquetWriter
-from ingestd.consumers.schema import LEVEL_TYPE, LEVELS_TYPE, columns_for, schema_for
+from ingestd.consumers.schema import (
+    LEVEL_TYPE,
+    LEVELS_TYPE,
+    PARTITIONING,
+    columns_for,
+    open_dataset,
+    schema_for,
+)
 from ingestd.records import (
     CHANNELS,
     RECORD_TYPES,
@@ -78,7 +84,9 @@ def _contract(native: str, base: str) -> Contract:
     )
 
 
-CONTRACTS = ContractSet(VENUE, (_contract("BTCUSDT", "BTC"), _contract("ETHUSDT", "ETH"), _contract("IOTXUSDT", "IOTX")))
+CONTRACTS = ContractSet(
+    VENUE, (_contract("BTCUSDT", "BTC"), _contract("ETHUSDT", "ETH"), _contract("IOTXUSDT", "IOTX"))
+)
 
 
 @functools.cache
@@ -115,7 +123,9 @@ def single_message_records(realdata: Path) -> list[Record]:
         out.extend(parser.parse(lines[n - 1], RECV + n)[1])
     t = json.loads(lines[34])["data"]
     mini = {"e": "24hrMiniTicker", **{k: t[k] for k in ("E", "s", "c", "o", "h", "l", "v", "q")}}
-    out.extend(parser.parse(json.dumps({"stream": "ethusdt@miniTicker", "data": mini}).encode(), RECV + 100)[1])
+    out.extend(
+        parser.parse(json.dumps({"stream": "ethusdt@miniTicker", "data": mini}).encode(), RECV + 100)[1]
+    )
     frames = [json.loads(line)["frame"] for line in (DATA / "parse_frames.ndjson").read_text().splitlines()]
     force = [f for f in frames if '"e":"forceOrder"' in f]
     assert force, "the real forceOrder sample is missing from tests/data/parse_frames.ndjson"
@@ -256,26 +266,33 @@ async def test_every_channel_round_trips_through_pyarrow_and_duckdb(tmp_path: Pa
         assert "native" in schema.names
         assert not {"venue", "channel", "symbol"} & set(schema.names)
 
-    # pyarrow: the whole tree as one hive dataset.
-    unified = pa.unify_schemas([schema_for(RECORD_TYPES[c]) for c in CHANNELS])
-    fields = [f.with_nullable(True) for f in unified] + [
-        pa.field(name, pa.string()) for name in ("venue", "channel", "symbol", "date")
-    ]
-    dataset = ds.dataset(tmp_path, format="parquet", partitioning="hive", schema=pa.schema(fields))
-    table = dataset.to_table()
+    # pyarrow: the whole tree as one hive dataset, with the channels' columns unified.
+    table = open_dataset(tmp_path).to_table()
     assert table.num_rows == len(recs)
     assert_same(rows_to_records(table.to_pylist()), recs)
+    # ... and one channel at a time.
+    for ch in CHANNELS:
+        one_ch = open_dataset(tmp_path, ch).to_table()
+        assert set(one_ch.column_names) == {c.name for c in columns_for(RECORD_TYPES[ch])} | {
+            "venue", "channel", "symbol", "date",
+        }  # fmt: skip
+        assert_same(rows_to_records(one_ch.to_pylist()), [r for r in recs if r.channel == ch])
+    # The plain pyarrow call also works, given the unified schema.
+    unified = pa.unify_schemas([schema_for(RECORD_TYPES[c]) for c in CHANNELS])
+    fields = [f.with_nullable(True) for f in unified] + list(PARTITIONING)
+    plain = ds.dataset(tmp_path, format="parquet", partitioning="hive", schema=pa.schema(fields)).to_table()
+    assert_same(rows_to_records(plain.to_pylist()), recs)
 
     # DuckDB: the whole tree (channels have different columns: union_by_name), and per channel.
     con = duckdb.connect()
     whole = duck_rows(
-        con, f"select * from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=true, union_by_name=true)"
+        con,
+        f"select * from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=true, union_by_name=true)",
     )
     assert_same(rows_to_records(whole), recs)
     for ch in CHANNELS:
-        one = duck_rows(
-            con, f"select * from read_parquet('{tmp_path}/venue=*/channel={ch}/**/*.parquet', hive_partitioning=true)"
-        )
+        glob = f"{tmp_path}/venue=*/channel={ch}/**/*.parquet"
+        one = duck_rows(con, f"select * from read_parquet('{glob}', hive_partitioning=true)")
         assert_same(rows_to_records(one), [r for r in recs if r.channel == ch])
     con.close()
 
@@ -322,7 +339,8 @@ async def test_rotation_by_rows_writes_before_close(tmp_path: Path, realdata: Pa
     ids = [i for p in files for i in pq.read_table(p, columns=["trade_id"]).column(0).to_pylist()]
     assert ids == [r.trade_id for r in recs if isinstance(r, Trade)]
     name = files[0].name
-    assert name.endswith(".parquet") and f"-{os.getpid()}-" in name
+    assert name.endswith(".parquet")
+    assert f"-{os.getpid()}-" in name
 
 
 @pytest.mark.asyncio
@@ -476,7 +494,8 @@ async def test_a_later_registered_record_type_is_stored(tmp_path: Path) -> None:
     try:
         sch = schema_for(_Probe)
         assert sch.field("side").type == pa.int64()
-        assert sch.field("top").type == LEVEL_TYPE and sch.field("top").nullable
+        assert sch.field("top").type == LEVEL_TYPE
+        assert sch.field("top").nullable
         assert sch.field("levels").type == LEVELS_TYPE
         assert sch.field("ids").type == pa.list_(pa.int64())
         assert sch.field("extra").type == pa.string()  # JSON text
@@ -492,8 +511,10 @@ async def test_a_later_registered_record_type_is_stored(tmp_path: Path) -> None:
         (f,) = parquet_files(tmp_path)
         assert "channel=test_probe" in f.as_posix()
         rows = pq.read_table(f).to_pylist()
-        assert rows[0]["side"] == 2 and rows[1]["side"] == 1
-        assert rows[0]["top"] == {"price": 61800.2, "qty": 2.909} and rows[1]["top"] is None
+        assert rows[0]["side"] == 2
+        assert rows[1]["side"] == 1
+        assert rows[0]["top"] == {"price": 61800.2, "qty": 2.909}
+        assert rows[1]["top"] is None
         assert rows[0]["levels"] == [{"price": 61800.2, "qty": 2.909}, {"price": 61800.1, "qty": 0.696}]
         assert rows[1]["levels"] is None
         assert [r["ids"] for r in rows] == [[1, 2], []]
@@ -550,16 +571,20 @@ async def test_kill_9_leaves_only_complete_files(tmp_path: Path) -> None:
     await w.close()
     assert tmp_files(tmp_path) == []
     con = duckdb.connect()
-    row = con.execute(f"select count(*) from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=true)").fetchone()
+    row = con.execute(
+        f"select count(*) from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=true)"
+    ).fetchone()
     con.close()
-    assert row is not None and row[0] == 300 * len(files)
+    assert row is not None
+    assert row[0] == 300 * len(files)
 
 
 @pytest.mark.asyncio
 async def test_writes_run_off_the_event_loop(tmp_path: Path, realdata: Path) -> None:
     """While a large depth file is built and compressed, the loop keeps ticking."""
     many = [r for r in _stream_records(realdata, b"@depth@0ms") if utc_date(r) == "2024-08-08"]
-    assert len(many) > 6000 and all(isinstance(r, DepthDiff) for r in many)
+    assert len(many) > 6000
+    assert all(isinstance(r, DepthDiff) for r in many)
     w = ParquetWriter(settings(tmp_path, rotate_rows=len(many) + 1))
     await w.start()
     await w.consume(list[AnyRecord](many))

@@ -25,7 +25,8 @@ def contracts(venue: str, natives: list[str]) -> ContractSet:
     return ContractSet(
         venue,
         tuple(
-            Contract(venue, n, f"{n[:-4]}-USDT{suffix}", n[:-4], "USDT", 0.1, 1, 0.001, 0.001) for n in natives
+            Contract(venue, n, f"{n[:-4]}-USDT{suffix}", n[:-4], "USDT", 0.1, 1, 0.001, 0.001)
+            for n in natives
         ),
     )
 
@@ -38,7 +39,11 @@ def test_usdm_routes_book_streams_to_public_and_the_rest_to_market() -> None:
     plans = plan_connections(USDM, contracts(USDM.name, ["BTCUSDT"]), ALL_USDM, settings())
     by_route = {p.route: p for p in plans}
     assert set(by_route) == {"/public", "/market"}
-    assert by_route["/public"].streams == ("btcusdt@bookTicker", "btcusdt@depth@100ms", "btcusdt@depth20@100ms")
+    assert by_route["/public"].streams == (
+        "btcusdt@bookTicker",
+        "btcusdt@depth@100ms",
+        "btcusdt@depth20@100ms",
+    )
     assert by_route["/market"].streams == (
         "btcusdt@trade", "btcusdt@aggTrade", "btcusdt@kline_1m", "btcusdt@markPrice@1s",
         "btcusdt@forceOrder", "btcusdt@ticker", "btcusdt@miniTicker",
@@ -109,7 +114,9 @@ def test_deterministic_whatever_the_discovery_order() -> None:
 
 
 def test_spot_uses_plain_stream_path() -> None:
-    plans = plan_connections(SPOT, contracts(SPOT.name, ["BTCUSDT", "ETHUSDT"]), ["trade", "book_ticker"], settings())
+    plans = plan_connections(
+        SPOT, contracts(SPOT.name, ["BTCUSDT", "ETHUSDT"]), ["trade", "book_ticker"], settings()
+    )
     assert len(plans) == 1
     p = plans[0]
     assert (p.name, p.route, p.path) == ("binance-spot/stream#0", "", "/stream")
@@ -130,7 +137,9 @@ def test_usdm_urls_carry_the_route() -> None:
     public = next(p for p in plans if p.route == "/public")
     assert public.source("ws://127.0.0.1:8080/") == "/public/stream"
     assert public.source("ws://127.0.0.1:8080/venue") == "/venue/public/stream"
-    assert public.url("ws://127.0.0.1:8080/") == "ws://127.0.0.1:8080/public/stream?streams=btcusdt@depth@100ms"
+    assert (
+        public.url("ws://127.0.0.1:8080/") == "ws://127.0.0.1:8080/public/stream?streams=btcusdt@depth@100ms"
+    )
 
 
 @pytest.mark.parametrize(("venue", "channel"), [(SPOT, "mark_price"), (SPOT, "liquidation"), (USDM, "nope")])
@@ -163,6 +172,8 @@ def test_real_exchange_info_is_planned_completely(realdata: Path) -> None:
     assert [len(p.natives) for p in public] == [60, 59]
     assert [len(p.natives) for p in market] == [60, 59]
     planned = {st for p in plans for st in p.streams}
-    expected = {f"{c.native.lower()}@{k}" for c in cs for k in ("trade", "aggTrade", "bookTicker", "depth@100ms")}
+    expected = {
+        f"{c.native.lower()}@{k}" for c in cs for k in ("trade", "aggTrade", "bookTicker", "depth@100ms")
+    }
     assert planned == expected
     assert "btcusdt@bookTicker" in public[0].streams

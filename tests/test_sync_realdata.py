@@ -380,8 +380,8 @@ def test_cryptofeed_capture_syncs_every_symbol(
 def test_cryptofeed_coin_m_discards_up_to_42_buffered_diffs() -> None:
     """NOTES.md §1: up to 42 buffered diffs per symbol are already in the COIN-M snapshots."""
     need_realdata()
-    http, ws, venue, market, natives, _, _ = CF_CASES[-1]
-    r = replay(natives, venue, market)
+    http, ws, venue, _, natives, _, _ = CF_CASES[-1]
+    r = replay(natives, venue, "futures")
     r.feed(read_cryptofeed(CF / http, CF / ws, venue))
     contained = {n: r.manager.stats()["symbols"][n]["already_in_snapshot"] for n in natives}
     assert max(contained.values()) == contained["EOSUSD_PERP"] == 42

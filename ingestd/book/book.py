@@ -6,20 +6,20 @@ applied. Quantities are absolute; a quantity that is numerically zero (``"0"``, 
 ``"0.00000000"`` all parse to ``0.0``) deletes the level, and deleting an absent level is normal.
 
 Why cached tops instead of sorted price lists: the sync state machine asks for the best bid and
-ask after every diff (crossed-book check, bookTicker audit). Both designs were measured on the
-real hftbacktest captures (apply every diff, then read both tops; Python 3.11, 2 cores):
+ask after every diff (crossed-book check, bookTicker audit). Three designs were measured on the
+real hftbacktest captures (apply every diff after the snapshot, then read both tops; Python 3.11,
+2 cores, µs per diff, best of interleaved runs; the machine drifts ±25 %):
 
-=====================================  ==========================  =====================
-capture (levels per side after run)    sorted lists + ``bisect``   cached tops (chosen)
-=====================================  ==========================  =====================
-USDⓈ-M BTCUSDT depth@0ms (~5,000)      29-42 µs / diff             15-16 µs / diff
-spot BTCUSDT depth@100ms (~1,200-2,200)  15 µs / diff              7.4-7.5 µs / diff
-COIN-M BTCUSD_PERP depth@0ms (~1,100)  4.5 µs / diff               2.5 µs / diff
-=====================================  ==========================  =====================
+- USDⓈ-M BTCUSDT depth@0ms, ~5,000 levels a side, 68 level rows per diff: sorted price lists
+  kept with ``bisect`` 29-42; cached tops (this class) 15-18; a cached top-32 candidate list
+  (``heapq.nlargest`` on a miss, ``bisect`` inside it) 16-31.
+- spot BTCUSDT depth@100ms, ~1,200 / 2,200 levels: sorted lists 15; cached tops 7-14; top-32 10-27.
+- COIN-M BTCUSD_PERP depth@0ms, ~1,100 levels: sorted lists 4.5; cached tops 2.3-2.5; top-32 3-5.
 
 A top is only recomputed (one ``max``/``min`` over the keys) when the current best level is
-deleted; an insert better than the cached top just replaces it. ``levels(n)`` is a partial sort
-(``heapq``), cheap for the small ``n`` a ``BookTop`` record carries.
+deleted, about once per 14 diffs on USDⓈ-M BTCUSDT; an insert better than the cached top just
+replaces it. ``levels(n)`` is a partial sort (``heapq``), cheap for the small ``n`` a ``BookTop``
+record carries.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _NO_ASK = math.inf
 
 
 class OrderBook:
-    """Bids and asks of one symbol. Pure data structure: no ids, no sequencing (see ``sync``).
+    """Bids and asks of one symbol, and the update id they are at. Sequencing is ``sync``'s job.
 
     ``bids`` and ``asks`` are the live ``price -> qty`` maps; read them freely, but change the
     book only through :meth:`load_snapshot`, :meth:`apply` and :meth:`clear` so the cached tops

@@ -143,6 +143,7 @@ class BookManager:
             self._views[c.symbol] = view
         self.unknown_symbols = 0
         self.snapshot_requests = 0
+        self._first_synced = 0
 
     # -- data path --------------------------------------------------------------------------
 
@@ -161,12 +162,13 @@ class BookManager:
                     continue
                 res = sym.sync.on_diff(rec)
                 if res is APPLIED:
-                    if sym.ahead:
-                        self._audit_ahead(sym, out)
                     if depth:
                         sym.since_top += 1
                         if sym.since_top >= self.book_every:
                             out.append(self._top(sym, rec))
+                    # After the BookTop: a failed audit discards the book this diff built.
+                    if sym.ahead:
+                        self._audit_ahead(sym, out)
                 elif res is not NOTHING:
                     self._handle(sym, res, rec, out)
             elif cls is BookTicker:
@@ -357,8 +359,12 @@ class BookManager:
             )
             sym.gap_started_ts = sym.gap_last_id = sym.gap_kind = None
         else:
-            log.info("%s: book synced at u=%s from snapshot %s (%d buffered diff(s) already in it)",
-                     native, s.last_update_id, s.snapshot_id, s.already_in_snapshot)  # fmt: skip
+            # First syncs are one line per symbol at start-up: DEBUG, plus one INFO when all are.
+            self._first_synced += 1
+            log.debug("%s: book synced at u=%s from snapshot %s (%d buffered diff(s) already in it)",
+                      native, s.last_update_id, s.snapshot_id, s.already_in_snapshot)  # fmt: skip
+            if self._first_synced == len(self._by_native):
+                log.info("all %d books synced", self._first_synced)
         if self.book_depth:
             out.append(self._top(sym, rec))
 

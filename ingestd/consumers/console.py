@@ -45,6 +45,8 @@ class ConsoleReporter:
         interval_s: float,
         stats: Callable[[], dict[str, Any]] | None = None,
         out: TextIO | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"console interval must be positive, got {interval_s}")
@@ -52,9 +54,10 @@ class ConsoleReporter:
         self.interval_s = interval_s
         self._stats = stats
         self._out = out
+        self._clock = clock
         self._counts: Counter[str] = Counter()
         self._seen: set[str] = set()
-        self._last_at = time.monotonic()
+        self._last_at = clock()
         self._last_reconnects = 0
         self._last_drops = 0
         self._stats_failed = False
@@ -66,7 +69,7 @@ class ConsoleReporter:
 
     async def start(self) -> None:
         """Start the reporting task; the first line comes one interval later."""
-        self._last_at = time.monotonic()
+        self._last_at = self._clock()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="console:reporter")
 
@@ -92,7 +95,7 @@ class ConsoleReporter:
 
     def report(self) -> str:
         """Write (and return) one line covering the time since the previous line."""
-        now = time.monotonic()
+        now = self._clock()
         elapsed = max(now - self._last_at, 1e-9)
         self._last_at = now
         counts, self._counts = self._counts, Counter()

@@ -131,6 +131,7 @@ class JsonDump:
         self._paths: dict[_PathKey, Path] = {}
         self._pending: dict[Path, list[bytes]] = {}
         self._pending_bytes = 0
+        self._inflight_bytes = 0  # handed to the flush thread, not yet written
         self._files = _Files()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
@@ -186,8 +187,8 @@ class JsonDump:
         if self._closed:
             self._drop(len(batch), "the dump is closed")
             return
-        if self._failing and self._pending_bytes >= self._max_pending:
-            self._drop(len(batch), f"{self._pending_bytes} bytes already wait for the disk")
+        if self._failing and self._pending_bytes + self._inflight_bytes >= self._max_pending:
+            self._drop(len(batch), f"{self._max_pending} bytes already wait for the disk")
             return
         added = self._add_raw(batch) if self.raw else self._add_records(batch)
         self._pending_bytes += added
@@ -306,10 +307,13 @@ class JsonDump:
 
     async def _flush(self, *, final: bool) -> None:
         taken, self._pending = self._pending, {}
-        self._pending_bytes = 0
+        self._inflight_bytes, self._pending_bytes = self._pending_bytes, 0
         if not taken:
             return
-        written, failed = await asyncio.to_thread(self._write_files, taken)
+        try:
+            written, failed = await asyncio.to_thread(self._write_files, taken)
+        finally:
+            self._inflight_bytes = 0
         self.lines += written[0]
         self.bytes += written[1]
         if failed:
@@ -365,7 +369,7 @@ class JsonDump:
             "bytes": self.bytes,
             "files_created": self._files.created,
             "open_files": len(self._files.fds),
-            "pending_bytes": self._pending_bytes,
+            "pending_bytes": self._pending_bytes + self._inflight_bytes,
             "write_errors": self.write_errors,
             "failing": self._failing,
             "dropped_lines": self.dropped_lines,

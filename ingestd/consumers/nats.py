@@ -205,6 +205,12 @@ def decode_message(data: bytes) -> Record:
 # --- publisher --------------------------------------------------------------------------------------
 
 
+_COUNTERS: Final = (
+    "buffered_total", "buffer_dropped", "refused_unsafe", "sent", "acked", "duplicates", "retried",
+    "failed", "late_acks", "disconnects", "reconnects", "unpublished_at_close",
+)  # fmt: skip
+
+
 class _Msg:
     __slots__ = ("attempts", "msg_id", "payload", "sent_at", "subject")
 
@@ -226,9 +232,7 @@ class NatsPublisher:
 
     def __init__(self, settings: NatsSettings, *, name: str = "nats") -> None:
         if settings.url is None:
-            raise ConfigError(
-                "nats.url is not set: the NATS publisher needs nats://HOST:PORT", key="nats.url"
-            )
+            raise ConfigError("nats.url is not set (want nats://HOST:PORT)", key="nats.url")
         self.name = name
         self.channels: frozenset[str] | None = None
         self.settings = settings
@@ -251,13 +255,7 @@ class NatsPublisher:
         self._episode_drops = 0
         self._error_logged = False
         self._fail_logged = False
-        self.counters: dict[str, int] = dict.fromkeys(
-            (
-                "buffered_total", "buffer_dropped", "refused_unsafe", "sent", "acked", "duplicates",
-                "retried", "failed", "late_acks", "disconnects", "reconnects", "unpublished_at_close",
-            ),
-            0,
-        )  # fmt: skip
+        self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._high_water = 0
 
     # -- Consumer protocol ----------------------------------------------------------------------
@@ -271,9 +269,7 @@ class NatsPublisher:
         try:
             from nats.aio.client import Client  # noqa: PLC0415 - optional dependency (ingestd[nats])
         except ImportError as exc:
-            raise ConfigError(
-                "NATS output needs nats-py: pip install 'ingestd[nats]'", key="nats.url"
-            ) from exc
+            raise ConfigError("NATS output needs nats-py: pip install ingestd[nats]", key="nats.url") from exc
         self._nc = Client()
         self.status = "connecting"
         self._task = asyncio.create_task(self._run(), name=f"{self.name}:publisher")
@@ -289,11 +285,8 @@ class NatsPublisher:
         if self._start_error is not None:
             raise StartupError(f"nats: {self._start_error}") from self._start_error
         if not self._ready.is_set():
-            log.warning(
-                "nats: %s not reachable yet; buffering up to %d records while retrying",
-                self.settings.url,
-                self.settings.buffer_records,
-            )
+            log.warning("nats: %s not reachable yet; buffering up to %d records", self.settings.url,
+                        self.settings.buffer_records)  # fmt: skip
 
     async def consume(self, batch: list[AnyRecord]) -> None:
         """Buffer ``batch`` for the publishing task. Never waits on NATS."""
@@ -312,11 +305,8 @@ class NatsPublisher:
         self.counters["buffered_total"] += taken
         if dropped:
             if self._episode_drops == 0:
-                log.warning(
-                    "nats: buffer full (%d records, NATS %s): dropping the oldest",
-                    self.settings.buffer_records,
-                    self.status,
-                )
+                log.warning("nats: buffer full (%d records, NATS %s): dropping the oldest",
+                            self.settings.buffer_records, self.status)  # fmt: skip
             self._episode_drops += dropped
             self.counters["buffer_dropped"] += dropped
         self._high_water = max(self._high_water, len(buf))
@@ -385,11 +375,11 @@ class NatsPublisher:
             log.info("nats: connected to %s", where)
             await self._ensure_stream(first=True)
         except StartupError as exc:
-            self._start_error = exc
+            self._start_error, self.status = exc, "failed"
             log.error("nats: %s", exc)  # noqa: TRY400 - the cause is in the message; no traceback needed
             return
         except Exception as exc:
-            self._start_error = exc
+            self._start_error, self.status = exc, "failed"
             log.exception("nats: could not connect to %s", self.settings.url)
             return
         self._ready.set()
@@ -509,12 +499,8 @@ class NatsPublisher:
         msg.sent_at = time.monotonic()
         self._inflight[seq] = msg  # before publishing: the ack may race the return
         try:
-            await self._nc.publish(
-                msg.subject,
-                msg.payload,
-                reply=f"{self._reply_prefix}{seq}",
-                headers={MSG_ID_HEADER: msg.msg_id},
-            )
+            await self._nc.publish(msg.subject, msg.payload, reply=f"{self._reply_prefix}{seq}",
+                                   headers={MSG_ID_HEADER: msg.msg_id})  # fmt: skip
         except MaxPayloadError:
             del self._inflight[seq]
             self._fail(msg, "larger than the server's max_payload")
@@ -547,9 +533,11 @@ class NatsPublisher:
         try:
             resp = orjson.loads(reply.data)
         except orjson.JSONDecodeError:
+            resp = None
+        if not isinstance(resp, dict):
             self._retry_later(msg, "unreadable ack")
             return
-        err = resp.get("error") if isinstance(resp, dict) else None
+        err = resp.get("error")
         if err:
             self._retry_later(msg, str(err.get("description", err)) if isinstance(err, dict) else str(err))
             return
@@ -569,13 +557,8 @@ class NatsPublisher:
         self.counters["failed"] += 1
         if not self._fail_logged:
             self._fail_logged = True
-            log.error(
-                "nats: gave up on %s (%s) after %d attempts: %s; counting further failures",
-                msg.subject,
-                msg.msg_id,
-                msg.attempts,
-                reason,
-            )
+            log.error("nats: gave up on %s after %d attempts: %s; counting further failures", msg.msg_id,
+                      msg.attempts, reason)  # fmt: skip
 
     def _sweep(self, now: float) -> None:
         """Re-send messages whose ack is overdue (their ack or the message itself was lost)."""
@@ -604,11 +587,8 @@ class NatsPublisher:
             return  # our own close, or an outage during it: close() reports what was left
         self.counters["disconnects"] += 1
         self.status = "disconnected"
-        log.warning(
-            "nats: disconnected from %s; buffering up to %d records",
-            self.settings.url,
-            self.settings.buffer_records,
-        )
+        log.warning("nats: disconnected from %s; buffering up to %d records", self.settings.url,
+                    self.settings.buffer_records)  # fmt: skip
 
     async def _on_reconnected(self) -> None:
         self.counters["reconnects"] += 1
@@ -617,9 +597,8 @@ class NatsPublisher:
         # Acks of messages sent before the cut may never come: send them again now (deduplicated).
         self._requeue_inflight = True
         self._need_stream = True  # a fresh server (no store) has no stream any more
-        log.info(
-            "nats: reconnected to %s; re-sending %d unacknowledged", self.settings.url, len(self._inflight)
-        )
+        log.info("nats: reconnected to %s; re-sending %d unacknowledged", self.settings.url,
+                 len(self._inflight))  # fmt: skip
         self._wake.set()
 
     async def _on_error(self, exc: Exception) -> None:
@@ -649,22 +628,15 @@ class NatsPublisher:
         left = len(self._buffer) + len(self._retry) + len(self._inflight)
         self.counters["unpublished_at_close"] = left
         if left:
-            log.warning(
-                "nats: closing with %d records unpublished (%d buffered, %d awaiting ack)",
-                left,
-                len(self._buffer) + len(self._retry),
-                len(self._inflight),
-            )
+            log.warning("nats: closing with %d records unpublished (%d awaiting ack)", left,
+                        len(self._inflight))  # fmt: skip
         nc = self._nc
         if nc is not None and not nc.is_closed:
-            with contextlib.suppress(Exception), contextlib.suppress(TimeoutError):
+            # Best effort: the connection may be half-dead; nothing useful is left to report.
+            with contextlib.suppress(Exception):
                 async with asyncio.timeout(self.settings.close_timeout_s):
                     await nc.close()
         self.status = "closed"
-        log.info(
-            "nats: closed (%d acknowledged, %d duplicates, %d dropped, %d failed)",
-            self.counters["acked"],
-            self.counters["duplicates"],
-            self.counters["buffer_dropped"],
-            self.counters["failed"],
-        )
+        c = self.counters
+        log.info("nats: closed (%d acknowledged, %d duplicates, %d dropped, %d failed)", c["acked"],
+                 c["duplicates"], c["buffer_dropped"], c["failed"])  # fmt: skip

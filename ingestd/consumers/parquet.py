@@ -116,7 +116,6 @@ class ParquetWriter:
         self.settings = settings
         self._root = Path(settings.data_dir)
         self._prefix = f"{file_prefix}-" if file_prefix else ""
-        self._pid = os.getpid()
         self._seq = itertools.count(1)
         self._compression = settings.compression
         self._rotate_rows = settings.rotate_rows
@@ -181,7 +180,13 @@ class ParquetWriter:
             await self._drain(final=True)
         else:
             self._wake.set()
-            await self._task
+            try:
+                await self._task
+            except Exception:
+                # A bug in the flusher must not cost the buffered rows: write them from here.
+                log.exception("parquet flusher failed; writing the remaining rows directly")
+                self._seal_all()
+                await self._drain(final=True)
         log.info(
             "parquet writer closed: %d files, %d rows, %d bytes, %d dropped",
             self.files,
@@ -385,7 +390,8 @@ class ParquetWriter:
         now = time.time_ns()
         stamp = datetime.fromtimestamp(now // 1_000_000_000, UTC).strftime("%Y%m%dT%H%M%S")
         millis = (now // 1_000_000) % 1000
-        return f"{self._prefix}{stamp}{millis:03d}Z-{self._pid}-{next(self._seq):06d}.parquet"
+        # getpid() per name, not cached: a writer built before a fork must not share names.
+        return f"{self._prefix}{stamp}{millis:03d}Z-{os.getpid()}-{next(self._seq):06d}.parquet"
 
     def _write_chunk(self, chunk: _Chunk) -> tuple[Path, int, float]:
         """Build and atomically write one file (runs in a worker thread)."""
@@ -459,5 +465,6 @@ class ParquetWriter:
             "failing": self._failing,
             "dropped_rows": self.dropped_rows,
             "rejected_rows": self.rejected_rows,
+            "skipped_records": self.skipped,
             "last_write_latency_s": round(self.last_write_latency_s, 6),
         }

@@ -32,14 +32,18 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 import msgspec.inspect as mi
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from ingestd.records import Record
 
@@ -51,6 +55,11 @@ SLICE_ROWS: Final = 2048
 
 _NOT_STORED: Final = frozenset({"venue", "symbol"})
 """Struct fields that are partition columns (``channel`` is a class constant, not a field)."""
+
+PARTITIONING: Final = pa.schema(
+    [pa.field(name, pa.string()) for name in ("venue", "channel", "symbol", "date")]
+)
+"""The hive path's columns, as a reader sees them (``date`` is ``YYYY-MM-DD``)."""
 
 LEVEL_TYPE: Final = pa.struct(
     [pa.field("price", pa.float64(), nullable=False), pa.field("qty", pa.float64(), nullable=False)]
@@ -180,3 +189,27 @@ def build_table(record_type: type[Record], records: Sequence[Record]) -> pa.Tabl
             chunks = [pa.array(values[i : i + SLICE_ROWS], type=col.type) for i in range(0, n, SLICE_ROWS)]
             arrays.append(pa.chunked_array(chunks, type=col.type))
     return pa.Table.from_arrays(arrays, schema=schema_for(record_type))
+
+
+def open_dataset(data_dir: str | os.PathLike[str], channel: str | None = None) -> ds.Dataset:
+    """The stored tree, or one ``channel`` of it, as one pyarrow dataset.
+
+    ``ds.dataset(data_dir, partitioning="hive")`` takes its schema from the first file it finds,
+    and channels have different columns, so that only reads the first channel right. This reads
+    the footers of the files selected and unifies them (a column that a later version added reads
+    as null in older files), and adds ``venue``, ``channel``, ``symbol`` and ``date`` from the
+    path. Cost: one footer read per file.
+    """
+    root = Path(data_dir)
+    pattern = f"venue=*/channel={channel or '*'}/symbol=*/date=*/*.parquet"
+    files = sorted(str(p) for p in root.glob(pattern))
+    schemas = [pq.read_schema(f).remove_metadata() for f in files]
+    stored = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
+    schema = pa.schema([f.with_nullable(True) for f in stored] + list(PARTITIONING))
+    return ds.dataset(
+        files,
+        schema=schema,
+        format="parquet",
+        partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
+        partition_base_dir=str(root),
+    )

@@ -20,6 +20,9 @@ from ingestd.producers.dedupe import Handover, KeyFn
 from ingestd.producers.plan import ConnectionPlan
 from ingestd.producers.transport import WsConnection
 
+HANDOVER_MAX_HELD = 100_000
+"""Records a rotation candidate may buffer before the switch is forced (bounds its memory)."""
+
 
 def _age(now: float, t: float) -> float | None:
     return round(now - t, 3) if t else None
@@ -91,6 +94,10 @@ class Live:
         self.handover: Handover | None = Handover() if candidate else None
         """Set while this socket is a rotation candidate; ``None`` once it is the primary."""
 
+    def overfull(self) -> bool:
+        """The candidate buffers so much that the old socket is far behind: switch now."""
+        return self.handover is not None and self.handover.held >= HANDOVER_MAX_HELD
+
     def handover_ready(self, primary: Live) -> bool:
         """Overlap is proven on every key, and the primary has read a frame that arrived after
         this socket opened (so its backlog from before is drained)."""
@@ -115,6 +122,8 @@ class Slot:
         self.primary: Live | None = None
         self.candidate: Live | None = None
         self.immediate = False
+        """Reconnect without a backoff delay (after a serverShutdown notice)."""
+        self.last_shutdown = float("-inf")
         self.rotate_at = 0.0
         self.opening: asyncio.Task[Live | None] | None = None
         self.emit_lock = asyncio.Lock()

@@ -7,19 +7,21 @@ Every record has an id that grows along its stream: depth ``final_update_id``, b
 below it. The marks outlive connections, so overlap after a reconnect or a rotation, or a venue
 that replays from the start, adds no duplicates.
 
-During a make-before-break rotation two sockets deliver the same streams. The new socket may be
-*ahead* of the old one (the old one still has frames queued): emitting its records at once would
-raise the mark past records the old socket has yet to deliver, and those would be dropped as
-duplicates — lost. So the new socket's records on a key are held back (the old socket delivers
-them) until overlap is proven: the new socket delivered a record at or below the mark, or the old
-socket emitted up to the highest record the new one held back. From then on both sockets are
-complete in-order sources from at or below the mark, and any interleaving of them through the
-mark loses nothing. :class:`Handover` tracks that proof.
+During a make-before-break rotation two sockets deliver the same streams, and either may be
+ahead. A new socket that is *ahead* must not emit at once: that would raise the mark past records
+the old socket still has queued, and those would be dropped as duplicates — lost. So the new
+socket's records on a key are buffered until overlap is proven: the new socket delivered a record
+at or below the mark (it is behind: the buffer is all duplicates), or the old socket emitted the
+first record the new one buffered (then the buffer continues the old socket's sequence exactly and
+is released through the mark). From then on both sockets are complete in-order sources from at or
+below the mark, and any interleaving of them through the mark loses nothing. :class:`Handover`
+holds that state; :meth:`HighWaterMarks.release` flushes what is left when the switch happens
+without proof (the hand-over deadline).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Final
 
@@ -56,11 +58,13 @@ def key_for(channel: str) -> KeyFn:
 class Handover:
     """A rotation candidate's proof of overlap with the primary, per ``(stream, native)``."""
 
-    __slots__ = ("caught", "held", "needed")
+    __slots__ = ("buffered", "caught", "held", "needed")
 
     def __init__(self) -> None:
-        self.held: dict[StreamKey, Any] = {}
-        """Highest key the candidate held back because the primary had not emitted it yet."""
+        self.buffered: dict[StreamKey, tuple[Any, list[Record]]] = {}
+        """Per key: the first buffered key and the records held back, in arrival order."""
+        self.held = 0
+        """Records currently buffered (all keys)."""
         self.caught: set[StreamKey] = set()
         """Keys where overlap is proven; the candidate's records go through the marks."""
         self.needed: set[StreamKey] = set()
@@ -68,11 +72,11 @@ class Handover:
 
     def ready(self) -> bool:
         """Every key either socket delivered during the rotation is proven."""
-        return not self.held and not self.needed
+        return not self.buffered and not self.needed
 
     def unproven(self) -> int:
         """Keys that would switch sockets without proven overlap."""
-        return len(self.needed | self.held.keys())
+        return len(self.needed | self.buffered.keys())
 
 
 class HighWaterMarks:
@@ -102,7 +106,8 @@ class HighWaterMarks:
         """``(records to emit, number dropped)`` for one frame's records of ``stream``.
 
         ``candidate``: the records come from a rotation's new socket, with this proof state.
-        ``rival``: the records come from the primary while that candidate is open.
+        ``rival``: the records come from the primary while that candidate is open; records the
+        candidate buffered may be released into the result.
         """
         marks = self._marks
         kept: list[Record] = []
@@ -119,12 +124,19 @@ class HighWaterMarks:
             prev = marks.get(hk)
             if candidate is not None and hk not in candidate.caught:
                 if prev is not None and key <= prev:
+                    # Behind the primary: proven; whatever was buffered is older still.
+                    _, old = candidate.buffered.pop(hk, (None, []))
+                    candidate.held -= len(old)
                     candidate.caught.add(hk)
-                    candidate.held.pop(hk, None)
                     candidate.needed.discard(hk)
+                    dropped += 1 + len(old)
                 else:
-                    candidate.held[hk] = key
-                dropped += 1
+                    entry = candidate.buffered.get(hk)
+                    if entry is None:
+                        candidate.buffered[hk] = (key, [r])
+                    else:
+                        entry[1].append(r)
+                    candidate.held += 1
                 continue
             if prev is not None and key <= prev:
                 dropped += 1
@@ -132,11 +144,45 @@ class HighWaterMarks:
             marks[hk] = key
             kept.append(r)
             if rival is not None and hk not in rival.caught:
-                held = rival.held.get(hk)
-                if held is not None and key >= held:
-                    del rival.held[hk]
+                entry = rival.buffered.get(hk)
+                if entry is not None and key >= entry[0]:
+                    # The primary reached the candidate's first buffered record: the buffer
+                    # continues this sequence with nothing missing in between.
+                    del rival.buffered[hk]
+                    rival.held -= len(entry[1])
                     rival.caught.add(hk)
                     rival.needed.discard(hk)
+                    dropped += self._through(hk, entry[1], keyfn, kept)
                 else:
                     rival.needed.add(hk)
         return kept, dropped
+
+    def release(self, handover: Handover, keyfns: Mapping[str, KeyFn]) -> tuple[list[Record], dict[str, int]]:
+        """Flush every buffer of ``handover`` through the marks (a switch without proof).
+
+        ``keyfns`` maps stream name to its key function. Returns the records to emit and the
+        number dropped per stream.
+        """
+        kept: list[Record] = []
+        dropped: dict[str, int] = {}
+        for hk, (_, recs) in handover.buffered.items():
+            n = self._through(hk, recs, keyfns.get(hk[0], EXCHANGE_TS), kept)
+            if n:
+                dropped[hk[0]] = dropped.get(hk[0], 0) + n
+            handover.caught.add(hk)
+        handover.buffered.clear()
+        handover.held = 0
+        return kept, dropped
+
+    def _through(self, hk: StreamKey, records: list[Record], keyfn: KeyFn, out: list[Record]) -> int:
+        marks = self._marks
+        dropped = 0
+        for r in records:
+            key = keyfn(r)
+            prev = marks.get(hk)
+            if prev is not None and key <= prev:
+                dropped += 1
+                continue
+            marks[hk] = key
+            out.append(r)
+        return dropped

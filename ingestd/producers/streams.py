@@ -14,12 +14,14 @@ else ``exchange_ts``): a record at or below the mark is a duplicate, dropped and
 marks outlive connections, so a venue that replays after a reconnect adds no duplicates.
 
 Rotation (make-before-break, before Binance's 24 h cut): a second socket is opened on the same
-streams. Until it has *caught up* on a key (the primary has emitted up to what the new socket
-has delivered for that key), its records are held back: the primary still delivers them, so
-nothing is lost however the two sockets race. Once the new socket has data, every key it has
-delivered is caught up and the primary has read a frame that arrived after the new socket was
-open, emission switches and the old socket is closed. One ``ROTATED`` event replaces the
-``DISCONNECTED``/``CONNECTED`` pair: no data was lost, books need not resync.
+streams while the primary keeps emitting. The new socket's records are buffered per key until
+overlap with the primary is proven (see :mod:`ingestd.producers.dedupe`), so nothing is lost
+whichever socket runs ahead. Once every key either socket delivered is proven and the primary
+has read a frame that arrived after the new socket opened, the old socket is closed (what it
+already read is still admitted), the new one becomes the primary, and one ``ROTATED`` event
+replaces the ``DISCONNECTED``/``CONNECTED`` pair: no data was lost, books need not resync. A new
+socket that delivers nothing within ``first_frame_deadline_s`` is dropped and the rotation
+retried with backoff; one that has data but no proof by then is switched to anyway (logged).
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ log = logging.getLogger("ingestd.streams")
 SERVER_SHUTDOWN_STREAM: Final = "!serverShutdown"
 ROTATION_POLL_S: Final = 0.05
 """How often the controller re-checks a rotation's hand-over conditions (only while rotating)."""
+
+SHUTDOWN_REPEAT_S: Final = 10.0
+"""A second serverShutdown within this many seconds reconnects with backoff, not at once."""
+RELEASE_BATCH: Final = 4096
+"""Records per batch when a rotation releases what the new socket buffered."""
 
 Kind = ConnectionEventKind
 
@@ -178,12 +185,9 @@ class StreamsProducer:
                 slot.reconnects += 1
                 slot.reasons[reason] = slot.reasons.get(reason, 0) + 1
                 quiet = reason in ("close 1000", "close 1001", "server_shutdown")
-                log.log(
-                    logging.INFO if quiet else logging.WARNING,
-                    "%s disconnected (%s); reconnecting",
-                    name,
-                    reason,
-                )
+                detail = f": {slot.last_error}" if reason.startswith("error") else ""
+                level = logging.INFO if quiet else logging.WARNING
+                log.log(level, "%s disconnected (%s%s); reconnecting", name, reason, detail)
                 self._event(Kind.DISCONNECTED, slot, reason=reason)
             graceful = True
         finally:
@@ -321,7 +325,7 @@ class StreamsProducer:
             await self._close_live(cand)
             slot.candidate = None
             self._rotation_failed(slot, primary, f"new socket ended ({reason})")
-        elif cand.handover_ready(primary) or (cand.data_seen and now >= handover_by):
+        elif cand.handover_ready(primary) or (cand.data_seen and (now >= handover_by or cand.overfull())):
             await self._promote(slot, primary, cand)
             slot.rotate_at = cand.connected + self._settings.rotate_after_s
             return cand
@@ -357,11 +361,23 @@ class StreamsProducer:
                     slot.plan.name, why, delay)  # fmt: skip
 
     async def _promote(self, slot: Slot, old: Live, new: Live) -> None:
-        unproven = new.handover.unproven() if new.handover is not None else 0
-        new.handover = None
-        slot.primary, slot.candidate = new, None
+        handover = new.handover
+        assert handover is not None
+        unproven = handover.unproven()
+        # Close the old socket first, still as the primary: the frames it has read are admitted
+        # and may release what the new socket buffered.
         old.end_reason = "rotated"
         await self._close_live(old)
+        async with slot.emit_lock:
+            keyfns = {name: st.keyfn for name, st in self._streams.items() if st.keyfn is not None}
+            kept, dropped = self._marks.release(handover, keyfns)
+            for name, n in dropped.items():
+                self._streams[name].duplicates += n
+                self.duplicates += n
+            new.handover = None
+            slot.primary, slot.candidate = new, None
+            for i in range(0, len(kept), RELEASE_BATCH):
+                await self._emit(kept[i : i + RELEASE_BATCH])
         slot.rotations += 1
         slot.rotate_backoff.reset()
         slot.state = SlotState.STREAMING
@@ -522,8 +538,13 @@ class StreamsProducer:
         live.end_reason = "server_shutdown"
         if live.handover is not None:
             return  # a rotation candidate: the attempt fails and is retried later
-        slot.immediate = True
-        log.info("%s: venue announced serverShutdown; reconnecting now", slot.plan.name)
+        now = time.monotonic()
+        # Reconnect at once, as Binance asks; but a venue repeating the notice on every new socket
+        # gets the normal backoff, or the IP's connection-attempt budget would burn.
+        slot.immediate = now - slot.last_shutdown >= SHUTDOWN_REPEAT_S
+        slot.last_shutdown = now
+        log.info("%s: venue announced serverShutdown; reconnecting%s", slot.plan.name,
+                 " now" if slot.immediate else " with backoff (repeated notice)")  # fmt: skip
         self._event(Kind.SERVER_SHUTDOWN, slot, reason="serverShutdown")
 
     def _report_silent(self, slot: Slot, live: Live) -> None:

@@ -102,7 +102,9 @@ class AiohttpConnection:
             return None
         if msg.type is aiohttp.WSMsgType.ERROR:
             exc = msg.data
-            self._close_code = self._close_code or ABNORMAL_CLOSURE
+            # aiohttp records a protocol error's own code (1009 for a frame over the limit).
+            code = self._ws.close_code
+            self._close_code = int(code) if code else ABNORMAL_CLOSURE
             raise TransportError(
                 f"websocket failed: {exc!r}",
                 url=self.url,

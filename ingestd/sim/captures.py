@@ -395,6 +395,12 @@ def load_capture(path: Path | str) -> Capture:
 # --------------------------------------------------------------------------- timeline
 
 
+def _keyed(ts: Sequence[int], shift: int, k: int) -> Iterator[tuple[int, int, int]]:
+    """(shifted time, capture number, index) of each frame: the merge key keeps file order."""
+    for i, t in enumerate(ts):
+        yield t + shift, k, i
+
+
 @dataclass(frozen=True, slots=True)
 class StreamInfo:
     """One stream of the timeline. ``symbol`` is lower-case (``None`` for ``!`` streams)."""
@@ -432,9 +438,7 @@ class Timeline:
             c = self.captures[0]
             merged = ((t, 0, i) for i, t in enumerate(c.ts))
         else:
-            merged = heapq.merge(
-                *(((t + shifts[k], k, i) for i, t in enumerate(c.ts)) for k, c in enumerate(self.captures))
-            )
+            merged = heapq.merge(*(_keyed(c.ts, shifts[k], k) for k, c in enumerate(self.captures)))
         self.ts: list[int] = []
         self.sid: list[int] = []
         self.frames: list[bytes] = []

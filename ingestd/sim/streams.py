@@ -35,6 +35,7 @@ _SCAN: Final = 65536
 _MAX_PENDING: Final = 100_000
 """Injected frames waiting per connection; more is a test bug, refused loudly."""
 _ABORT_FLUSH_S: Final = 1.0
+_CLOSE_TIMEOUT_S: Final = 2.0
 _TEXT, _BINARY = 0x1, 0x2
 _SMALL_TEXT_HEADERS: Final = tuple(bytes((0x80 | _TEXT, n)) for n in range(126))
 
@@ -140,6 +141,7 @@ class WsConnection:
         self.close_code: int | None = None
         self.open = True
         self.done = asyncio.Event()
+        self._drain_task: asyncio.Future[None] | None = None
         self._limiter = _Limiter((USDM if self.market == "futures" else SPOT).control_msgs_per_second)
 
     # ------------------------------------------------------------------ subscriptions
@@ -227,11 +229,37 @@ class WsConnection:
         transport.write(data)
         return True
 
+    def _blocked(self) -> bool:
+        """A drain is pending: the client is not reading fast enough to take more."""
+        return self._drain_task is not None and not self._drain_task.done()
+
     async def _drain(self) -> None:
-        await self.request.writer.drain()
-        # drain() returns at once below the high-water mark; yield anyway so that one fast
-        # connection cannot starve the others (and the REST handlers) at speed 0.
-        await asyncio.sleep(0)
+        """Wait until the client has taken what was written, or until a fault command arrives.
+
+        The drain runs as its own task so that a close or stall can interrupt the wait: a client
+        that stops reading must not make the sim deaf to faults. It is never cancelled here (the
+        protocol's drain waiter is shared), only awaited again next time.
+        """
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._blocked():
+            if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+                # Below the high-water mark drain() would return at once; yield anyway so one
+                # fast connection cannot starve the others (and the REST handlers) at speed 0.
+                await asyncio.sleep(0)
+                return
+            self._drain_task = asyncio.ensure_future(self.request.writer.drain())
+        assert self._drain_task is not None
+        self.wake.clear()
+        waker = asyncio.ensure_future(self.wake.wait())
+        try:
+            waiting: list[asyncio.Future[Any]] = [self._drain_task, waker]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+        if self._drain_task.done():
+            self._drain_task.result()  # re-raises a lost connection
 
     def _restart(self) -> None:
         self.loops += 1
@@ -255,6 +283,9 @@ class WsConnection:
                     await self._sleep(None if math.isinf(self.stall_until) else self.stall_until - now)
                     continue
                 self.stall_until = None
+            if self._blocked():
+                await self._drain()
+                continue
             if self.pending:
                 batch = [encode(f, op) for f, op in self.pending]
                 self.injected += len(batch)
@@ -355,7 +386,14 @@ class WsConnection:
             self.close_code = ABORT
             return
         self.close_code = cmd.code
-        await ws.close(code=cmd.code, message=cmd.reason.encode())
+        try:
+            # A client that stopped reading never takes the close frame: give up and abort.
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await ws.close(code=cmd.code, message=cmd.reason.encode())
+        except TimeoutError:
+            self.close_code = ABORT
+            if transport is not None:
+                transport.abort()
 
     # ------------------------------------------------------------------ control messages
 
@@ -428,9 +466,10 @@ async def serve_connection(conn: WsConnection, ws: web.WebSocketResponse) -> Non
             elif exc is None and (cmd := pump.result()) is not None:
                 await conn.close_with(cmd, ws)
     finally:
-        for task in (pump, reader):
+        tasks = [pump, reader] + ([conn._drain_task] if conn._drain_task is not None else [])
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(pump, reader, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if conn.close_code is None:
             conn.close_code = ws.close_code
         conn.open = False

@@ -220,10 +220,10 @@ class SimVenue:
             app.router.add_get(f"{route}/ws/{{names:.+}}", ws)
         app.router.add_post("/_sim/faults", self._control)
         app.router.add_get("/_sim/stats", self._stats_handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_CLOSE_GRACE_S)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=_CLOSE_GRACE_S)
+            site = web.TCPSite(runner, self.host, self.port)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -276,7 +276,7 @@ class SimVenue:
                 conn.command(command)
                 hit += 1
         if hit:
-            log.info("sim fault %s on %d connection(s)", command, hit)
+            log.info("sim fault %s on %d connection(s)", type(command).__name__, hit)
         return hit
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
