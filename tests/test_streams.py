@@ -79,8 +79,8 @@ class FakeParser:
                                 ask_price=float(d["a"]), ask_qty=float(d["A"]))  # fmt: skip
                 return stream, [bt]
             if d["e"] == "depthUpdate":
-                dd = DepthDiff(**common, first_update_id=d["U"], final_update_id=d["u"], prev_final_update_id=d["pu"],
-                               bids=[(float(x), float(y)) for x, y in d["b"]],
+                dd = DepthDiff(**common, first_update_id=d["U"], final_update_id=d["u"],
+                               prev_final_update_id=d["pu"], bids=[(float(x), float(y)) for x, y in d["b"]],
                                asks=[(float(x), float(y)) for x, y in d["a"]])  # fmt: skip
                 return stream, [dd]
         except (KeyError, TypeError) as exc:
@@ -152,9 +152,7 @@ class Venue:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = self.runner.addresses[0][1]
         self.url = f"ws://127.0.0.1:{port}"
 
     async def stop(self) -> None:
