@@ -26,14 +26,20 @@ from ingestd.config import Settings
 from ingestd.consumers.console import ConsoleReporter
 from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook
 from ingestd.consumers.jsonl import JsonDump
+from ingestd.consumers.nats import NatsPublisher
 from ingestd.consumers.parquet import ParquetWriter
 from ingestd.errors import IngestError, PhaseTimeoutError, StartupError
+from ingestd.observe.health import HealthServer
+from ingestd.observe.metrics import MetricsTap, render
+from ingestd.observe.sdnotify import SdNotifier
+from ingestd.producers.clock import ClockSync
 from ingestd.producers.discovery import discover
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
 from ingestd.producers.streams import StreamsProducer, plan_connections
 from ingestd.records import AnyRecord, Record
+from ingestd.shard import select_shard, shard_label
 from ingestd.venues.binance.endpoints import VENUES, VenueSpec
 from ingestd.venues.binance.parse import FrameParser
 from ingestd.venues.binance.symbols import ContractSet
@@ -69,6 +75,10 @@ class Daemon:
         self.rest: RestClient | None = None
         self.snapshots: SnapshotProducer | None = None
         self.streams: StreamsProducer | None = None
+        self.clock: ClockSync | None = None
+        self.health: HealthServer | None = None
+        self.metrics = MetricsTap(self._clock_offset_ns)
+        self.notifier = SdNotifier()
         self.hook_context = HookContext()
         self._hooks: list[_HookSpec] = [
             _HookSpec(load_hook(spec), spec, None, None) for spec in settings.hooks.specs
@@ -100,7 +110,7 @@ class Daemon:
         self._hooks.append(
             _HookSpec(
                 func,
-                name or getattr(func, "__qualname__", "hook"),
+                name or str(getattr(func, "__qualname__", "hook")),
                 frozenset(channels) if channels is not None else None,
                 frozenset(symbols) if symbols is not None else None,
             )
@@ -180,7 +190,40 @@ class Daemon:
             out["rest"] = self.rest.stats()
         if self.books is not None:
             out["books"] = self.books.stats()
+        if self.clock is not None:
+            out["clock"] = self.clock.stats()
+        if self.health is not None:
+            out["health_url"] = self.health.url
         return out
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when every stream is fresh and every book is synced; else name what is not."""
+        not_ready: list[str] = []
+        if self.contracts is None:
+            not_ready.append("starting")
+        fresh = self.settings.health.freshness_s
+        if self.streams is not None:
+            for name, st in self.streams.stats()["streams"].items():
+                if "@forceOrder" in name:
+                    continue  # Binance sends liquidations only when there are some
+                age = st.get("last_frame_age_s")
+                if not st.get("first_frame_seen"):
+                    not_ready.append(f"stream {name}: no frame yet")
+                elif age is None or age > fresh:
+                    not_ready.append(f"stream {name}: last frame {age} s ago")
+        if self.books is not None:
+            for sym, b in self.books.stats().get("symbols", {}).items():
+                if not b.get("synced"):
+                    not_ready.append(f"book {sym}: {b.get('state', 'not synced')}")
+        return (not not_ready, {"not_ready": not_ready})
+
+    def _metrics(self) -> bytes:
+        return render(self.stats, self.metrics)
+
+    def _clock_offset_ns(self) -> int:
+        if self.clock is None or self.clock.offset_ms is None:
+            return 0
+        return int(self.clock.offset_ms * 1_000_000)
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -201,9 +244,23 @@ class Daemon:
                 len(discovered.skipped_unsafe),
                 ", ".join(discovered.skipped_unsafe[:10]),
             )
-        self.contracts = discovered.select(s.symbols) if s.symbols else discovered
+        contracts = discovered.select(s.symbols) if s.symbols else discovered
+        if s.shard is not None:
+            k, n = s.shard
+            contracts = select_shard(contracts, k, n)
+            if not len(contracts):
+                raise StartupError(f"shard {k}/{n} of {len(discovered)} contracts is empty: use fewer shards")
+        self.contracts = contracts
         if not len(self.contracts):
             raise StartupError(f"{self.venue.name}: discovery found no trading contracts at {self.rest_url}")
+        if s.health.port:
+            self.health = HealthServer(
+                s.health.host, s.health.port, stats=self.stats, ready=self.readiness, metrics=self._metrics
+            )
+            await self.health.start()
+        if s.clock.enabled:
+            self.clock = ClockSync(self.rest, self.venue, samples=s.clock.samples, interval_s=s.clock.interval_s)
+            self.clock.start()
         self.hook_context.contracts = self.contracts
         self.hook_context.price_precision = self.contracts.price_precision()
         self.hook_context.min_qty = self.contracts.min_qty()
@@ -254,9 +311,21 @@ class Daemon:
     def _attach_consumers(self) -> None:
         s = self.settings
         if s.storage.enabled:
-            self.bus.attach(ParquetWriter(s.storage), maxsize=s.storage.queue_size, policy=OverflowPolicy.BLOCK)
+            prefix = shard_label(*s.shard) if s.shard is not None else ""
+            self.bus.attach(
+                ParquetWriter(s.storage, file_prefix=prefix),
+                maxsize=s.storage.queue_size,
+                policy=OverflowPolicy.BLOCK,
+            )
         if s.json_dump.dir is not None:
             self.bus.attach(JsonDump(s.json_dump), maxsize=s.json_dump.queue_size, policy=OverflowPolicy.BLOCK)
+        if s.nats.url is not None:
+            # NATS must never hold storage back: its own buffer drops oldest (counted) on outage.
+            self.bus.attach(
+                NatsPublisher(s.nats), maxsize=s.nats.buffer_records, policy=OverflowPolicy.DROP_OLDEST
+            )
+        if s.health.port:
+            self.bus.attach(self.metrics, maxsize=100_000, policy=OverflowPolicy.DROP_OLDEST)
         for i, h in enumerate(self._hooks):
             consumer = HookConsumer(
                 f"hook:{h.name}#{i}",
@@ -383,7 +452,15 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await drain
             log.error("%s: some records were not flushed", PhaseTimeoutError("shutdown.drain", deadline))
-        # Phase 3: release the REST session.
+        # Phase 3: release the clock task, health endpoint and REST session.
+        if self.clock is not None:
+            with contextlib.suppress(Exception):
+                await self.clock.close()
+        if self.health is not None:
+            with contextlib.suppress(Exception):
+                await self.health.close()
+        self.notifier.stopping()
+        self.notifier.close()
         if self.rest is not None:
             with contextlib.suppress(Exception):
                 await self.rest.close()

@@ -20,7 +20,7 @@ from ingestd.errors import ConfigError, StartupError
 from ingestd.records import CHANNELS
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
-SUBCOMMANDS = ("run", "sim")
+SUBCOMMANDS = ("run", "sim", "tail", "status")
 
 log = logging.getLogger("ingestd.cli")
 
@@ -28,7 +28,7 @@ log = logging.getLogger("ingestd.cli")
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line and exit code 2 (its default too)."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.exit(EXIT_USAGE, f"ingestd: error: {message}\n")
 
 
@@ -50,6 +50,10 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=("text", "json", "auto"))
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--log-file", type=Path, help="log to this file (reopened on SIGHUP)")
+    p.add_argument("--health-port", type=int, help="HTTP /healthz /readyz /metrics /status port (0 = off)")
+    p.add_argument("--health-host", help="bind address of the health endpoint (default 127.0.0.1)")
+    p.add_argument("--nats-url", help="also publish every record to NATS JetStream (nats://HOST:PORT)")
+    p.add_argument("--shard", metavar="K/N", help="ingest only shard K of N of the contract set")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     from ingestd.sim.cli import add_arguments  # noqa: PLC0415 - keeps `ingestd run` start-up lean
 
     add_arguments(sim)
+    tail = sub.add_parser("tail", help="print or hook records from NATS JetStream")
+    from ingestd.tail import add_arguments as tail_arguments  # noqa: PLC0415
+
+    tail_arguments(tail)
+    status = sub.add_parser("status", help="show a running daemon's streams, books and drops")
+    from ingestd.observe.status import add_arguments as status_arguments  # noqa: PLC0415
+
+    status_arguments(status)
     return parser
 
 
@@ -94,6 +106,10 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("log.format", args.log_format)
     put("log.level", args.log_level)
     put("log.file", args.log_file)
+    put("health.port", args.health_port)
+    put("health.host", args.health_host)
+    put("nats.url", args.nats_url)
+    put("shard", args.shard)
     return out
 
 
@@ -140,6 +156,23 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from ingestd.observe.logging import setup_logging  # noqa: PLC0415
+    from ingestd.tail import run  # noqa: PLC0415
+
+    setup_logging("text", "WARNING")
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ingestd.observe.status import run  # noqa: PLC0415
+
+    return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ingestd`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -149,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     if args.command == "sim":
         return _cmd_sim(args)
+    if args.command == "tail":
+        return _cmd_tail(args)
+    if args.command == "status":
+        return _cmd_status(args)
     return _cmd_run(args)
 
 

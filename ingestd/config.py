@@ -18,8 +18,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ingestd.consumers.nats import NatsSettings
 from ingestd.errors import ConfigError
 from ingestd.records import CHANNELS
+from ingestd.shard import ShardSpec
 
 ENV_PREFIX = "INGESTD_"
 NATIVE_RE = re.compile(r"^[A-Z0-9_]{2,40}$")
@@ -126,6 +128,26 @@ class ConsoleSettings(_Model):
     interval_s: PositiveFloat = 5.0
 
 
+class HealthSettings(_Model):
+    """The HTTP endpoint: /healthz /readyz /metrics /status."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108
+    """0 turns the endpoint off."""
+    freshness_s: PositiveFloat = 30.0
+    """/readyz wants a frame from every stream within this many seconds (liquidations exempt:
+    Binance sends them only when they happen)."""
+
+
+class ClockSettings(_Model):
+    """Server-time offset estimation (round-trip midpoint)."""
+
+    enabled: bool = True
+    interval_s: PositiveFloat = 300.0
+    samples: Annotated[int, Field(ge=1, le=50)] = 5
+    warn_offset_ms: PositiveFloat = 500.0
+
+
 class Settings(_Model):
     """Everything a run needs. Built by :func:`load_settings`."""
 
@@ -145,6 +167,11 @@ class Settings(_Model):
     hooks: HookSettings = HookSettings()
     log: LogSettings = LogSettings()
     console: ConsoleSettings = ConsoleSettings()
+    health: HealthSettings = HealthSettings()
+    clock: ClockSettings = ClockSettings()
+    nats: NatsSettings = NatsSettings()
+    shard: ShardSpec | None = None
+    """``K/N``: this instance ingests shard K of N of the contract set (1-based)."""
 
     @field_validator("symbols", mode="before")
     @classmethod

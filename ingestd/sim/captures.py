@@ -230,12 +230,15 @@ def _ns(text: bytes) -> int:
 
 def _url_market(url: str) -> Market | None:
     parts = urlsplit(url)
-    host, path = parts.netloc, parts.path
-    if host.startswith(("fstream", "dstream", "fapi", "dapi")) or path.startswith(
-        ("/fapi/", "/dapi/", "/public", "/market")
-    ):
+    host, segments = parts.netloc, set(parts.path.split("/"))
+    if host.startswith(("fstream", "dstream", "fapi", "dapi")) or segments & {
+        "fapi",
+        "dapi",
+        "public",
+        "market",
+    }:
         return "futures"
-    if host.startswith(("stream.binance", "api", "data-api", "www.binance")) or path.startswith("/api/"):
+    if host.startswith(("stream.binance", "api", "data-api", "www.binance")) or "api" in segments:
         return "spot"
     return None
 
