@@ -133,12 +133,12 @@ class Faults:
     """Per API family (``"fapi"``, ``"api"``): overrides the per-minute weight limit (2400/6000)."""
     skip: set[int] = field(default_factory=set)
     """Timeline indices of frames never sent (see :meth:`skip_depth_diff`)."""
-    _timeline: Timeline | None = None
-    _target: ConnectionControl | None = None
+    _timeline: Timeline | None = field(default=None, repr=False)
+    _target: ConnectionControl | None = field(default=None, repr=False)
     _sticky: list[tuple[Command, Where]] = field(default_factory=list)
     _rest: list[RestFault] = field(default_factory=list)
     _refusals: list[_Refusal] = field(default_factory=list)
-    _now_ms: Callable[[], int] | None = None
+    _now_ms: Callable[[], int] | None = field(default=None, repr=False)
 
     def bind(self, timeline: Timeline, target: ConnectionControl, now_ms: Callable[[], int]) -> None:
         """Called by the venue at start: the timeline, its connections, its clock (ms)."""

@@ -114,7 +114,7 @@ class SimStats:
 
 
 class _WeightMeter:
-    """Request weight used in the last 60 s for one API family."""
+    """Request weight used in the last 60 s for one API family (``time.monotonic`` seconds)."""
 
     def __init__(self) -> None:
         self._entries: deque[tuple[float, int]] = deque()
@@ -336,7 +336,7 @@ class SimVenue:
                     await asyncio.sleep(fault.delay_s)
                 elif fault.kind == "status":
                     return self._fault_response(family, fault)
-            loop_now = asyncio.get_running_loop().time()
+            loop_now = time.monotonic()
             meter = self._meters[family]
             status, weight, body = handler(request, family)
             limit = self.faults.weight_limits.get(family, _FAMILIES[family][0].weight_limit_per_minute)
@@ -360,7 +360,7 @@ class SimVenue:
         return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
 
     def _fault_response(self, family: str, fault: RestFault) -> web.Response:
-        used = self._meters[family].used(asyncio.get_running_loop().time())
+        used = self._meters[family].used(time.monotonic())
         body = fault.body
         if body is None:
             template = _ERROR_BODIES.get(fault.status, _GENERIC_ERROR)
@@ -437,7 +437,7 @@ class SimVenue:
             totals[info.name] = totals.get(info.name, 0) + st.sent[s]
             if st.skipped[s]:
                 skipped[info.name] = skipped.get(info.name, 0) + st.skipped[s]
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         conns = tuple(
             ConnectionStats(
                 id=c.id,
