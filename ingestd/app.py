@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from ingestd.book.manager import BookManager
+from ingestd.book.records import GapKind
 from ingestd.bus import Bus, OverflowPolicy
 from ingestd.config import Settings
 from ingestd.consumers.console import ConsoleReporter
@@ -212,9 +213,9 @@ class Daemon:
                 elif age is None or age > fresh:
                     not_ready.append(f"stream {name}: last frame {age} s ago")
         if self.books is not None:
-            for sym, b in self.books.stats().get("symbols", {}).items():
-                if not b.get("synced"):
-                    not_ready.append(f"book {sym}: {b.get('state', 'not synced')}")
+            for sym, b in self.books.stats()["symbols"].items():
+                if b["state"] != "synced":
+                    not_ready.append(f"book {sym}: {b['state']}")
         return (not not_ready, {"not_ready": not_ready})
 
     def _metrics(self) -> bytes:
@@ -237,6 +238,7 @@ class Daemon:
             state_file=state_file if s.storage.enabled or s.snapshots.state_file else None,
             timeout_s=s.snapshots.request_timeout_s,
         )
+        await self._wait_out_ban()
         discovered = await discover(self.rest, self.venue)
         if discovered.skipped_unsafe:
             log.warning(
@@ -277,6 +279,7 @@ class Daemon:
                 limit=s.snapshots.limit,
                 poll_interval_s=s.snapshots.poll_interval_s,
                 raw=s.json_dump.raw,
+                on_ban=self._on_ban,
             )
             self._spawn(self.snapshots.run(), "snapshots")
         if "depth_diff" in chans and self.snapshots is not None:
@@ -287,6 +290,8 @@ class Daemon:
                 market="futures" if self.venue.routed else "spot",
                 request_snapshot=lambda native, urgent: snaps.request(native, urgent=urgent),
                 max_buffered=s.snapshots.max_buffered_diffs,
+                book_depth=s.books.depth,
+                book_every=s.books.every,
             )
             self.hook_context.books = self.books
         elif self.snapshots is not None:
@@ -370,8 +375,32 @@ class Daemon:
             # Connection events arrive from the producer's task; publishing is async, so the gap
             # records are handed to a referenced task rather than dropped.
             self._spawn(self.bus.publish(extra), f"gap:{ev.connection}", fatal=False)
-        if ev.kind is ConnectionEventKind.STREAM_SILENT:
-            log.warning("stream(s) silent on %s: %s", ev.connection, ", ".join(ev.streams))
+
+    def _on_ban(self, native: str, until: float) -> None:
+        if self.books is None:
+            return
+        reason = f"REST host banned (418) until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}"
+        gaps = self.books.record_gap(native, GapKind.BAN, reason, time.time_ns())
+        if gaps:
+            self._spawn(self.bus.publish(gaps), f"ban-gap:{native}", fatal=False)
+
+    async def _wait_out_ban(self) -> None:
+        """A 418 ban remembered from an earlier run: wait it out (SIGTERM still stops us)."""
+        assert self.rest is not None and self._stop is not None
+        until = self.rest.banned_until or 0.0
+        remaining = until - time.time()
+        if remaining <= 0:
+            return
+        log.warning(
+            "REST host %s banned (418) until %s: waiting %.0f s before discovery",
+            self.rest_url,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
+            remaining,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), remaining)
+        if self._stop.is_set():
+            raise StartupError("stopped while waiting for a REST ban to end")
 
     # -- tasks and shutdown -------------------------------------------------------------------
 

@@ -128,6 +128,15 @@ class ConsoleSettings(_Model):
     interval_s: PositiveFloat = 5.0
 
 
+class BookSettings(_Model):
+    """Local order books (kept whenever depth_diff is ingested)."""
+
+    depth: Annotated[int, Field(ge=0, le=1000)] = 0
+    """Publish ``book`` records (top-N levels) with this many levels per side; 0 = none."""
+    every: Annotated[int, Field(ge=0)] = 0
+    """A ``book`` record every N applied diffs (0 or 1 = on every change)."""
+
+
 class HealthSettings(_Model):
     """The HTTP endpoint: /healthz /readyz /metrics /status."""
 
@@ -167,6 +176,7 @@ class Settings(_Model):
     hooks: HookSettings = HookSettings()
     log: LogSettings = LogSettings()
     console: ConsoleSettings = ConsoleSettings()
+    books: BookSettings = BookSettings()
     health: HealthSettings = HealthSettings()
     clock: ClockSettings = ClockSettings()
     nats: NatsSettings = NatsSettings()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -60,6 +61,8 @@ class _Symbol:
     resyncs: int = 0
     audit_checks: int = 0
     audit_mismatches: int = 0
+    held_reason: str = ""
+    """Why a ticker checked during snapshot replay disagreed (reported after the replay)."""
     since_top: int = 0
     repeated_disconnects: int = 0
     ahead: deque[BookTicker] = field(default_factory=lambda: deque(maxlen=AUDIT_AHEAD))
@@ -137,6 +140,9 @@ class BookManager:
         self._views: dict[str, BookView] = {}
         for c in contracts:
             sym = _Symbol(c, BookSync(market, max_buffered))
+            # Tickers wait while the book is behind them: as many as diffs may wait for a
+            # snapshot, so a slow snapshot (or a burst replay) does not thin out the audit.
+            sym.ahead = deque(maxlen=max(AUDIT_AHEAD, max_buffered))
             self._by_native[c.native] = sym
             view = BookView(c.symbol, c.native, sym.sync)
             self._views[c.native] = view
@@ -182,9 +188,15 @@ class BookManager:
                 if sym is None:
                     self.unknown_symbols += 1
                     continue
-                res = sym.sync.on_snapshot(rec)
+                held: list[BookTicker] = []
+                res = sym.sync.on_snapshot(
+                    rec, partial(self._audit_replayed, sym, held) if sym.ahead else None
+                )
                 if res is not NOTHING:
                     self._handle(sym, res, rec, out)
+                if held and sym.sync.is_synced:
+                    # A ticker disagreed with the book mid-replay: resync now that replay is done.
+                    self._mismatch(sym, held[0], held_reason=True, out=out)
         return out
 
     def on_connection_event(self, ev: ConnectionEvent) -> list[Record]:
@@ -439,17 +451,43 @@ class BookManager:
         if ahead and ahead[0].update_id == last:
             self._check(sym, ahead.popleft(), out)
 
-    def _check(self, sym: _Symbol, t: BookTicker, out: list[Record]) -> None:
-        s = sym.sync
-        sym.audit_checks += 1
-        bid, ask = s.book.best_bid(), s.book.best_ask()
-        if bid == (t.bid_price, t.bid_qty) and ask == (t.ask_price, t.ask_qty):
-            return
-        sym.audit_mismatches += 1
-        reason = (
+    def _audit_replayed(self, sym: _Symbol, held: list[BookTicker]) -> None:
+        """During snapshot replay: check the held ticker matching this diff, defer a mismatch."""
+        ahead = sym.ahead
+        last = sym.sync.book.last_update_id
+        assert last is not None
+        while ahead and ahead[0].update_id < last:
+            ahead.popleft()
+        if ahead and ahead[0].update_id == last:
+            t = ahead.popleft()
+            sym.audit_checks += 1
+            if not held and not self._top_matches(sym, t):
+                sym.held_reason = self._mismatch_reason(sym, t)
+                held.append(t)
+
+    @staticmethod
+    def _top_matches(sym: _Symbol, t: BookTicker) -> bool:
+        book = sym.sync.book
+        return book.best_bid() == (t.bid_price, t.bid_qty) and book.best_ask() == (t.ask_price, t.ask_qty)
+
+    @staticmethod
+    def _mismatch_reason(sym: _Symbol, t: BookTicker) -> str:
+        book = sym.sync.book
+        return (
             f"bookTicker u={t.update_id} says bid {t.bid_price} x {t.bid_qty}, ask {t.ask_price} x "
-            f"{t.ask_qty}; book has bid {bid}, ask {ask}"
+            f"{t.ask_qty}; book has bid {book.best_bid()}, ask {book.best_ask()}"
         )
+
+    def _check(self, sym: _Symbol, t: BookTicker, out: list[Record]) -> None:
+        sym.audit_checks += 1
+        if self._top_matches(sym, t):
+            return
+        self._mismatch(sym, t, held_reason=False, out=out)
+
+    def _mismatch(self, sym: _Symbol, t: BookTicker, *, held_reason: bool, out: list[Record]) -> None:
+        s = sym.sync
+        sym.audit_mismatches += 1
+        reason = sym.held_reason if held_reason else self._mismatch_reason(sym, t)
         log.error("%s: audit mismatch: %s", sym.contract.native, reason)
         sym.ahead.clear()
         res = s.resync(GapKind.AUDIT_MISMATCH, reason, stream_alive=True)

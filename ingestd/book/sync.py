@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -172,8 +173,13 @@ class BookSync:
             return _NEED_URGENT if self._gap_open else _NEED_FIRST
         return self._buffer_diff(diff)
 
-    def on_snapshot(self, snap: DepthSnapshot) -> SyncResult:
-        """Feed a REST snapshot. Ignored when the book is synced (e.g. periodic polling)."""
+    def on_snapshot(self, snap: DepthSnapshot, after_each: Callable[[], None] | None = None) -> SyncResult:
+        """Feed a REST snapshot. Ignored when the book is synced (e.g. periodic polling).
+
+        ``after_each`` is called after each buffered diff applied on top of the snapshot, while the
+        book is exactly the state that diff describes (the manager's bookTicker audit needs every
+        intermediate state, not just the last). It must not change this object's state.
+        """
         state = self.state
         if state is SyncState.SYNCED:
             self.ignored_snapshots += 1
@@ -212,7 +218,7 @@ class BookSync:
                 ),
             )
         self._load(snap)
-        return self._replay()
+        return self._replay(after_each)
 
     def resync(self, kind: GapKind, reason: str, *, stream_alive: bool) -> SyncResult:
         """Discard the book on the caller's request (disconnect, audit mismatch, ban …).
@@ -321,7 +327,7 @@ class BookSync:
             )
         )
 
-    def _replay(self) -> SyncResult:
+    def _replay(self, after_each: Callable[[], None] | None = None) -> SyncResult:
         """Feed the buffered diffs to a freshly loaded snapshot."""
         buf = self._buffer
         applied = contained = 0
@@ -329,6 +335,8 @@ class BookSync:
         while buf:
             diff = buf.popleft()
             res = self._bridge(diff) if self.state is SyncState.BRIDGING else self._apply_synced(diff)
+            if after_each is not None and res.applied and self.state is SyncState.SYNCED:
+                after_each()
             applied += res.applied
             contained += res.already_in_snapshot
             synced = synced or res.synced

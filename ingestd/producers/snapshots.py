@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ingestd.backoff import Backoff
@@ -71,6 +72,7 @@ class SnapshotProducer:
         concurrency: int = 2,
         retry_initial_s: float = 1.0,
         retry_max_s: float = 60.0,
+        on_ban: Callable[[str, float], None] | None = None,
     ) -> None:
         if not 1 <= concurrency <= 8:
             raise ValueError(f"concurrency must be 1..8, got {concurrency}")
@@ -89,6 +91,8 @@ class SnapshotProducer:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self._emit = emit
+        self._on_ban = on_ban
+        """Told ``(native, ban_end_epoch_s)`` when a fetch meets a 418 ban (for the gap log)."""
         # Insertion-ordered sets: FIFO within each class, each symbol in at most one of them.
         self._urgent: dict[str, None] = {}
         self._normal: dict[str, None] = {}
@@ -214,6 +218,8 @@ class SnapshotProducer:
             # The whole host is closed: wait for the ban to end instead of burning retries.
             self._note_failure(native, exc)
             self._requeue_front(native, urgent)
+            if self._on_ban is not None:
+                self._on_ban(native, exc.until)
             await asyncio.sleep(max(0.0, exc.until - time.time()))
             return
         except RateLimitedError as exc:
