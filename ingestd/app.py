@@ -261,7 +261,9 @@ class Daemon:
             )
             await self.health.start()
         if s.clock.enabled:
-            self.clock = ClockSync(self.rest, self.venue, samples=s.clock.samples, interval_s=s.clock.interval_s)
+            self.clock = ClockSync(
+                self.rest, self.venue, samples=s.clock.samples, interval_s=s.clock.interval_s
+            )
             self.clock.start()
         self.hook_context.contracts = self.contracts
         self.hook_context.price_precision = self.contracts.price_precision()
@@ -323,7 +325,9 @@ class Daemon:
                 policy=OverflowPolicy.BLOCK,
             )
         if s.json_dump.dir is not None:
-            self.bus.attach(JsonDump(s.json_dump), maxsize=s.json_dump.queue_size, policy=OverflowPolicy.BLOCK)
+            self.bus.attach(
+                JsonDump(s.json_dump), maxsize=s.json_dump.queue_size, policy=OverflowPolicy.BLOCK
+            )
         if s.nats.url is not None:
             # NATS must never hold storage back: its own buffer drops oldest (counted) on outage.
             self.bus.attach(
@@ -520,4 +524,3 @@ def _has_loop() -> bool:
     except RuntimeError:
         return False
     return True
-

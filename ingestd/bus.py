@@ -139,15 +139,20 @@ class BoundedQueue:
         if n <= 0:
             return
         if self._episode_drops == 0:
-            log.warning("queue %s full (%d records): dropping under policy %s", self.name, self.maxsize,
-                        self.policy.value)
+            log.warning(
+                "queue %s full (%d records): dropping under policy %s",
+                self.name,
+                self.maxsize,
+                self.policy.value,
+            )
         self.dropped += n
         self._episode_drops += n
 
     def _end_episode(self) -> None:
         if self._episode_drops and self._size < self.maxsize // 2:
-            log.warning("queue %s recovered: dropped %d records in that episode", self.name,
-                        self._episode_drops)
+            log.warning(
+                "queue %s recovered: dropped %d records in that episode", self.name, self._episode_drops
+            )
             self._episode_drops = 0
 
     async def get(self) -> list[AnyRecord]:

@@ -35,7 +35,9 @@ class _Parser(argparse.ArgumentParser):
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config file (default: $INGESTD_CONFIG if set)")
     p.add_argument("--venue", choices=("binance-usdm", "binance-spot"), help="default binance-usdm")
-    p.add_argument("--symbols", help="comma list of native symbols (BTCUSDT,ETHUSDT); default: all discovered")
+    p.add_argument(
+        "--symbols", help="comma list of native symbols (BTCUSDT,ETHUSDT); default: all discovered"
+    )
     p.add_argument("--channels", help=f"comma list of: {','.join(CHANNELS)}")
     p.add_argument("--no-storage", action="store_true", help="do not write Parquet")
     p.add_argument("--data-dir", type=Path, help="Parquet root (default ./data)")
@@ -119,7 +121,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ingestd.loop import loop_factory, tune_gc  # noqa: PLC0415
     from ingestd.observe.logging import setup_logging  # noqa: PLC0415
 
-    config_path = args.config or (Path(os.environ["INGESTD_CONFIG"]) if os.environ.get("INGESTD_CONFIG") else None)
+    config_path = args.config or (
+        Path(os.environ["INGESTD_CONFIG"]) if os.environ.get("INGESTD_CONFIG") else None
+    )
     try:
         settings = load_settings(config_path=config_path, cli=cli_overrides(args))
         if args.raw and settings.json_dump.dir is None:
@@ -130,7 +134,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             allowed = VENUES[settings.venue].depth_limits
             if settings.snapshots.limit not in allowed:
                 shown = ", ".join(map(str, allowed)) if len(allowed) < 20 else f"{allowed[0]}..{allowed[-1]}"
-                raise ConfigError(f"--depth-limit {settings.snapshots.limit}: {settings.venue} allows {shown}")
+                raise ConfigError(
+                    f"--depth-limit {settings.snapshots.limit}: {settings.venue} allows {shown}"
+                )
         setup_logging(settings.log.format, settings.log.level, settings.log.file)
         daemon = Daemon(settings)
     except ConfigError as exc:
@@ -176,7 +182,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ingestd`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or (args_list[0] not in SUBCOMMANDS and args_list[0] not in ("-h", "--help", "--version")):
+    if not args_list or (
+        args_list[0] not in SUBCOMMANDS and args_list[0] not in ("-h", "--help", "--version")
+    ):
         args_list.insert(0, "run")
     parser = build_parser()
     args = parser.parse_args(args_list)

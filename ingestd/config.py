@@ -208,7 +208,9 @@ class Settings(_Model):
         if isinstance(v, (list, tuple)):
             bad = [c for c in v if c not in CHANNELS]
             if bad:
-                raise ValueError(f"unknown channel {', '.join(map(repr, bad))}; allowed: {', '.join(CHANNELS)}")
+                raise ValueError(
+                    f"unknown channel {', '.join(map(repr, bad))}; allowed: {', '.join(CHANNELS)}"
+                )
             if not v:
                 raise ValueError("at least one channel is needed")
             return tuple(dict.fromkeys(v))
@@ -258,7 +260,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key == "INGESTD_API_KEY":
             continue
-        path = key[len(ENV_PREFIX):].lower().split("__")
+        path = key[len(ENV_PREFIX) :].lower().split("__")
         _set_path(tree, path, value)
     return tree
 

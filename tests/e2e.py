@@ -44,6 +44,7 @@ def settings_for(sim_rest: str, sim_ws: str, data_dir: Path, **over: Any) -> Set
         "ws_url": sim_ws,
         "storage": {"data_dir": str(data_dir), "rotate_seconds": 3600},
         "console": {"enabled": False},
+        "health": {"port": 0},
         "use_uvloop": False,
     }
     for k, v in over.items():

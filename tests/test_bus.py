@@ -13,8 +13,15 @@ from ingestd.records import AnyRecord, RawFrame, Trade
 
 def trade(i: int, symbol: str = "BTC-USDT-PERP") -> Trade:
     return Trade(
-        venue="binance-usdm", symbol=symbol, native="BTCUSDT", exchange_ts=i, recv_ts=i,
-        trade_id=i, price=1.0, qty=1.0, is_buyer_maker=False,
+        venue="binance-usdm",
+        symbol=symbol,
+        native="BTCUSDT",
+        exchange_ts=i,
+        recv_ts=i,
+        trade_id=i,
+        price=1.0,
+        qty=1.0,
+        is_buyer_maker=False,
     )
 
 

@@ -49,8 +49,14 @@ def test_settings_are_frozen() -> None:
     ("cli", "expected"),
     [
         ({"storag": {}}, r"^command line: storag: unknown key; allowed here: venue, symbols"),
-        ({"storage": {"bogus": 1}}, r"^command line: storage\.bogus: unknown key; allowed here: enabled, data_dir"),
-        ({"storage": {"rotate_rows": -1}}, r"storage\.rotate_rows: Input should be greater than 0 \(got -1\)"),
+        (
+            {"storage": {"bogus": 1}},
+            r"^command line: storage\.bogus: unknown key; allowed here: enabled, data_dir",
+        ),
+        (
+            {"storage": {"rotate_rows": -1}},
+            r"storage\.rotate_rows: Input should be greater than 0 \(got -1\)",
+        ),
         ({"storage": {"rotate_rows": "many"}}, r"storage\.rotate_rows: Input should be a valid integer"),
         ({"channels": "trade,bogus"}, r"channels: unknown channel 'bogus'; allowed: trade, agg_trade"),
         ({"channels": ""}, r"channels: at least one channel is needed"),
@@ -58,14 +64,23 @@ def test_settings_are_frozen() -> None:
         ({"symbols": "../etc"}, r"symbols: symbol '../etc' is malformed"),
         ({"venue": "kraken"}, r"venue: Input should be 'binance-usdm' or 'binance-spot' \(got 'kraken'\)"),
         ({"duration_s": -1}, r"duration_s: Input should be greater than or equal to 0"),
-        ({"snapshots": {"poll_interval_s": -5}}, r"snapshots\.poll_interval_s: Input should be greater than or"),
-        ({"rest_url": "fapi.binance.com"}, r"rest_url: 'fapi.binance.com' is not an http\(s\):// or ws\(s\):// URL"),
+        (
+            {"snapshots": {"poll_interval_s": -5}},
+            r"snapshots\.poll_interval_s: Input should be greater than or",
+        ),
+        (
+            {"rest_url": "fapi.binance.com"},
+            r"rest_url: 'fapi.binance.com' is not an http\(s\):// or ws\(s\):// URL",
+        ),
         ({"hooks": {"specs": ["nocolon"]}}, r"hooks\.specs: hook 'nocolon' is not MODULE:FUNC"),
         ({"hooks": {"policy": "drop_newest"}}, r"hooks\.policy: Input should be 'block' or 'drop_oldest'"),
         ({"log": {"level": "LOUD"}}, r"log\.level: Input should be"),
         ({"venue": "binance-spot", "channels": "mark_price"}, r"mark_price does not exist on binance-spot"),
         ({"streams": {"max_streams_per_connection": 2000}}, r"streams\.max_streams_per_connection: .*1024"),
-        ({"streams": {"partial_depth_levels": 7}}, r"streams\.partial_depth_levels: Input should be 5, 10 or 20"),
+        (
+            {"streams": {"partial_depth_levels": 7}},
+            r"streams\.partial_depth_levels: Input should be 5, 10 or 20",
+        ),
     ],
 )
 def test_each_mistake_is_one_clear_line(cli: dict[str, object], expected: str) -> None:

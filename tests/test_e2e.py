@@ -61,7 +61,11 @@ async def test_offline_demo_stores_every_message_exactly_once(bundled_capture: P
     want = sorted(frames["bookTicker"], key=lambda d: d["u"])
     for row, d in zip(tickers, want, strict=True):
         assert (row["update_id"], row["bid_price"], row["bid_qty"], row["ask_price"], row["ask_qty"]) == (
-            d["u"], float(d["b"]), float(d["B"]), float(d["a"]), float(d["A"])
+            d["u"],
+            float(d["b"]),
+            float(d["B"]),
+            float(d["a"]),
+            float(d["A"]),
         )
         assert row["exchange_ts"] == d["E"] * MS
 
@@ -78,5 +82,7 @@ async def test_offline_demo_stores_every_message_exactly_once(bundled_capture: P
     body = frames["snapshot"][0]
     assert snap["last_update_id"] == body["lastUpdateId"]
     assert len(snap["bids"]) == len(body["bids"])
-    assert [(lv["price"], lv["qty"]) for lv in snap["asks"]] == [(float(p), float(q)) for p, q in body["asks"]]
+    assert [(lv["price"], lv["qty"]) for lv in snap["asks"]] == [
+        (float(p), float(q)) for p, q in body["asks"]
+    ]
     assert snap["exchange_ts"] == body["E"] * MS

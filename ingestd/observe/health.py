@@ -92,8 +92,12 @@ class HealthServer:
 
     async def _metrics_handler(self, _: web.Request) -> web.Response:
         self.requests += 1
-        return web.Response(body=self._metrics(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            body=self._metrics(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def _status(self, _: web.Request) -> web.Response:
         self.requests += 1

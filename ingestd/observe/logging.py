@@ -64,7 +64,9 @@ def setup_logging(
     if fmt == "auto" and file is not None:
         use_json = True
     handler.setFormatter(
-        JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        JsonFormatter()
+        if use_json
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
     root = logging.getLogger("ingestd")
     for h in list(root.handlers):

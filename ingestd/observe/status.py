@@ -45,7 +45,9 @@ def render(status: dict[str, Any], out: TextIO) -> None:
     """Write the table for one ``/status`` snapshot."""
     uptime = float(status.get("uptime_s") or 0.0) or 1.0
     ready = "READY" if status.get("ready") else "NOT READY"
-    out.write(f"{status.get('venue', '?')}  {ready}  uptime {uptime:.0f}s  contracts {status.get('contracts', 0)}\n")
+    out.write(
+        f"{status.get('venue', '?')}  {ready}  uptime {uptime:.0f}s  contracts {status.get('contracts', 0)}\n"
+    )
     for reason in status.get("not_ready") or []:
         out.write(f"  not ready: {reason}\n")
     streams = (status.get("streams") or {}).get("streams") or {}

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,7 @@ class ClockSync:
         samples: int = 5,
         interval_s: float = 300.0,
         sample_gap_s: float = 0.05,
+        on_estimate: Callable[[ClockEstimate], Awaitable[None]] | None = None,
     ) -> None:
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
@@ -78,6 +80,8 @@ class ClockSync:
         self.samples = samples
         self.interval_s = interval_s
         self.sample_gap_s = sample_gap_s
+        self.on_estimate = on_estimate
+        """Awaited with each estimate the refresh task makes (the daemon stores and checks it)."""
         self.last_estimate: ClockEstimate | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -153,6 +157,12 @@ class ClockSync:
                     log.info("clock estimate recovered after %d failure(s)", self._failing)
                     self._failing = 0
                 log.debug("clock offset %.1f ms (rtt %.1f ms)", est.offset_ms, est.rtt_ms)
+                if self.on_estimate is not None:
+                    try:
+                        await self.on_estimate(est)
+                    except Exception:
+                        # A handler bug must not end the refresh task (metrics keep the offset).
+                        log.exception("clock estimate handler failed")
             await asyncio.sleep(delay)
 
     def _fail(self, exc: IngestError) -> None:

@@ -41,7 +41,7 @@ from ingestd.producers.events import ConnectionEvent, ConnectionEventKind, Emit,
 from ingestd.producers.plan import ConnectionPlan, plan_connections
 from ingestd.producers.transport import AiohttpTransport, WsConnection, WsTransport
 from ingestd.records import RawFrame, Record
-from ingestd.venues.binance.endpoints import VenueSpec, stream_symbol
+from ingestd.venues.binance.endpoints import VenueSpec, stream_kind, stream_symbol
 
 __all__ = ["ConnectionPlan", "FrameParserLike", "SlotState", "StreamsProducer", "plan_connections"]
 
@@ -107,6 +107,8 @@ class StreamsProducer:
         )
         self._slots = [Slot(p, ws_url, settings) for p in plans]
         self._streams: dict[str, StreamStats] = {s: StreamStats(p.name) for p in plans for s in p.streams}
+        self._aliases: dict[str, str] = {}
+        """Received stream name → planned name, when the venue's spelling differs."""
         self._marks = HighWaterMarks()
         self._stopping = False
         self._stop: asyncio.Future[None] | None = None
@@ -457,7 +459,10 @@ class StreamsProducer:
                 self._server_shutdown(slot, live)
                 await ws.close()
                 return
-            st = streams.get(stream) or self._new_stream(slot, stream)
+            st = streams.get(stream)
+            if st is None:
+                stream = self._canonical(slot, stream)
+                st = streams.get(stream) or self._new_stream(slot, stream)
             st.frames += 1
             st.last_frame = now
             if live.unseen or not live.data_seen or st.errors_in_episode or slot.errors_in_episode:
@@ -486,6 +491,19 @@ class StreamsProducer:
             st.duplicates += dropped
             self.duplicates += dropped
         return kept
+
+    def _canonical(self, slot: Slot, stream: str) -> str:
+        """The planned name of a stream the venue spells differently (same symbol and kind, another
+        speed suffix: a replay of ``btcusdt@depth@0ms`` answering ``btcusdt@depth@100ms``)."""
+        known = self._aliases.get(stream)
+        if known is not None:
+            return known
+        want = (stream_symbol(stream), stream_kind(stream))
+        for planned in slot.plan.streams:
+            if (stream_symbol(planned), stream_kind(planned)) == want:
+                self._aliases[stream] = planned
+                return planned
+        return stream
 
     def _new_stream(self, slot: Slot, stream: str) -> StreamStats:
         # A stream the plan did not name (the venue's spelling differs): counted, still emitted.
