@@ -35,7 +35,7 @@ from ingestd.observe.metrics import MetricsTap, render
 from ingestd.observe.sdnotify import SdNotifier
 from ingestd.producers.clock import ClockSync
 from ingestd.producers.discovery import discover
-from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
+from ingestd.producers.events import ConnectionEvent
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
 from ingestd.producers.streams import StreamsProducer, plan_connections
@@ -390,7 +390,8 @@ class Daemon:
 
     async def _wait_out_ban(self) -> None:
         """A 418 ban remembered from an earlier run: wait it out (SIGTERM still stops us)."""
-        assert self.rest is not None and self._stop is not None
+        assert self.rest is not None
+        assert self._stop is not None
         until = self.rest.banned_until or 0.0
         remaining = until - time.time()
         if remaining <= 0:
@@ -505,11 +506,11 @@ class Daemon:
             f", {cancelled} task(s) cancelled" if cancelled else "",
         )
 
-    async def _cancel_tasks(self, timeout: float) -> int:
+    async def _cancel_tasks(self, grace_s: float) -> int:
         pending = [t for t in self._tasks if not t.done()]
         if not pending:
             return 0
-        _, still = await asyncio.wait(pending, timeout=min(timeout, 2.0))
+        _, still = await asyncio.wait(pending, timeout=min(grace_s, 2.0))
         for t in still:
             t.cancel()
         for t in still:

@@ -115,6 +115,20 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _check_combinations(settings: Any, *, raw: bool) -> None:
+    """Cross-flag rules the settings model cannot see (it does not know which flags were given)."""
+    from ingestd.venues.binance.endpoints import VENUES  # noqa: PLC0415
+
+    if raw and settings.json_dump.dir is None:
+        raise ConfigError("--raw needs --json-dump DIR (where the frames go)")
+    limit = settings.snapshots.limit
+    if limit is not None:
+        allowed = VENUES[settings.venue].depth_limits
+        if limit not in allowed:
+            shown = ", ".join(map(str, allowed)) if len(allowed) < 20 else f"{allowed[0]}..{allowed[-1]}"
+            raise ConfigError(f"--depth-limit {limit}: {settings.venue} allows {shown}")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from ingestd.app import Daemon  # noqa: PLC0415 - import cost only for the run command
     from ingestd.config import load_settings  # noqa: PLC0415
@@ -126,17 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         settings = load_settings(config_path=config_path, cli=cli_overrides(args))
-        if args.raw and settings.json_dump.dir is None:
-            raise ConfigError("--raw needs --json-dump DIR (where the frames go)")
-        if settings.snapshots.limit is not None:
-            from ingestd.venues.binance.endpoints import VENUES  # noqa: PLC0415
-
-            allowed = VENUES[settings.venue].depth_limits
-            if settings.snapshots.limit not in allowed:
-                shown = ", ".join(map(str, allowed)) if len(allowed) < 20 else f"{allowed[0]}..{allowed[-1]}"
-                raise ConfigError(
-                    f"--depth-limit {settings.snapshots.limit}: {settings.venue} allows {shown}"
-                )
+        _check_combinations(settings, raw=args.raw)
         setup_logging(settings.log.format, settings.log.level, settings.log.file)
         daemon = Daemon(settings)
     except ConfigError as exc:

@@ -192,7 +192,7 @@ class Settings(_Model):
             out = []
             for s in v:
                 if not isinstance(s, str):
-                    raise ValueError(f"symbol {s!r} is not a string")
+                    raise ValueError(f"symbol {s!r} is not a string")  # noqa: TRY004 - pydantic reports ValueError as a validation error
                 n = s.strip().upper()
                 if not NATIVE_RE.match(n):
                     raise ValueError(f"symbol {s!r} is malformed (want letters/digits like BTCUSDT)")

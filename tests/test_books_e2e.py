@@ -182,7 +182,8 @@ async def test_skipped_diff_resyncs_only_that_symbol_and_is_logged(realdata: Pat
     start, end = sorted(gaps, key=lambda g: g["recv_ts"])
     assert start["last_update_id"] is not None
     assert start["first_update_id"] > start["last_update_id"]  # the offending diff skipped ids
-    assert end["ended_ts"] is not None and end["ended_ts"] >= end["started_ts"]
+    assert end["ended_ts"] is not None
+    assert end["ended_ts"] >= end["started_ts"]
 
 
 def _levels(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
@@ -199,7 +200,8 @@ async def test_book_rebuilt_from_parquet_equals_the_live_book(bundled_capture: P
     assert daemon.books is not None
     live = daemon.books.get("BTC-USDT-PERP")
     # The book is only readable while synced; the view stays valid after stop (nothing resets it).
-    assert live is not None and live.is_synced
+    assert live is not None
+    assert live.is_synced
     live_bids, live_asks = live.levels(100_000)
 
     snap_row = read_channel(data, "depth_snapshot").to_pylist()[0]
@@ -236,7 +238,8 @@ async def test_book_rebuilt_from_parquet_equals_the_live_book(bundled_capture: P
     assert sync.last_update_id == live.last_update_id
     assert bids == live_bids
     assert asks == live_asks
-    assert len(bids) > 500 and len(asks) > 500
+    assert len(bids) > 500
+    assert len(asks) > 500
 
 
 @pytest.mark.asyncio
@@ -284,7 +287,8 @@ async def test_429_then_418_are_honoured_and_the_ban_survives_a_restart(
         while time.monotonic() < deadline and not (daemon3.books and _books(daemon3)["totals"]["synced"]):
             await asyncio.sleep(0.05)
         assert time.time() >= ban_end
-        assert daemon3.books is not None and _books(daemon3)["totals"]["synced"] == 1
+        assert daemon3.books is not None
+        assert _books(daemon3)["totals"]["synced"] == 1
         daemon3.request_stop("test")
         assert await asyncio.wait_for(task, 30) == 0
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 from ingestd.book.book import OrderBook

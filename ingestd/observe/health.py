@@ -69,7 +69,7 @@ class HealthServer:
             await runner.cleanup()
             raise StartupError(f"health endpoint {self.host}:{self.port}: {exc.strerror or exc}") from exc
         self._runner = runner
-        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+        server = site._server
         if self.port == 0 and server is not None:
             sockets = getattr(server, "sockets", None) or ()
             if sockets:

@@ -28,9 +28,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for k, v in record.__dict__.items():
-            if k not in _RESERVED and not k.startswith("_"):
-                out[k] = v
+        # Fields given with ``extra=`` (context such as the connection) ride along as keys.
+        out.update((k, v) for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_"))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()

@@ -7,12 +7,20 @@ restarts a daemon that is alive but useless), ``STATUS=…`` lines for ``systemc
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Final
 
 log = logging.getLogger("ingestd.observe")
+
+Readiness = Callable[[], tuple[bool, dict[str, Any]]]
+
+STATUS_INTERVAL_S: Final = 5.0
+"""How often readiness is checked for STATUS when systemd asked for no watchdog."""
 
 
 class SdNotifier:
@@ -69,6 +77,87 @@ class SdNotifier:
         return self.notify("STOPPING=1")
 
     def close(self) -> None:
+        """Close the socket. Idempotent; a later :meth:`notify` opens a new one."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def status_line(ok: bool, detail: Mapping[str, Any]) -> str:
+    """One line for ``systemctl status``: ``ready`` or the first reasons it is not."""
+    if ok:
+        return "ready: streaming"
+    reasons = [str(r) for r in detail.get("not_ready") or ()]
+    more = f" (+{len(reasons) - 2} more)" if len(reasons) > 2 else ""
+    return "not ready: " + "; ".join(reasons[:2]) + more
+
+
+class ServiceNotifier:
+    """The daemon's side of ``Type=notify``, on top of an :class:`SdNotifier`.
+
+    ``READY=1`` once, when every planned websocket connection has delivered data (or at once
+    when there are none, :meth:`ready`); from then a task owned here checks ``readiness`` every
+    half ``WATCHDOG_USEC`` and sends ``WATCHDOG=1`` only while it holds, so systemd restarts a
+    daemon that is alive but stuck; ``STATUS=`` when the summary changes; readiness flips are
+    logged (transitions only). :meth:`stopping` cancels the task and sends ``STOPPING=1``, the
+    last message. Without ``NOTIFY_SOCKET`` nothing is sent and no task runs.
+    """
+
+    def __init__(self, notifier: SdNotifier, readiness: Readiness) -> None:
+        self.notifier = notifier
+        self._readiness = readiness
+        self._flowing: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.ready_sent = False
+        self.last_ok: bool | None = None
+
+    def data_flowing(self, connection: str, planned: Collection[str]) -> None:
+        """``connection`` delivered its first data; READY once every ``planned`` one has."""
+        if self.ready_sent:
+            return
+        self._flowing.add(connection)
+        if self._flowing.issuperset(planned):
+            self.ready(f"streaming on {len(self._flowing)} connection(s)")
+
+    def ready(self, status: str) -> None:
+        """Send ``READY=1`` (once) and start the watchdog task."""
+        if self.ready_sent or self._stopped:
+            return
+        self.ready_sent = True
+        log.info("%s", status)
+        if not self.notifier.enabled:
+            return
+        self.notifier.ready(status)
+        self._task = asyncio.create_task(self._watch(), name="sd_notify:watchdog")
+
+    async def _watch(self) -> None:
+        interval = self.notifier.watchdog_interval_s or STATUS_INTERVAL_S
+        last_status = ""
+        while True:
+            ok, detail = self._readiness()
+            if ok and self.notifier.watchdog_interval_s is not None:
+                self.notifier.watchdog()
+            if ok is not self.last_ok:
+                if ok and self.last_ok is not None:
+                    log.info("ready again: watchdog pings resume")
+                elif not ok:
+                    log.warning("%s; watchdog pings withheld", status_line(ok, detail))
+                self.last_ok = ok
+            line = status_line(ok, detail)
+            if line != last_status:
+                self.notifier.status(line)
+                last_status = line
+            await asyncio.sleep(interval)
+
+    async def stopping(self) -> None:
+        """Stop the watchdog task, then send ``STOPPING=1``. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.notifier.stopping()
