@@ -32,10 +32,11 @@ from ingestd.consumers.parquet import ParquetWriter
 from ingestd.errors import IngestError, PhaseTimeoutError, StartupError
 from ingestd.observe.health import HealthServer
 from ingestd.observe.metrics import MetricsTap, render
-from ingestd.observe.sdnotify import SdNotifier
-from ingestd.producers.clock import ClockSync
+from ingestd.observe.records import clock_sample
+from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
+from ingestd.producers.clock import ClockEstimate, ClockSync
 from ingestd.producers.discovery import discover
-from ingestd.producers.events import ConnectionEvent
+from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
 from ingestd.producers.streams import StreamsProducer, plan_connections
@@ -80,6 +81,8 @@ class Daemon:
         self.health: HealthServer | None = None
         self.metrics = MetricsTap(self._clock_offset_ns)
         self.notifier = SdNotifier()
+        self.service = ServiceNotifier(self.notifier, self.readiness)
+        self._clock_skewed = False
         self.hook_context = HookContext()
         self._hooks: list[_HookSpec] = [
             _HookSpec(load_hook(spec), spec, None, None) for spec in settings.hooks.specs
@@ -221,9 +224,12 @@ class Daemon:
     def _metrics(self) -> bytes:
         return render(self.stats, self.metrics)
 
-    def _clock_offset_ns(self) -> int:
-        if self.clock is None or self.clock.offset_ms is None:
-            return 0
+    def _clock_offset_ns(self) -> int | None:
+        """ns the venue clock is ahead of ours: 0 without a clock, ``None`` before its first estimate."""
+        if self.clock is None:
+            return None if self.settings.clock.enabled else 0
+        if self.clock.offset_ms is None:
+            return None
         return int(self.clock.offset_ms * 1_000_000)
 
     # -- start-up -----------------------------------------------------------------------------
@@ -262,7 +268,11 @@ class Daemon:
             await self.health.start()
         if s.clock.enabled:
             self.clock = ClockSync(
-                self.rest, self.venue, samples=s.clock.samples, interval_s=s.clock.interval_s
+                self.rest,
+                self.venue,
+                samples=s.clock.samples,
+                interval_s=s.clock.interval_s,
+                on_estimate=self._on_clock_estimate,
             )
             self.clock.start()
         self.hook_context.contracts = self.contracts
@@ -314,6 +324,8 @@ class Daemon:
                 on_event=self._on_connection_event,
             )
             self._spawn(self.streams.run(), "streams")
+        else:
+            self.service.ready("running: no websocket streams to wait for")
 
     def _attach_consumers(self) -> None:
         s = self.settings
@@ -372,6 +384,8 @@ class Daemon:
 
     def _on_connection_event(self, ev: ConnectionEvent) -> None:
         self._conn_events[ev.kind.value] = self._conn_events.get(ev.kind.value, 0) + 1
+        if ev.kind is ConnectionEventKind.DATA_FLOWING:
+            self._notify_data_flowing(ev)
         if self.books is None:
             return
         extra: list[Record] = self.books.on_connection_event(ev)
@@ -379,6 +393,29 @@ class Daemon:
             # Connection events arrive from the producer's task; publishing is async, so the gap
             # records are handed to a referenced task rather than dropped.
             self._spawn(self.bus.publish(extra), f"gap:{ev.connection}", fatal=False)
+
+    def _notify_data_flowing(self, ev: ConnectionEvent) -> None:
+        """sd_notify READY=1 once every planned connection has delivered data."""
+        if self.service.ready_sent or self.streams is None:
+            return
+        self.service.data_flowing(ev.connection, self.streams.stats()["connections"].keys())
+
+    async def _on_clock_estimate(self, est: ClockEstimate) -> None:
+        """Store each clock estimate (channel ``clock``); warn once per episode past the limit."""
+        limit = self.settings.clock.warn_offset_ms
+        if abs(est.offset_ms) > limit and not self._clock_skewed:
+            log.warning(
+                "venue clock is %+.1f ms off ours (limit %.0f ms, rtt %.1f ms): is NTP running? "
+                "latency metrics are corrected by it",
+                est.offset_ms,
+                limit,
+                est.rtt_ms,
+            )
+        elif abs(est.offset_ms) <= limit and self._clock_skewed:
+            log.info("venue clock offset back within %.0f ms: %+.1f ms", limit, est.offset_ms)
+        self._clock_skewed = abs(est.offset_ms) > limit
+        host = self.rest.host if self.rest is not None else ""
+        await self._emit([clock_sample(self.venue.name, host, est)])
 
     def _on_ban(self, native: str, until: float) -> None:
         if self.books is None:
@@ -463,6 +500,12 @@ class Daemon:
         def left() -> float:
             return max(0.1, deadline - (time.monotonic() - started))
 
+        # systemd: STOPPING=1 as shutdown begins (TimeoutStopSec runs from here); no WATCHDOG after.
+        await self.service.stopping()
+        # The clock emits records too (channel clock): it stops with the other producers.
+        if self.clock is not None:
+            with contextlib.suppress(Exception):
+                await self.clock.close()
         # Phase 1: stop intake. Producers close their sockets; nothing new enters the bus.
         for name, part in (("streams", self.streams), ("snapshots", self.snapshots)):
             if part is None:
@@ -493,7 +536,6 @@ class Daemon:
         if self.health is not None:
             with contextlib.suppress(Exception):
                 await self.health.close()
-        self.notifier.stopping()
         self.notifier.close()
         if self.rest is not None:
             with contextlib.suppress(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
+from ingestd.producers.clock import ClockEstimate
 from ingestd.records import Record, register
 
 CLOCK_SYMBOL: Final = "SERVER_TIME"
@@ -38,3 +39,21 @@ class ClockSample(Record, frozen=True, kw_only=True, gc=False):
 
 
 register(ClockSample)
+
+
+def clock_sample(venue: str, host: str, est: ClockEstimate) -> ClockSample:
+    """The record of one estimate. Pure."""
+    rtt_ns = round(est.rtt_ms * 1e6)
+    return ClockSample(
+        venue=venue,
+        symbol=CLOCK_SYMBOL,
+        native=CLOCK_SYMBOL,
+        exchange_ts=est.server_time_ms * 1_000_000,
+        # The answer arrived half a round trip after the midpoint (ClockSync measured it so).
+        recv_ts=est.local_mid_ns + rtt_ns // 2,
+        offset_ms=est.offset_ms,
+        rtt_ms=est.rtt_ms,
+        local_mid_ts=est.local_mid_ns,
+        samples=est.samples,
+        host=host,
+    )

@@ -38,6 +38,7 @@ class SdNotifier:
             self.watchdog_interval_s = int(usec) / 2_000_000
         self.sent = 0
         self.errors = 0
+        self._failing = 0
 
     @property
     def enabled(self) -> bool:
@@ -54,13 +55,21 @@ class SdNotifier:
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Non-blocking: a full receive queue (systemd busy) must never stall the event
+                # loop; that message is dropped and counted instead.
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                )
             self._sock.sendto(message.encode(), self._target())
         except OSError as exc:
             self.errors += 1
-            if self.errors == 1:
-                log.warning("sd_notify to %s failed: %s", self._address, exc)
+            if not self._failing:
+                log.warning("sd_notify to %s failed: %s (counting until one succeeds)", self._address, exc)
+            self._failing += 1
             return False
+        if self._failing:
+            log.info("sd_notify to %s works again after %d failed message(s)", self._address, self._failing)
+            self._failing = 0
         self.sent += 1
         return True
 
@@ -133,9 +142,15 @@ class ServiceNotifier:
 
     async def _watch(self) -> None:
         interval = self.notifier.watchdog_interval_s or STATUS_INTERVAL_S
-        last_status = ""
+        last_key: tuple[str, ...] | None = None
         while True:
-            ok, detail = self._readiness()
+            try:
+                ok, detail = self._readiness()
+            except Exception:
+                # A bug in a stats() must not end the task silently: count it as not ready.
+                if self.last_ok is not False:
+                    log.exception("readiness check failed")
+                ok, detail = False, {"not_ready": ["readiness check failed"]}
             if ok and self.notifier.watchdog_interval_s is not None:
                 self.notifier.watchdog()
             if ok is not self.last_ok:
@@ -144,10 +159,11 @@ class ServiceNotifier:
                 elif not ok:
                     log.warning("%s; watchdog pings withheld", status_line(ok, detail))
                 self.last_ok = ok
-            line = status_line(ok, detail)
-            if line != last_status:
-                self.notifier.status(line)
-                last_status = line
+            # A new STATUS when the set of reasons changes, not each time an age in one ticks.
+            key = tuple(str(r).split(": ")[0] for r in detail.get("not_ready") or ())
+            if key != last_key:
+                self.notifier.status(status_line(ok, detail))
+                last_key = key
             await asyncio.sleep(interval)
 
     async def stopping(self) -> None:

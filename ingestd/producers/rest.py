@@ -271,9 +271,16 @@ class RestClient:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
     async def get(
-        self, path: str, params: Params | None = None, *, weight: int, priority: int = 0
+        self,
+        path: str,
+        params: Params | None = None,
+        *,
+        weight: int,
+        priority: int = 0,
+        headers: Mapping[str, str] | None = None,
     ) -> RestResponse:
         """GET ``path`` on this host, spending ``weight`` from the budget per attempt.
+        ``headers`` are sent with this request only (``X-MBX-APIKEY`` for MARKET_DATA endpoints).
 
         Raises :class:`BannedError` during a ban, :class:`RateLimitedError` when 429s outlast
         ``max_retries``, :class:`RestError` otherwise (``retriable`` says whether to try later).
@@ -284,7 +291,7 @@ class RestClient:
         backoff = Backoff(self.retry_initial_s, self.retry_max_s, 2.0)
         while True:
             try:
-                resp = await self._send(url, params, weight, priority)
+                resp = await self._send(url, params, weight, priority, headers)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 kind = "timeout" if isinstance(exc, TimeoutError) else "connection"
                 self._count_error(kind)
@@ -310,7 +317,14 @@ class RestClient:
             else:
                 await self._retry_sleep(url, f"HTTP {resp.status}", attempt, backoff)
 
-    async def _send(self, url: str, params: Params | None, weight: int, priority: int) -> RestResponse:
+    async def _send(
+        self,
+        url: str,
+        params: Params | None,
+        weight: int,
+        priority: int,
+        headers: Mapping[str, str] | None = None,
+    ) -> RestResponse:
         """One attempt: wait for budget, send, read the whole body, feed the used-weight header
         to the budget. Returns any status; transport failures raise aiohttp/timeout errors."""
         await self._check_ban(url)
@@ -320,7 +334,7 @@ class RestClient:
         session = self._ensure_session()
         sent_at = time.monotonic()
         self.requests += 1
-        async with session.get(url, params=params) as resp:
+        async with session.get(url, params=params, headers=headers) as resp:
             body = await resp.read()
             recv_ts = time.time_ns()
             headers = resp.headers

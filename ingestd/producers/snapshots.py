@@ -93,6 +93,7 @@ class SnapshotProducer:
         self._emit = emit
         self._on_ban = on_ban
         """Told ``(native, ban_end_epoch_s)`` when a fetch meets a 418 ban (for the gap log)."""
+        self._ban_told: dict[str, float] = {}
         # Insertion-ordered sets: FIFO within each class, each symbol in at most one of them.
         self._urgent: dict[str, None] = {}
         self._normal: dict[str, None] = {}
@@ -218,7 +219,10 @@ class SnapshotProducer:
             # The whole host is closed: wait for the ban to end instead of burning retries.
             self._note_failure(native, exc)
             self._requeue_front(native, urgent)
-            if self._on_ban is not None:
+            # Told once per symbol and ban: a second worker that picks the symbol up meets the
+            # same ban locally and must not write a second gap record for it.
+            if self._on_ban is not None and self._ban_told.get(native) != exc.until:
+                self._ban_told[native] = exc.until
                 self._on_ban(native, exc.until)
             await asyncio.sleep(max(0.0, exc.until - time.time()))
             return

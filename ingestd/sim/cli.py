@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--loop", action="store_true", help="at the end of the capture start again")
     parser.add_argument(
+        "--loop-shift",
+        action="store_true",
+        help="with --loop: shift ids and times of every later pass so it is new data (soak runs)",
+    )
+    parser.add_argument(
         "--resume",
         choices=("restart", "continue"),
         default="restart",
@@ -78,7 +83,13 @@ async def run(args: argparse.Namespace) -> int:
     captures = list(args.capture or [BUNDLED_CAPTURE])
     try:
         venue = SimVenue(
-            captures, host=args.host, port=args.port, speed=args.speed, loop=args.loop, resume=args.resume
+            captures,
+            host=args.host,
+            port=args.port,
+            speed=args.speed,
+            loop=args.loop,
+            resume=args.resume,
+            loop_shift=args.loop_shift,
         )
         venue.faults.clock_skew_ms = args.clock_skew_ms
         await venue.start()

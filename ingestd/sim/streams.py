@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ingestd.sim.captures import Market, Timeline
 from ingestd.sim.faults import ABORT, Close, Command, Faults, Inject, Resume, Stall
+from ingestd.sim.shift import LoopShift
 from ingestd.venues.binance.endpoints import MARKET_ROUTE, PUBLIC_ROUTE, SPOT, USDM, route_for
 
 log = logging.getLogger("ingestd.sim")
@@ -60,16 +61,27 @@ class ReplayState:
     """What connections of one venue share: the timeline, positions and counters."""
 
     def __init__(
-        self, timeline: Timeline, faults: Faults, *, speed: float, loop: bool, resume: ResumeMode
+        self,
+        timeline: Timeline,
+        faults: Faults,
+        *,
+        speed: float,
+        loop: bool,
+        resume: ResumeMode,
+        shift: LoopShift | None = None,
     ) -> None:
         self.timeline = timeline
         self.faults = faults
         self.speed = speed
         self.loop = loop
         self.resume = resume
+        self.shift = shift
+        """With ``loop``: moves ids and times of each pass after the first (``None``: replay as is)."""
         n = len(timeline.streams)
         self.position = [-1] * n
         """Per stream: timeline index of the frame sent last, on any connection (last write wins)."""
+        self.passes = [0] * n
+        """Per stream: the loop pass that frame was sent in."""
         self.sent = [0] * n
         self.skipped = [0] * n
         self.injected = 0
@@ -166,6 +178,8 @@ class WsConnection:
             floor = self.pos - 1 if self.started else -1
             if st.resume == "continue":
                 floor = max(floor, st.position[sid])
+                if not self.started:
+                    self.loops = max(self.loops, st.passes[sid])  # go on in the same pass
             else:
                 # A restarted replay: REST snapshots follow this connection's position.
                 st.position[sid] = floor
@@ -319,7 +333,7 @@ class WsConnection:
         """Write the next chunk of due frames; returns (frames written, when the next is due)."""
         st = self.state
         tl = st.timeline
-        sids, frames, floor = tl.sid, tl.frames, self.floor
+        sids, frames, floor, shift, loops = tl.sid, tl.frames, self.floor, st.shift, self.loops
         skip = st.faults.skip
         speed_ns = st.speed * 1e9
         limit = _CHUNK_FRAMES if self._close_after is None else min(_CHUNK_FRAMES, self._close_after)
@@ -344,12 +358,13 @@ class WsConnection:
                         next_due = due
                         break
                 payload = frames[i] if self.combined else tl.data(i)
-                parts.append(frame_header(len(payload)))
-                parts.append(payload)
+                if shift is not None and loops:
+                    payload = shift.frame(payload, loops)
+                parts += (frame_header(len(payload)), payload)
                 size += len(payload)
                 self.sent[s] += 1
                 st.sent[s] += 1
-                st.position[s] = i
+                st.position[s], st.passes[s] = i, loops
                 if self.first[s] < 0:
                     self.first[s] = i
                 self.last[s] = i

@@ -1,10 +1,13 @@
 """``SimVenue``: a Binance-compatible venue on 127.0.0.1 replaying recorded captures (aiohttp).
 
 REST: ``/fapi/v1/{exchangeInfo,depth,time,ping}`` and ``/api/v3/{exchangeInfo,depth,time,ping}``,
-every answer carrying ``X-MBX-USED-WEIGHT-1M`` (Binance's documented weights, per rolling minute
-and API family; past the limit a 429 with ``Retry-After``). Websockets: ``/public/stream``,
-``/market/stream`` (USDⓈ-M routes; a stream on the wrong route is acknowledged and silent),
-``/stream`` (spot, or ``/public`` when the sim holds no spot capture), ``/ws/<name>`` raw streams,
+plus every other market-data endpoint (trades, klines, tickers, funding, open interest …, see
+:mod:`ingestd.sim.market`), every answer carrying ``X-MBX-USED-WEIGHT-1M`` (Binance's documented
+weights, per rolling minute and API family; past the limit a 429 with ``Retry-After``).
+Websockets: ``/public/stream``, ``/market/stream`` (USDⓈ-M routes; a stream on the wrong route
+is acknowledged and silent),
+``/stream`` (spot, or ``/public`` when the sim holds no spot capture; spot captures also serve the
+generated ``<symbol>@ticker_<1h|4h|1d>`` streams), ``/ws/<name>`` raw streams,
 and the live control messages. ``POST /_sim/faults`` and ``GET /_sim/stats`` let tests drive a
 sim running in another process.
 
@@ -35,7 +38,10 @@ from ingestd.sim.books import DepthBooks
 from ingestd.sim.captures import Capture, CaptureError, Market, Timeline, load_capture
 from ingestd.sim.exchange_info import build_exchange_info
 from ingestd.sim.faults import Close, Command, Faults, RestFault, Where
+from ingestd.sim.market import MarketData
+from ingestd.sim.shift import LoopShift
 from ingestd.sim.streams import ReplayState, ResumeMode, WsConnection, parse_ws_path, serve_connection
+from ingestd.sim.window_tickers import with_window_tickers
 from ingestd.venues.binance.endpoints import EXCHANGE_INFO_WEIGHT, SPOT, TIME_WEIGHT, USDM, VenueSpec
 
 log = logging.getLogger("ingestd.sim")
@@ -148,6 +154,8 @@ class SimVenue:
     and silent). ``resume`` ``"restart"``: every new connection replays from the start;
     ``"continue"``: a new connection continues each stream right after the last frame of it sent
     on any earlier connection, and REST depth answers a book rolled forward to that point.
+    ``loop_shift`` (with ``loop``): every pass after the first moves ids and times forward so it
+    looks like new data to a client that drops repeated ids (:mod:`ingestd.sim.shift`).
     """
 
     def __init__(
@@ -159,6 +167,7 @@ class SimVenue:
         speed: float = 0.0,
         loop: bool = False,
         resume: ResumeMode = "restart",
+        loop_shift: bool = False,
     ) -> None:
         if not math.isfinite(speed) or speed < 0:
             raise ConfigError(f"speed must be a finite number >= 0, not {speed}")
@@ -167,10 +176,12 @@ class SimVenue:
         self._sources = list(captures)
         self.host, self.port = host, port
         self.speed, self.loop, self.resume = speed, loop, resume
+        self.loop_shift = loop_shift
         self.faults = Faults()
         self.timeline: Timeline | None = None
         self._state: ReplayState | None = None
         self._books: DepthBooks | None = None
+        self._market: MarketData | None = None
         self._info: dict[Market, dict[str, Any]] = {}
         self._runner: web.AppRunner | None = None
         self._conns: dict[int, WsConnection] = {}
@@ -205,9 +216,15 @@ class SimVenue:
         ]
         if not captures:
             raise CaptureError("no capture given")
+        # Spot captures gain the generated <symbol>@ticker_<window> streams (no capture has them).
+        captures = [await asyncio.to_thread(with_window_tickers, c) for c in captures]
         self.timeline = tl = await asyncio.to_thread(Timeline, captures)
-        self._state = ReplayState(tl, self.faults, speed=self.speed, loop=self.loop, resume=self.resume)
+        shift = await asyncio.to_thread(_loop_shift, tl) if self.loop and self.loop_shift else None
+        self._state = ReplayState(
+            tl, self.faults, speed=self.speed, loop=self.loop, resume=self.resume, shift=shift
+        )
         self._books = DepthBooks(tl)
+        self._market = MarketData(tl)
         self._info = {m: await asyncio.to_thread(build_exchange_info, tl, m) for m in ("futures", "spot")}
         self.faults.bind(tl, self, _now_ms)
         app = web.Application()
@@ -321,7 +338,14 @@ class SimVenue:
                 (f"{prefix}/time", family, self._time),
                 (f"{prefix}/ping", family, self._ping),
             ]
+        # Every other market-data endpoint (trades, klines, tickers, funding, open interest …).
+        for path in MarketData.PATHS:
+            out.append((path, "api" if path.startswith("/api/") else "fapi", self._market_data))
         return out
+
+    def _market_data(self, request: web.Request, _family: str) -> tuple[int, int, bytes]:
+        assert self._market is not None
+        return self._market.answer(request.path, request.query, request.headers)
 
     def _rest(
         self, family: str, handler: Callable[[web.Request, str], tuple[int, int, bytes]]
@@ -405,6 +429,10 @@ class SimVenue:
         sids = self.timeline.symbol_sids(market, symbol)
         position = max((self._state.position[s] for s in sids), default=-1)
         body = self._books.body(market, symbol, position, live=self.resume == "continue", limit=limit)
+        shift = self._state.shift
+        if body is not None and shift is not None and sids:
+            # The pass of the stream the book follows: ids of a looped pass are shifted.
+            body = shift.snapshot(body, max(self._state.passes[s] for s in sids))
         if body is None:
             msg = f"sim: the capture holds no depth snapshot for {symbol}"
             return 500, weight, orjson.dumps({"code": -1000, "msg": msg})
@@ -467,6 +495,11 @@ class SimVenue:
             used_weight={f: m.used(now) for f, m in self._meters.items()},
             connections=conns,
         )
+
+
+def _loop_shift(tl: Timeline) -> LoopShift:
+    snaps = [s.body for lst in tl.snapshots.values() for s in lst]
+    return LoopShift.measure(tl.frames, snaps, tl.ts[-1] - tl.ts[0] if len(tl) else 0)
 
 
 def _dumps(obj: Any) -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks: ingestd against the receive ceiling and against cryptofeed (``python -m bench.run``)."""

@@ -1,0 +1,73 @@
+"""The counting hook loaded into ``python -m ingestd`` (``--hook bench.contenders.hook:on_record``).
+
+Configured through the environment (the daemon imports this module by name):
+
+* ``BENCH_OUT``: result JSON path (written at interpreter exit, after the daemon's shutdown
+  has flushed and closed every Parquet file);
+* ``BENCH_EXPECT``: stream records to wait for; once the hook has seen that many it asks the
+  daemon to stop (SIGTERM to itself: the daemon's orderly shutdown, nothing killed);
+* ``BENCH_LATENCY=1``: also sample receive→hook and exchange→hook for every record.
+
+Steady state ("warm"): checked every 4,096 records until every order book is synced; the run's
+throughput is measured from there (see :mod:`bench.probe`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import time
+from typing import Any, Final
+
+from bench.probe import Probe
+
+_STREAM_CHANNELS: Final = frozenset(
+    ("depth_diff", "agg_trade", "book_ticker", "mark_price", "kline", "ticker", "trade")
+)
+"""Records that come from a websocket frame (one per frame in this workload)."""
+_PUBLIC: Final = frozenset(("depth_diff", "book_ticker"))
+
+_OUT = os.environ.get("BENCH_OUT", "")
+_EXPECT = int(os.environ.get("BENCH_EXPECT", "0") or 0)
+_LATENCY = os.environ.get("BENCH_LATENCY") == "1"
+
+probe = Probe(latency=_LATENCY)
+_state = {"stream": 0, "stopping": False, "next_warm_check": 4096}
+
+
+def _all_synced(context: Any) -> bool:
+    books, contracts = context.books, context.contracts
+    if books is None or contracts is None:
+        return True  # no depth channel: nothing to warm up
+    return all(books.get(c.native) is not None for c in contracts)
+
+
+def _finish() -> None:
+    if _OUT:
+        probe.extra["stream_records"] = _state["stream"]
+        probe.write(_OUT)
+
+
+atexit.register(_finish)
+
+
+async def on_record(record: Any, context: Any) -> None:
+    """Count (and optionally time) one record; stop the daemon after ``BENCH_EXPECT`` of them."""
+    probe.count += 1
+    if probe.count == 1:
+        probe.mark_first(record.recv_ts)
+    channel = record.channel
+    if channel not in _STREAM_CHANNELS:
+        return
+    n = _state["stream"] = _state["stream"] + 1
+    if _LATENCY:
+        probe.sample(time.time_ns(), record.recv_ts, record.exchange_ts, 0 if channel in _PUBLIC else 1)
+    if not probe.warm_ns and n >= _state["next_warm_check"]:
+        _state["next_warm_check"] = n + 4096
+        if _all_synced(context):
+            probe.mark_warm()
+    if n == _EXPECT and not _state["stopping"]:
+        _state["stopping"] = True
+        probe.last_ns = time.time_ns()
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,287 @@
+"""systemd's notify protocol: messages received on a real AF_UNIX datagram socket.
+
+The daemon (against the sim replaying the real capture in real time) must send ``READY=1`` once
+every connection streams, ``WATCHDOG=1`` only while /readyz would answer 200 (none while the sim
+stalls the book stream), ``STATUS=`` lines, and ``STOPPING=1`` last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ingestd.app import Daemon
+from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier, status_line
+from ingestd.sim import SimVenue
+from tests.e2e import settings_for, wait_for
+from tests.ops import running
+
+WATCHDOG_USEC = 100_000
+"""systemd's WatchdogSec in µs: pings are due every 50 ms."""
+FRESHNESS_S = 1.0
+"""bookTicker and depth@0ms are never quiet for more than 0.16 s in the capture's first 30 s."""
+
+
+class Listener:
+    """systemd's side: a datagram socket bound in tmp_path that collects (time, message)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self) -> list[str]:
+        """Read what arrived; returns the new messages."""
+        new = []
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                break
+            new.append(data.decode())
+            self.messages.append((time.monotonic(), new[-1]))
+        return new
+
+    def lines(self) -> list[str]:
+        return [m for _, m in self.messages]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[Listener]:
+    lst = Listener(tmp_path / "notify.sock")
+    try:
+        yield lst
+    finally:
+        lst.close()
+
+
+@pytest.mark.asyncio
+async def test_ready_watchdog_only_while_ready_then_stopping(
+    bundled_capture: Path, tmp_path: Path, listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(listener.path))
+    monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    async with SimVenue([bundled_capture], speed=1.0) as sim:
+        settings = settings_for(
+            sim.rest_url,
+            sim.ws_url,
+            tmp_path / "data",
+            symbols="BTCUSDT",
+            channels="trade,book_ticker,depth_diff",
+            storage={"enabled": False},
+            health={"port": 0, "freshness_s": FRESHNESS_S},  # no HTTP: readiness drives sd_notify alone
+        )
+        daemon = Daemon(settings)
+        assert daemon.notifier.watchdog_interval_s == pytest.approx(0.05)
+        async with running(daemon) as task:
+
+            def pinged(n: int) -> bool:
+                listener.drain()
+                return listener.lines().count("WATCHDOG=1") >= n
+
+            await wait_for(lambda: pinged(3), 15)
+            lines = listener.lines()
+            ready = [i for i, m in enumerate(lines) if m.startswith("READY=1")]
+            assert len(ready) == 1
+            first_ping = lines.index("WATCHDOG=1")
+            assert ready[0] < first_ping
+            assert lines[ready[0]] == "READY=1\nSTATUS=streaming on 2 connection(s)"
+            assert "STATUS=ready: streaming" in lines
+            assert daemon.readiness()[0]
+
+            # Stall the /public socket (bookTicker + depth): stale after 1 s, so not ready.
+            assert sim.faults.stall(stream="btcusdt@bookTicker") == 1
+            await wait_for(lambda: not daemon.readiness()[0], FRESHNESS_S + 5)
+            # Pings sent before the flip are already in the socket; none may follow while stalled.
+            listener.drain()
+            mark = len(listener.messages)
+            for _ in range(6):
+                await asyncio.sleep(WATCHDOG_USEC / 1e6)  # 12 ping intervals in all
+                assert not daemon.readiness()[0]
+                listener.drain()
+            during = [m for _, m in listener.messages[mark:]]
+            assert "WATCHDOG=1" not in during
+            status = [m for m in listener.lines() if m.startswith("STATUS=not ready: ")]
+            assert status
+            assert "stream btcusdt@bookTicker: last frame" in status[-1]
+
+            sim.faults.resume()
+            mark = len(listener.messages)
+            await wait_for(lambda: daemon.readiness()[0], 10)
+
+            def pinged_again() -> bool:
+                listener.drain()
+                return "WATCHDOG=1" in [m for _, m in listener.messages[mark:]]
+
+            await wait_for(pinged_again, 5)
+        assert task.result() == 0
+    listener.drain()
+    lines = listener.lines()
+    assert lines[-1] == "STOPPING=1"
+    assert lines.count("STOPPING=1") == 1
+    assert lines.count("READY=1\nSTATUS=streaming on 2 connection(s)") == 1
+    assert lines.index("STATUS=ready: streaming") < len(lines) - 1
+
+
+@pytest.mark.asyncio
+async def test_ready_at_once_without_streams(
+    bundled_capture: Path, tmp_path: Path, listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only REST depth snapshots: nothing to stream, READY as soon as start-up is done."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(listener.path))
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    async with SimVenue([bundled_capture], speed=0) as sim:
+        settings = settings_for(
+            sim.rest_url, sim.ws_url, tmp_path / "data", symbols="BTCUSDT", channels="depth_snapshot",
+            storage={"enabled": False}, health={"port": 0}, clock={"enabled": False},
+        )  # fmt: skip
+        daemon = Daemon(settings)
+        async with running(daemon):
+            await wait_for(lambda: bool(listener.drain()) or bool(listener.messages), 10)
+        listener.drain()
+    lines = listener.lines()
+    assert lines[0] == "READY=1\nSTATUS=running: no websocket streams to wait for"
+    assert lines[-1] == "STOPPING=1"
+    # No WATCHDOG_USEC: no pings, but readiness still reaches systemctl status.
+    assert "WATCHDOG=1" not in lines
+
+
+def test_notifier_is_a_no_op_without_notify_socket() -> None:
+    n = SdNotifier({})
+    assert not n.enabled
+    assert n.watchdog_interval_s is None
+    assert n.ready() is False
+    assert n.watchdog() is False
+    assert n.sent == 0
+    n.close()
+    n.close()
+
+
+def test_watchdog_interval_and_pid(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    assert SdNotifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000"}).watchdog_interval_s == 15.0
+    mine = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}
+    assert SdNotifier(mine).watchdog_interval_s == 15.0
+    # WATCHDOG_PID names another process (we were forked from the one systemd watches): not ours.
+    other = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    assert SdNotifier(other).watchdog_interval_s is None
+    assert SdNotifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "0"}).watchdog_interval_s is None
+    assert SdNotifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "x"}).watchdog_interval_s is None
+
+
+def test_messages_reach_the_socket_in_order(listener: Listener) -> None:
+    n = SdNotifier({"NOTIFY_SOCKET": str(listener.path)})
+    assert n.enabled
+    assert n.ready("up")
+    assert n.status("busy")
+    assert n.watchdog()
+    assert n.stopping()
+    assert n.sent == 4
+    n.close()
+    assert listener.drain() == ["READY=1\nSTATUS=up", "STATUS=busy", "WATCHDOG=1", "STOPPING=1"]
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX") or os.uname().sysname != "Linux", reason="Linux only")
+def test_abstract_namespace_socket() -> None:
+    name = f"ingestd-test-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as srv:
+        srv.bind(b"\0" + name.encode())
+        srv.settimeout(2)
+        n = SdNotifier({"NOTIFY_SOCKET": "@" + name})
+        assert n.watchdog()
+        assert srv.recv(100) == b"WATCHDOG=1"
+        n.close()
+
+
+def test_failures_are_counted_and_logged_once_per_episode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingestd.observe")
+    path = tmp_path / "late.sock"
+    n = SdNotifier({"NOTIFY_SOCKET": str(path)})
+    assert n.watchdog() is False  # nobody listens yet
+    assert n.watchdog() is False
+    assert n.errors == 2
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as srv:
+        srv.bind(str(path))
+        assert n.watchdog() is True
+    logged = [r.getMessage() for r in caplog.records if "sd_notify" in r.getMessage()]
+    assert len(logged) == 2
+    assert logged[0].startswith(f"sd_notify to {path} failed: ")
+    assert logged[1] == f"sd_notify to {path} works again after 2 failed message(s)"
+    n.close()
+
+
+def test_a_full_queue_never_blocks(listener: Listener) -> None:
+    """systemd not reading: sends fail at once (counted) instead of blocking the event loop."""
+    n = SdNotifier({"NOTIFY_SOCKET": str(listener.path)})
+    started = time.monotonic()
+    results = [n.watchdog() for _ in range(2_000)]
+    assert time.monotonic() - started < 2
+    assert results[0] is True
+    assert results[-1] is False
+    assert n.errors == results.count(False) > 0
+    assert len(listener.drain()) == n.sent
+    n.close()
+
+
+@pytest.mark.asyncio
+async def test_service_notifier_sequence(listener: Listener) -> None:
+    """READY once all planned connections flowed; WATCHDOG only while ready; STATUS on change."""
+    state: dict[str, bool] = {"ok": True}
+
+    def readiness() -> tuple[bool, dict[str, object]]:
+        return state["ok"], {"not_ready": [] if state["ok"] else ["a", "b", "c"]}
+
+    sd = SdNotifier({"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "20000"})
+    svc = ServiceNotifier(sd, readiness)
+    planned = ("v/public#0", "v/market#0")
+    sent = [svc.ready_sent]
+    svc.data_flowing("v/public#0", planned)
+    sent.append(svc.ready_sent)
+    svc.data_flowing("v/public#0", planned)
+    sent.append(svc.ready_sent)
+    svc.data_flowing("v/market#0", planned)
+    sent.append(svc.ready_sent)
+    assert sent == [False, False, False, True]
+    svc.data_flowing("v/market#0", planned)  # a reconnect: READY is not repeated
+    await asyncio.sleep(0.05)
+    state["ok"] = False
+    await asyncio.sleep(0.05)
+    listener.drain()
+    mark = len(listener.messages)
+    await asyncio.sleep(0.06)
+    state["ok"] = True
+    await asyncio.sleep(0.05)
+    await svc.stopping()
+    await svc.stopping()
+    listener.drain()
+    lines = listener.lines()
+    assert lines[0] == "READY=1\nSTATUS=streaming on 2 connection(s)"
+    assert lines[1:3] == ["WATCHDOG=1", "STATUS=ready: streaming"]
+    assert "STATUS=not ready: a; b (+1 more)" in lines
+    stalled = [m for _, m in listener.messages[mark:]]
+    assert stalled.index("STATUS=ready: streaming") > 0
+    assert "WATCHDOG=1" not in stalled[: stalled.index("STATUS=ready: streaming") - 1]
+    assert lines[-1] == "STOPPING=1"
+    assert lines.count("READY=1\nSTATUS=streaming on 2 connection(s)") == 1
+    sd.close()
+
+
+def test_status_line() -> None:
+    assert status_line(True, {}) == "ready: streaming"
+    assert status_line(False, {"not_ready": ["x"]}) == "not ready: x"
+    assert status_line(False, {"not_ready": ["x", "y", "z", "w"]}) == "not ready: x; y (+2 more)"
