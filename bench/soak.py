@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pyarrow.dataset as pads
 
 from ingestd.app import Daemon
 from ingestd.config import load_settings
@@ -141,7 +140,7 @@ class SimProcess:
         cmd += ["--speed", str(speed)]
         for c in captures:
             cmd += ["--capture", str(c)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)  # noqa: S603 - our own module
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         ready = self.proc.stdout.readline().split()
         if len(ready) != 2:
@@ -313,7 +312,9 @@ async def _soak(args: argparse.Namespace, data_dir: Path, sim: SimProcess) -> di
         "snapshots_emitted": snapshots,
         "gap_records": gap_records,
         "book_resyncs": resyncs,
-        "parquet": {k: pq.get(k) for k in ("files", "rows", "bytes", "dropped", "dropped_rows", "write_errors")},
+        "parquet": {
+            k: pq.get(k) for k in ("files", "rows", "bytes", "dropped", "dropped_rows", "write_errors")
+        },
         "rss_first_window_peak_mb": base_peak,
         "rss_last_window_peak_mb": end_peak,
         "rss_band_mb": round(band, 1),

@@ -13,7 +13,7 @@ import contextlib
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,8 @@ KIND_CHANNEL: dict[str, str] = {
 }
 """Capture stream kind → the channel its records are stored under."""
 
-Key = Hashable
+Key = int | tuple[int, int]
+"""A record's id: an update/trade/aggregate id, or a kline's ``(open_time, exchange_ts)``."""
 
 
 def real_capture(path: Path) -> Path:
@@ -227,15 +228,21 @@ def assert_storage_is_capture(
             per.setdefault(row["native"], []).append(row)
         natives = {n for c, n in truth.payloads if c == channel} | set(per)
         for native in sorted(natives):
-            want_keys = [k for k in truth.keys(channel, native) if k not in missing.get((channel, native), set())]
+            want_keys = [
+                k for k in truth.keys(channel, native) if k not in missing.get((channel, native), set())
+            ]
             got = per.get(native, [])
             got_keys = [row_key(channel, r) for r in got]
             dupes = [k for k, n in Counter(got_keys).items() if n > 1]
             assert not dupes, f"{channel} {native}: stored twice: {dupes[:5]}"
             lost = set(want_keys) - set(got_keys)
             extra = set(got_keys) - set(want_keys)
-            assert not lost, f"{channel} {native}: {len(lost)} of {len(want_keys)} lost, e.g. {sorted(lost)[:5]}"
-            assert not extra, f"{channel} {native}: {len(extra)} stored that should not be: {sorted(extra)[:5]}"
+            assert not lost, (
+                f"{channel} {native}: {len(lost)} of {len(want_keys)} lost, e.g. {sorted(lost)[:5]}"
+            )
+            assert not extra, (
+                f"{channel} {native}: {len(extra)} stored that should not be: {sorted(extra)[:5]}"
+            )
             payloads = truth.by_key(channel, native)
             for row in got:
                 want = expected_row(channel, payloads[row_key(channel, row)])
@@ -257,7 +264,7 @@ def assert_only_the_tail_was_lost(
     kept_old: list[tuple[str, str, Key]] = []
     for channel in channels:
         stored = {n: set(keys) for n, keys in stored_keys(data_dir, channel).items()}
-        for (ch, native), _ in truth.payloads.items():
+        for ch, native in truth.payloads:
             if ch != channel:
                 continue
             last = last_sent.get(stream_of[(ch, native)], -1)

@@ -27,8 +27,9 @@ SKEW_MS = -800
 """The venue's clock is 800 ms behind ours (past the 500 ms warning threshold)."""
 TOLERANCE_MS = 5.0
 
-# A real USD-M aggTrade payload (cryptofeed 2021-10_head/BINANCE_FUTURES.ws.1.0, CTKUSDT), moved
-# to BTCUSDT; E and T are set to the skewed venue clock at the moment of sending.
+# A real USD-M aggTrade payload (shared/realdata/cryptofeed/2021-10_head/BINANCE_FUTURES.ws.1.0,
+# CTKUSDT; this product includes software developed by Bryant Moscon), moved to BTCUSDT; E and T
+# are set to the skewed venue clock at the moment of sending.
 _AGG: dict[str, Any] = {"e": "aggTrade", "E": 0, "a": 16599292, "s": "BTCUSDT", "p": "1.01100", "q": "10",
         "f": 23961322, "l": 23961322, "T": 0, "m": False}  # fmt: skip
 

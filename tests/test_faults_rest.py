@@ -109,7 +109,7 @@ async def test_418_ban_stops_every_request_until_it_ends_and_is_recorded(
     async def during(daemon: Daemon, requests: RequestTimes) -> None:
         await until(lambda: len(requests.times) >= 1, timeout=5, what="the first request")
         banned_at = time.time()
-        await until(lambda: (data / ".ingestd-state.json").exists(), timeout=5, what="the ban state")
+        await until((data / ".ingestd-state.json").exists, timeout=5, what="the ban state")
         assert daemon.rest is not None
         state["until"] = orjson.loads((data / ".ingestd-state.json").read_bytes())[BANS_KEY][daemon.rest.host]
         state["banned_at"] = banned_at

@@ -39,13 +39,16 @@ def truth() -> CaptureTruth:
 
 
 def _consumer(daemon: Daemon, prefix: str) -> dict[str, Any]:
-    found = [v for k, v in daemon.bus.stats()["consumers"].items() if k.startswith(prefix)]
-    assert len(found) == 1, (prefix, list(daemon.bus.stats()["consumers"]))
+    consumers = daemon.bus.stats()["consumers"]
+    found: list[dict[str, Any]] = [v for k, v in consumers.items() if k.startswith(prefix)]
+    assert len(found) == 1, (prefix, list(consumers))
     return found[0]
 
 
 @pytest.mark.asyncio
-async def test_slow_blocking_and_failing_hooks_leave_storage_whole(truth: CaptureTruth, tmp_path: Path) -> None:
+async def test_slow_blocking_and_failing_hooks_leave_storage_whole(
+    truth: CaptureTruth, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     calls = {"slow": 0, "blocking": 0, "failing": 0}
 
@@ -63,7 +66,9 @@ async def test_slow_blocking_and_failing_hooks_leave_storage_whole(truth: Captur
         raise ValueError("strategy bug")
 
     async with SimVenue([CF_FUTURES], speed=0, resume="continue") as sim:
-        settings = fault_settings(sim, data, hooks={"timeout_s": 0.01, "queue_size": 20, "policy": "drop_oldest"})
+        settings = fault_settings(
+            sim, data, hooks={"timeout_s": 0.01, "queue_size": 20, "policy": "drop_oldest"}
+        )
         daemon = Daemon(settings)
         for hook in (slow, blocking, failing):
             daemon.add_hook(hook, name=hook.__name__)
@@ -115,10 +120,10 @@ async def test_a_full_disk_is_one_clear_error_rows_kept_to_the_bound_then_counte
     bound = 500
     disk = _failing_writes(monkeypatch)
     caplog.set_level(logging.WARNING, logger="ingestd")
-    async with SimVenue([CF_FUTURES], speed=0, resume="continue") as sim:
-        settings = fault_settings(
-            sim, data, channels="agg_trade,book_ticker,kline", storage={"rotate_rows": 100, "max_pending_rows": bound}
-        )
+    # Paced (20x) so the first failed write (a 100-row file) comes early and the bound then holds.
+    async with SimVenue([CF_FUTURES], speed=20, resume="continue") as sim:
+        storage = {"rotate_rows": 100, "max_pending_rows": bound}
+        settings = fault_settings(sim, data, channels="agg_trade,book_ticker,kline", storage=storage)
         daemon = Daemon(settings)
         want = sum(truth.count(c) for c in ("agg_trade", "book_ticker", "kline"))
         async with running(daemon):
@@ -127,9 +132,9 @@ async def test_a_full_disk_is_one_clear_error_rows_kept_to_the_bound_then_counte
             await until(lambda: _consumer(daemon, "parquet")["depth"] == 0, what="the queue drained")
             during = dict(_consumer(daemon, "parquet"))
             streams = daemon.stats()["streams"]
-            disk["full"] = False  # the disk heals: what was kept is written at the next retry
-            await until(lambda: _consumer(daemon, "parquet")["pending_rows"] == 0, timeout=5, what="the flush")
-            after = dict(_consumer(daemon, "parquet"))
+            disk["full"] = False  # the disk heals: sealed files are written at the next retry
+            await until(lambda: not _consumer(daemon, "parquet")["failing"], timeout=5, what="the recovery")
+        after = dict(_consumer(daemon, "parquet"))  # closed: every row kept is written
 
     assert streams["reconnects"] == 0
     assert during["failing"] is True

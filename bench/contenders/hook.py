@@ -33,7 +33,8 @@ _EXPECT = int(os.environ.get("BENCH_EXPECT", "0") or 0)
 _LATENCY = os.environ.get("BENCH_LATENCY") == "1"
 
 probe = Probe(latency=_LATENCY)
-_state = {"stream": 0, "stopping": False, "next_warm_check": 4096}
+"""``probe.count`` counts stream records only; ``extra["other_records"]`` the rest (snapshots, gaps)."""
+_state = {"other": 0, "stopping": False, "next_warm_check": 4096}
 
 
 def _all_synced(context: Any) -> bool:
@@ -45,7 +46,7 @@ def _all_synced(context: Any) -> bool:
 
 def _finish() -> None:
     if _OUT:
-        probe.extra["stream_records"] = _state["stream"]
+        probe.extra["other_records"] = _state["other"]
         probe.write(_OUT)
 
 
@@ -54,19 +55,22 @@ atexit.register(_finish)
 
 async def on_record(record: Any, context: Any) -> None:
     """Count (and optionally time) one record; stop the daemon after ``BENCH_EXPECT`` of them."""
-    probe.count += 1
-    if probe.count == 1:
-        probe.mark_first(record.recv_ts)
     channel = record.channel
     if channel not in _STREAM_CHANNELS:
+        _state["other"] += 1
         return
-    n = _state["stream"] = _state["stream"] + 1
+    probe.count += 1
+    n = probe.count
+    if n == 1:
+        probe.mark_first(record.recv_ts)
     if _LATENCY:
-        probe.sample(time.time_ns(), record.recv_ts, record.exchange_ts, 0 if channel in _PUBLIC else 1)
+        now = probe.last_ns = time.time_ns()
+        probe.sample(now, record.recv_ts, record.exchange_ts, 0 if channel in _PUBLIC else 1)
     if not probe.warm_ns and n >= _state["next_warm_check"]:
         _state["next_warm_check"] = n + 4096
         if _all_synced(context):
             probe.mark_warm()
+            probe.extra["warm_samples"] = len(probe.recv_lat)
     if n == _EXPECT and not _state["stopping"]:
         _state["stopping"] = True
         probe.last_ns = time.time_ns()

@@ -55,6 +55,7 @@ class HealthServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        """Bind and serve; :class:`StartupError` when the address cannot be bound."""
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -69,14 +70,13 @@ class HealthServer:
             await runner.cleanup()
             raise StartupError(f"health endpoint {self.host}:{self.port}: {exc.strerror or exc}") from exc
         self._runner = runner
-        server = site._server
-        if self.port == 0 and server is not None:
-            sockets = getattr(server, "sockets", None) or ()
-            if sockets:
-                self.port = int(sockets[0].getsockname()[1])
+        if self.port == 0 and runner.addresses:
+            # Port 0 asked the OS for a free port: report the one it gave.
+            self.port = int(runner.addresses[0][1])
         log.info("health endpoint on %s (/healthz /readyz /metrics /status)", self.url)
 
     async def close(self) -> None:
+        """Stop serving and release the port. Idempotent."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

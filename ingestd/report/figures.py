@@ -346,7 +346,9 @@ def draw_co_movement(data: ReportData, _bar: int) -> Figure:
     scatter.scatter(rs, rf, s=14, alpha=0.7, color="#1f77b4", label=f"{finest.horizon} log returns (bps)")
     if not math.isnan(finest.beta):
         xs = np.linspace(float(rs.min()), float(rs.max()), 2)
-        scatter.plot(xs, finest.beta * xs, color="#d62728", label=f"beta {finest.beta:.3f}")
+        # The least-squares line passes through the means.
+        ys = float(rf.mean()) + finest.beta * (xs - float(rs.mean()))
+        scatter.plot(xs, ys, color="#d62728", label=f"beta {finest.beta:.3f}")
     scatter.set_xlabel("spot return (bps)")
     scatter.set_ylabel("futures return (bps)")
     scatter.legend(loc="upper left", fontsize=8)
@@ -373,27 +375,31 @@ def draw_ws_microstructure(data: ReportData, _bar: int) -> Figure:
     if frames is None or not len(frames.recv):
         raise Skip("no websocket frames: run collect with --ws-seconds, or store trades with the daemon")
     fig, (price, vol, lat) = _figure(3, [2.0, 1.0, 1.3])
-    x = _dates(frames.recv)
-    price.step(x, frames.price, where="post", color="#1f77b4", linewidth=1.0, label="last price")
+    # By event time: "over the capture" (a replay may deliver minutes of frames in milliseconds).
+    order = np.argsort(frames.event, kind="stable")
+    event, latency = frames.event[order], frames.latency_ms[order]
+    x = _dates(event)
+    price.step(x, frames.price[order], where="post", color="#1f77b4", linewidth=1.0, label="last price")
     price.set_ylabel("price")
     price.legend(loc="upper left", fontsize=8)
     price.set_title(
-        f"websocket microstructure: {len(frames.recv)} frames from {frames.source}, by receive time\n"
-        f"{_utc(int(frames.recv[0]))} to {_utc(int(frames.recv[-1]))}",
+        f"websocket microstructure: {len(event)} frames from {frames.source}, by event time\n"
+        f"{_utc(int(event[0]))} to {_utc(int(event[-1]))}",
         fontsize=10,
     )
-    span = max(1, int(frames.recv[-1] - frames.recv[0]))
+    span = max(1, int(event[-1] - event[0]))
     bucket = max(1_000_000, span // 120)
-    tb, vb = sum_per_bucket(frames.recv, frames.volume, bucket)
+    tb, vb = sum_per_bucket(event, frames.volume[order], bucket)
     vol.bar(_dates(tb + bucket // 2), vb, width=bucket / 86_400e9 * 0.9, color="#7f7f7f")
     vol.set_ylabel(f"volume per {bucket / 1e9:.3g} s")
-    scale, unit = _latency_unit(frames.latency_ms)
-    lat.plot(x, frames.latency_ms / scale, ".", markersize=2.5, color="#d62728", label="event → receive")
-    med = float(np.nanmedian(frames.latency_ms))
+    scale, unit = _latency_unit(latency)
+    lat.plot(x, latency / scale, ".", markersize=2.5, color="#d62728", label="event → receive")
+    med = float(np.nanmedian(latency))
     lat.axhline(
         med / scale, color="#333333", linewidth=0.8, linestyle="--", label=f"median {med / scale:.3g} {unit}"
     )
     lat.set_ylabel(f"latency ({unit})")
+    lat.ticklabel_format(axis="y", useOffset=False)
     lat.legend(loc="upper left", fontsize=8)
     if unit in ("h", "days"):
         lat.text(

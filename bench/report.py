@@ -1,0 +1,210 @@
+"""Turning contender runs into the table, the JSON and the README's "Latest" section."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from bench.probe import read_latency
+
+if TYPE_CHECKING:
+    from bench.run import Run
+    from bench.workload import Workload
+
+LABELS: Final = {
+    "ceiling": "(a) ceiling: aiohttp + orjson, receive and decode only",
+    "ingestd": "(b) ingestd end to end, storage on, all 6 channels",
+    "ingestd-nostorage": "(c) ingestd --no-storage, hook only",
+    "ingestd-cf": "(b') ingestd end to end, storage on, cryptofeed's channels",
+    "cryptofeed": "(d) cryptofeed 2.4 BinanceFutures, L2 book + trades",
+}
+BEGIN: Final = "<!-- latest:begin -->"
+END: Final = "<!-- latest:end -->"
+
+
+def progress_line(round_no: int, run: Run) -> str:
+    if not run.ok:
+        return f"  round {round_no} {run.contender:<18} FAILED: {run.error.splitlines()[0] if run.error else ''}"
+    extra = f"  ({run.error})" if run.error else ""
+    return (
+        f"  round {round_no} {run.contender:<18} {run.rate:>9,.0f} msg/s  {run.cpu_us:6.2f} µs/msg  "
+        f"{run.rss_mb:7.0f} MB  sim {run.sim_cpu:4.0%}{extra}"
+    )
+
+
+def _pct(sorted_values: Sequence[int], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] / 1e3
+
+
+def latency(out: Path, detail: dict[str, Any]) -> dict[str, Any]:
+    """p50/p99/p999 (µs) of receive→hook and exchange→hook from a run's samples.
+
+    The first 10 % of samples (and for ingestd everything before all books synced) are left
+    out. exchange→hook: ``E`` is mapped to the moment the sim sent the frame (its replay clock
+    runs from ``E``), by subtracting per route the smallest receive−``E`` seen; what is left is
+    sim send → hook, ms pacing jitter of the sim included.
+    """
+    n = int(detail.get("latency_samples", 0))
+    if not n:
+        return {}
+    recv_lat, ex_lat, recv_ex, route = read_latency(out, n)
+    skip = max(n // 10, int(detail.get("warm_samples", 0)))
+    offsets: dict[int, int] = {}
+    for i in range(skip, n):
+        if recv_ex[i] >= 0:
+            r = route[i]
+            offsets[r] = min(offsets.get(r, recv_ex[i]), recv_ex[i])
+    recv = sorted(recv_lat[skip:])
+    ex = sorted(ex_lat[i] - offsets[route[i]] for i in range(skip, n) if ex_lat[i] >= 0)
+    seconds = (int(detail.get("last_ns", 0)) - int(detail.get("first_ns", 0))) / 1e9
+    return {
+        "samples": n - skip,
+        "rate": round(n / seconds) if seconds > 0 else None,
+        "recv_hook_us": {f"p{q}": round(_pct(recv, v), 1) for q, v in (("50", 0.5), ("99", 0.99), ("999", 0.999))},
+        "exchange_hook_us": {f"p{q}": round(_pct(ex, v), 1) for q, v in (("50", 0.5), ("99", 0.99), ("999", 0.999))},
+    }
+
+
+def latency_line(run: Run) -> str:
+    lat = run.detail.get("latency") or {}
+    if not run.ok or not lat:
+        return f"  latency {run.contender:<18} FAILED: {run.error.splitlines()[0] if run.error else 'no samples'}"
+    r, e = lat["recv_hook_us"], lat["exchange_hook_us"]
+    return (
+        f"  latency {run.contender:<18} {lat['samples']:,} samples at {lat['rate'] or 0:,} msg/s: "
+        f"recv→hook p50 {r['p50']} p99 {r['p99']} p999 {r['p999']} µs; "
+        f"exchange→hook p50 {e['p50']} p99 {e['p99']} p999 {e['p999']} µs"
+    )
+
+
+def parquet_rows(data_dir: Path) -> dict[str, int]:
+    """Rows per channel in a finished data directory (file footers only)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415 - only the main venv runs this
+
+    rows: dict[str, int] = {}
+    for f in data_dir.glob("venue=*/channel=*/symbol=*/date=*/*.parquet"):
+        channel = f.parts[-4].split("=", 1)[1]
+        rows[channel] = rows.get(channel, 0) + pq.read_metadata(f).num_rows
+    return rows
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def summarize(
+    runs: dict[str, list[Run]],
+    lat_runs: dict[str, Run],
+    wl: Workload,
+    info: dict[str, Any],
+    args: argparse.Namespace,
+    seconds: float,
+) -> dict[str, Any]:
+    """Medians per contender, ratios, latency and every raw run."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, rs in runs.items():
+        good = [r for r in rs if r.ok]
+        rows[name] = {
+            "label": LABELS[name],
+            "runs_ok": len(good),
+            "runs": len(rs),
+            "msgs_per_s": round(_median([r.rate for r in good])),
+            "cpu_us_per_msg": round(_median([r.cpu_us for r in good]), 2),
+            "peak_rss_mb": round(_median([r.rss_mb for r in good])),
+            "sim_cpu": round(_median([r.sim_cpu for r in good]), 2),
+            "rates": [round(r.rate) for r in good],
+            "errors": [r.error for r in rs if r.error],
+            "raw": [
+                {"ok": r.ok, "msgs": r.msgs, "seconds": round(r.seconds, 3), "cpu_s": round(r.cpu_s, 3),
+                 "rss_mb": round(r.rss_mb, 1), "sim_cpu": round(r.sim_cpu, 2),
+                 "detail": {k: v for k, v in r.detail.items() if k != "latency"}}  # fmt: skip
+                for r in rs
+            ],
+        }
+    ceiling = rows.get("ceiling", {}).get("msgs_per_s") or 0
+    cf = rows.get("cryptofeed", {}).get("msgs_per_s") or 0
+    for row in rows.values():
+        rate = row["msgs_per_s"]
+        row["x_ceiling"] = round(rate / ceiling, 2) if ceiling and rate else None
+        row["x_cryptofeed"] = round(rate / cf, 2) if cf and rate else None
+    for name, run in lat_runs.items():
+        if name in rows:
+            rows[name]["latency"] = run.detail.get("latency") or {"error": run.error}
+    return {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": info,
+        "workload": {
+            "frames": wl.frames, "symbols": len(wl.symbols), "bytes_per_frame": round(wl.bytes / wl.frames),
+            "levels_per_diff": round(wl.levels / max(1, wl.count(("depth",))), 1),
+            "mix": {"depth": 45, "aggTrade": 25, "bookTicker": 20, "markPrice": 4, "kline": 3, "ticker": 3},
+            "file": wl.path.name,
+        },  # fmt: skip
+        "settings": {"runs": args.runs, "quick": args.quick, "latency_seconds": args.latency_seconds},
+        "seconds": round(seconds),
+        "contenders": rows,
+    }
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "–" if v is None or v == 0 else format(v, spec)
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The markdown table (throughput, then latency) with the machine line."""
+    m = summary["machine"]
+    w = summary["workload"]
+    lines = [
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, uvloop {m['uvloop']}, "
+        f"{m['os']}; sim and contender pinned to separate cores. {summary['when']}.",
+        f"Workload: {w['frames']:,} frames over {w['symbols']} symbols, {w['bytes_per_frame']} B/frame, "
+        f"{w['levels_per_diff']} levels per depth diff; medians of {summary['settings']['runs']} alternating "
+        "run(s) each.",
+        "",
+        "| contender | msgs/s | CPU µs/msg | peak RSS MB | × ceiling | × cryptofeed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in summary["contenders"].items():
+        if not row["runs_ok"]:
+            why = "unavailable" if any("unavailable" in e for e in row["errors"]) else "failed"
+            lines.append(f"| {row['label']} | {why} | | | | |")
+            continue
+        lines.append(
+            f"| {row['label']} | {row['msgs_per_s']:,} | {row['cpu_us_per_msg']:.2f} | {row['peak_rss_mb']:,} "
+            f"| {_fmt(row['x_ceiling'], '.2f')} | {_fmt(row['x_cryptofeed'], '.2f')} |"
+        )
+    lat = [(n, r["label"], r["latency"]) for n, r in summary["contenders"].items() if r.get("latency")]
+    if lat:
+        lines += [
+            "",
+            "Latency at the workload's natural rate (sim `--speed 1`), µs:",
+            "",
+            "| contender | rate msg/s | recv→hook p50 | p99 | p999 | exchange→hook p50 | p99 | p999 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for _, label, l in lat:
+            if "recv_hook_us" not in l:
+                lines.append(f"| {label} | failed | | | | | | |")
+                continue
+            r, e = l["recv_hook_us"], l["exchange_hook_us"]
+            lines.append(
+                f"| {label} | {l['rate'] or 0:,} | {r['p50']} | {r['p99']} | {r['p999']} "
+                f"| {e['p50']} | {e['p99']} | {e['p999']} |"
+            )
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, table_md: str, summary: dict[str, Any]) -> None:
+    """Replace the text between the "Latest" markers of ``path`` with ``table_md``."""
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n## Latest\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text += f"\n## Latest\n\n{BEGIN}\n{END}\n"
+    block = f"{BEGIN}\n{table_md}\n\n(`python -m bench.run{' --quick' if summary['settings']['quick'] else ''}`, " \
+        f"{summary['seconds']} s; raw numbers in `bench/results/latest.json`.)\n{END}"
+    path.write_text(re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S))

@@ -1,0 +1,321 @@
+"""``python -m bench.run`` (``make bench``): ingestd against the receive ceiling and cryptofeed.
+
+One command, one table. Steps:
+
+1. the workload (:mod:`bench.workload`) is generated once into ``bench/.cache`` and reused;
+2. the sim (``ingestd.sim``) replays it at ``--speed 0`` on one core, and every contender runs on
+   the other core, one after the other, alternating their order each round, ``--runs`` rounds;
+3. then the sim replays at ``--speed 1`` (the workload's natural 20 k msg/s) and each contender
+   that has a hook runs once with latency sampling;
+4. medians are printed as one table, written to ``bench/results/latest.json`` and into the
+   "Latest" section of ``bench/README.md``.
+
+Contenders: ``ceiling`` (bare aiohttp + orjson), ``ingestd`` (end to end, storage on, all six
+channels, counting hook), ``ingestd-nostorage`` (``--no-storage``, hook only), ``ingestd-cf``
+(storage on, only cryptofeed's channels: the same bytes cryptofeed gets) and ``cryptofeed``
+(BinanceFutures L2 book + trades, count-only callbacks, its own virtualenv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from bench import procs, report, workload
+
+CACHE: Final = procs.ROOT / "bench" / ".cache"
+RESULTS: Final = procs.ROOT / "bench" / "results"
+ALL_KINDS: Final = tuple(workload.STREAM_SUFFIX)
+CF_KINDS: Final = ("depth", "aggTrade")
+CONTENDERS: Final = ("ceiling", "ingestd", "ingestd-nostorage", "ingestd-cf", "cryptofeed")
+
+INGESTD_ENV: Final = {
+    # No drops anywhere: the counting hook waits like storage does (default: drop_oldest).
+    "INGESTD_HOOKS__POLICY": "block",
+    # Books sync within ~3 s instead of a minute: 50 snapshots at the sim's full REST budget.
+    "INGESTD_SNAPSHOTS__WEIGHT_HEADROOM": "1",
+}
+SNAPSHOT_LIMIT: Final = "50"
+
+
+@dataclass
+class Run:
+    """One contender run, as measured."""
+
+    contender: str
+    ok: bool
+    msgs: int = 0
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    rss_mb: float = 0.0
+    sim_cpu: float = 0.0
+    """Share of a core the sim used during the run (near 1.0: the sim was the bottleneck)."""
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.msgs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_s / self.msgs * 1e6 if self.msgs else 0.0
+
+
+@dataclass
+class Ctx:
+    """Everything a contender needs to run."""
+
+    wl: workload.Workload
+    sim: procs.Sim
+    cpu: int
+    work: Path
+    cf_python: Path | None
+    max_seconds: float
+    latency: bool = False
+    latency_seconds: float = 0.0
+
+
+def _result(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _wait(proc: Any, out: Path, deadline: float, progress: Callable[[], None] | None = None) -> bool:
+    """Wait for the process to exit (its result written) or the deadline."""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return True
+        if progress is not None:
+            progress()
+        time.sleep(0.05)
+    return proc.poll() is not None and out.exists()
+
+
+def _finish(name: str, doc: dict[str, Any] | None, end_key: str, sim_cpu: float, log: Path) -> Run:
+    if doc is None or not doc.get("count"):
+        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        return Run(name, ok=False, error=f"no result; log tail:\n{tail}")
+    n = int(doc["count"])
+    seconds = (int(doc[end_key]) - int(doc["first_ns"])) / 1e9
+    cpu = (int(doc["end_cpu_ns"]) - int(doc["first_cpu_ns"])) / 1e9
+    return Run(
+        name, ok=True, msgs=n, seconds=seconds, cpu_s=cpu, rss_mb=int(doc["maxrss_kb"]) / 1024,
+        sim_cpu=sim_cpu / seconds if seconds else 0.0, detail=doc,
+    )  # fmt: skip
+
+
+def run_ceiling(ctx: Ctx) -> Run:
+    out, log = ctx.work / "ceiling.json", ctx.work / "ceiling.log"
+    streams = ctx.work / "streams.json"
+    streams.write_text(json.dumps(ctx.wl.stream_names()))
+    argv = [sys.executable, "-m", "bench.contenders.ceiling", "--ws", ctx.sim.ws, "--streams", str(streams),
+            "--expect", str(ctx.wl.frames), "--out", str(out), "--max-seconds", str(ctx.max_seconds)]  # fmt: skip
+    sim0 = ctx.sim.cpu_s()
+    proc = procs.spawn(argv, cpu=ctx.cpu, log=log)
+    _wait(proc, out, time.monotonic() + ctx.max_seconds + 30)
+    procs.stop(proc)
+    return _finish("ceiling", _result(out), "last_ns", ctx.sim.cpu_s() - sim0, log)
+
+
+def run_ingestd(ctx: Ctx, name: str) -> Run:
+    storage = name != "ingestd-nostorage"
+    kinds = CF_KINDS if name == "ingestd-cf" else ALL_KINDS
+    out, log = ctx.work / f"{name}.json", ctx.work / f"{name}.log"
+    data = ctx.work / f"data-{name}"
+    shutil.rmtree(data, ignore_errors=True)
+    port = procs.free_port()
+    channels = ",".join(workload.CHANNEL[k] for k in kinds)
+    argv = [sys.executable, "-m", "ingestd", "--rest-url", ctx.sim.rest, "--ws-url", ctx.sim.ws,
+            "--channels", channels, "--hook", "bench.contenders.hook:on_record", "--health-port", str(port),
+            "--log-level", "WARNING", "--depth-limit", SNAPSHOT_LIMIT]  # fmt: skip
+    argv += ["--data-dir", str(data)] if storage else ["--no-storage"]
+    expect = ctx.wl.count(kinds)
+    env = {**INGESTD_ENV, "BENCH_OUT": str(out), "BENCH_EXPECT": "0" if ctx.latency else str(expect)}
+    if ctx.latency:
+        env["BENCH_LATENCY"] = "1"
+    sim0 = ctx.sim.cpu_s()
+    started = time.monotonic()
+    proc = procs.spawn(argv, cpu=ctx.cpu, env=env, log=log)
+    status: dict[str, Any] = {}
+    last_poll = [0.0, 0.0, -1.0]  # poll time, progress time, frames
+
+    def progress() -> None:
+        now = time.monotonic()
+        if now - last_poll[0] < 1.0:
+            return
+        last_poll[0] = now
+        doc = procs.get_json(f"http://127.0.0.1:{port}/status")
+        if doc is None:
+            return
+        status.clear()
+        status.update(doc)
+        frames = float(doc.get("streams", {}).get("frames", 0))
+        if frames != last_poll[2]:
+            last_poll[1], last_poll[2] = now, frames
+        elif frames and now - last_poll[1] > 10 and not ctx.latency:
+            procs.stop(proc, timeout=60)  # no progress for 10 s: stop with what it has
+
+    limit = ctx.latency_seconds if ctx.latency else ctx.max_seconds
+    deadline = started + limit + (10 if ctx.latency else 60)
+    if ctx.latency:
+        while time.monotonic() < started + limit and proc.poll() is None:
+            progress()
+            time.sleep(0.1)
+    else:
+        _wait(proc, out, deadline, progress)
+    procs.stop(proc, timeout=120)
+    run = _finish(name, _result(out), "end_ns" if storage else "last_ns", ctx.sim.cpu_s() - sim0, log)
+    if not ctx.latency and run.ok and run.msgs < expect:
+        run.error = f"only {run.msgs} of {expect} records reached the hook"
+    run.detail["status"] = _status_summary(status)
+    if storage and run.ok and not ctx.latency:
+        run.detail["parquet"] = report.parquet_rows(data)
+    shutil.rmtree(data, ignore_errors=True)
+    return run
+
+
+def _status_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    if not doc:
+        return {}
+    streams = doc.get("streams", {})
+    consumers = doc.get("bus", {}).get("consumers", {})
+    return {
+        "frames": streams.get("frames"),
+        "reconnects": streams.get("reconnects"),
+        "duplicates": streams.get("duplicates"),
+        "parse_errors": streams.get("parse_errors"),
+        "dropped": {k: v.get("dropped") for k, v in consumers.items()},
+        "books": {k: doc.get("books", {}).get("totals", {}).get(k) for k in ("synced", "resyncs", "gaps")},
+    }
+
+
+def run_cryptofeed(ctx: Ctx) -> Run:
+    if ctx.cf_python is None:
+        return Run("cryptofeed", ok=False, error="unavailable")
+    out, log = ctx.work / "cryptofeed.json", ctx.work / "cryptofeed.log"
+    expect = ctx.wl.count(CF_KINDS) + len(ctx.wl.symbols)  # + one snapshot callback per book
+    limit = ctx.latency_seconds if ctx.latency else ctx.max_seconds
+    argv = [str(ctx.cf_python), "-m", "bench.contenders.cryptofeed_feed", "--ws", ctx.sim.ws,
+            "--rest", ctx.sim.rest, "--symbols", ",".join(ctx.wl.symbols),
+            "--expect", str(10**12 if ctx.latency else expect), "--out", str(out),
+            "--log", str(ctx.work / "cryptofeed-feedhandler.log"), "--max-seconds", str(limit)]  # fmt: skip
+    if ctx.latency:
+        argv.append("--latency")
+    sim0 = ctx.sim.cpu_s()
+    proc = procs.spawn(argv, cpu=ctx.cpu, log=log)
+    _wait(proc, out, time.monotonic() + limit + 60)
+    procs.stop(proc)
+    return _finish("cryptofeed", _result(out), "last_ns", ctx.sim.cpu_s() - sim0, log)
+
+
+RUNNERS: Final[dict[str, Callable[[Ctx], Run]]] = {
+    "ceiling": run_ceiling,
+    "ingestd": lambda ctx: run_ingestd(ctx, "ingestd"),
+    "ingestd-nostorage": lambda ctx: run_ingestd(ctx, "ingestd-nostorage"),
+    "ingestd-cf": lambda ctx: run_ingestd(ctx, "ingestd-cf"),
+    "cryptofeed": run_cryptofeed,
+}
+LATENCY: Final = ("ingestd", "ingestd-nostorage", "cryptofeed")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a ~1 minute smoke run (smaller capture, 1 round)")
+    p.add_argument("--runs", type=int, help="rounds of throughput runs (default 3; --quick 1)")
+    p.add_argument("--frames", type=int, help="frames in the workload (default 1,000,000; --quick 300,000)")
+    p.add_argument("--symbols", type=int, default=50)
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma list of {','.join(CONTENDERS)}")
+    p.add_argument("--latency-seconds", type=float, help="per latency run (default 20; --quick 8)")
+    p.add_argument("--max-seconds", type=float, default=90.0, help="cap per throughput run")
+    p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md")
+    args = p.parse_args(argv)
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.frames = args.frames or (300_000 if args.quick else 1_000_000)
+    args.latency_seconds = args.latency_seconds or (8.0 if args.quick else 20.0)
+    if args.quick:
+        args.max_seconds = min(args.max_seconds, 20.0)
+    bad = [c for c in args.contenders.split(",") if c not in CONTENDERS]
+    if bad:
+        p.error(f"unknown contender(s) {', '.join(bad)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns 0 when every contender produced a result."""
+    args = _parse(argv)
+    names = [c for c in CONTENDERS if c in args.contenders.split(",")]
+    work = CACHE / "runs"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    sim_cpu, client_cpu = procs.cpus()
+    info = procs.machine()
+    print(f"machine: {info['nproc']} x {info['cpu']}, Python {info['python']}, uvloop {info['uvloop']}")
+    t0 = time.monotonic()
+    wl = workload.ensure(CACHE, frames=args.frames, symbols=args.symbols)
+    print(f"workload: {wl.frames:,} frames, {len(wl.symbols)} symbols, {wl.bytes / wl.frames:.0f} B/frame, "
+          f"{wl.levels / wl.count(('depth',)):.1f} levels/diff ({time.monotonic() - t0:.0f} s)")  # fmt: skip
+    cf_python, cf_note = (None, "not requested")
+    if "cryptofeed" in names:
+        cf_python, cf_note = procs.cryptofeed_python(CACHE, work / "cryptofeed-install.log")
+        print(f"cryptofeed: {cf_note if cf_python else 'UNAVAILABLE: ' + cf_note}")
+    info["cryptofeed"] = cf_note if cf_python else f"unavailable: {cf_note}"
+    runs: dict[str, list[Run]] = {n: [] for n in names}
+    lat_runs: dict[str, Run] = {}
+    sim = procs.start_sim(wl.path, speed=0, cpu=sim_cpu, log=work / "sim-speed0.log")
+    try:
+        ctx = Ctx(wl, sim, client_cpu, work, cf_python, args.max_seconds)
+        for r in range(args.runs):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                run = RUNNERS[name](ctx)
+                runs[name].append(run)
+                print(report.progress_line(r + 1, run))
+                time.sleep(1.0)
+    finally:
+        sim.close()
+    if not args.no_latency:
+        lat_names = [n for n in LATENCY if n in names]
+        sim = procs.start_sim(wl.path, speed=1, cpu=sim_cpu, log=work / "sim-speed1.log")
+        try:
+            ctx = Ctx(wl, sim, client_cpu, work, cf_python, args.max_seconds, True, args.latency_seconds)
+            for name in lat_names:
+                run = RUNNERS[name](ctx)
+                run.detail["latency"] = report.latency(work / f"{name}.json", run.detail)
+                lat_runs[name] = run
+                print(report.latency_line(run))
+                time.sleep(1.0)
+        finally:
+            sim.close()
+    summary = report.summarize(runs, lat_runs, wl, info, args, time.monotonic() - t0)
+    table = report.table(summary)
+    print()
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(summary, indent=1, default=str))
+    if not args.no_readme:
+        report.update_readme(procs.ROOT / "bench" / "README.md", table, summary)
+    print(f"\nresults: {RESULTS / 'latest.json'}")
+    failed = [n for n, rs in runs.items() if not any(r.ok for r in rs) and n != "cryptofeed" or
+              (n == "cryptofeed" and cf_python is not None and not any(r.ok for r in rs))]  # fmt: skip
+    return 1 if failed else 0
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
