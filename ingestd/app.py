@@ -201,19 +201,29 @@ class Daemon:
         return out
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when every stream is fresh and every book is synced; else name what is not."""
+        """Ready when every stream is fresh and every book is synced; else name what is not.
+
+        Book streams (depth, bookTicker) and mark price tick several times a second on any listed
+        contract, so they must deliver within ``health.freshness_s``. Trade-driven streams (trades,
+        klines, tickers) can be quiet for minutes on a thin contract: they get
+        ``health.quiet_freshness_s``. Liquidations come only when they happen and are exempt.
+        """
         not_ready: list[str] = []
         if self.contracts is None:
             not_ready.append("starting")
-        fresh = self.settings.health.freshness_s
+        hs = self.settings.health
+        uptime = time.monotonic() - self._started_at if self._started_at else 0.0
         if self.streams is not None:
             for name, st in self.streams.stats()["streams"].items():
                 if "@forceOrder" in name:
-                    continue  # Binance sends liquidations only when there are some
+                    continue
+                quiet = not any(k in name for k in ("@depth", "@bookTicker", "@markPrice"))
+                limit = hs.quiet_freshness_s if quiet else hs.freshness_s
                 age = st.get("last_frame_age_s")
                 if not st.get("first_frame_seen"):
-                    not_ready.append(f"stream {name}: no frame yet")
-                elif age is None or age > fresh:
+                    if not quiet or uptime > limit:
+                        not_ready.append(f"stream {name}: no frame yet")
+                elif age is None or age > limit:
                     not_ready.append(f"stream {name}: last frame {age} s ago")
         if self.books is not None:
             for sym, b in self.books.stats()["symbols"].items():
@@ -222,7 +232,7 @@ class Daemon:
         return (not not_ready, {"not_ready": not_ready})
 
     def _metrics(self) -> bytes:
-        return render(self.stats, self.metrics)
+        return render(self.stats, self.metrics, ready=self.readiness)
 
     def _clock_offset_ns(self) -> int | None:
         """ns the venue clock is ahead of ours: 0 without a clock, ``None`` before its first estimate."""

@@ -144,6 +144,8 @@ class HealthSettings(_Model):
     port: Annotated[int, Field(ge=0, le=65535)] = 9108
     """0 turns the endpoint off."""
     freshness_s: PositiveFloat = 30.0
+    quiet_freshness_s: PositiveFloat = 600.0
+    """The same for trade-driven streams (trades, klines, tickers), quiet on thin contracts."""
     """/readyz wants a frame from every stream within this many seconds (liquidations exempt:
     Binance sends them only when they happen)."""
 

@@ -26,6 +26,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
+import ingestd.catalog  # noqa: F401 - registers gap, book, clock and poller records for decoding
 from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook
 from ingestd.consumers.nats import decode_message, encode_record
 from ingestd.errors import ConfigError, ParseError

@@ -26,6 +26,13 @@ from tests.ops import free_port, running, scrape, value
 SKEW_MS = -800
 """The venue's clock is 800 ms behind ours (past the 500 ms warning threshold)."""
 TOLERANCE_MS = 5.0
+"""A few ms; more only if the machine is so loaded that even the fastest round trip was slow."""
+
+
+def _bound(rtt_ms: float) -> float:
+    # The midpoint estimate is exact to within half the round trip, plus the server's ms truncation.
+    return max(TOLERANCE_MS, rtt_ms / 2 + 1.0)
+
 
 # A real USD-M aggTrade payload (shared/realdata/cryptofeed/2021-10_head/BINANCE_FUTURES.ws.1.0,
 # CTKUSDT; this product includes software developed by Bryant Moscon), moved to BTCUSDT; E and T
@@ -72,7 +79,8 @@ async def test_skewed_venue_clock_is_measured_stored_and_corrected(
             clock = daemon.clock
             assert clock is not None
             assert clock.offset_ms is not None
-            assert abs(clock.offset_ms - SKEW_MS) < TOLERANCE_MS, clock.stats()
+            assert clock.rtt_ms is not None
+            assert abs(clock.offset_ms - SKEW_MS) < _bound(clock.rtt_ms), clock.stats()
 
             # Frames stamped with the venue's (skewed) clock as they are sent.
             await wait_for(
@@ -91,12 +99,13 @@ async def test_skewed_venue_clock_is_measured_stored_and_corrected(
             )
             fams = await scrape(f"http://127.0.0.1:{port}")
             assert value(fams, "ingestd_clock_offset_seconds") == pytest.approx(
-                SKEW_MS / 1e3, abs=TOLERANCE_MS / 1e3
+                SKEW_MS / 1e3, abs=_bound(clock.rtt_ms) / 1e3
             )
-            # Corrected: recv - E + offset is the transit time, a few ms at most on 127.0.0.1.
-            assert value(fams, "ingestd_exchange_latency_seconds_bucket", channel="agg_trade", le="0.05") == 5
+            # Corrected: recv - E + offset is the transit time (ms on 127.0.0.1; bounds leave room
+            # for a loaded machine). Uncorrected, each frame would show 800 ms and more.
+            assert value(fams, "ingestd_exchange_latency_seconds_bucket", channel="agg_trade", le="0.25") == 5
             assert value(fams, "ingestd_exchange_latency_seconds_count", channel="agg_trade") == 5
-            assert value(fams, "ingestd_exchange_latency_seconds_sum", channel="agg_trade") < 0.25
+            assert value(fams, "ingestd_exchange_latency_seconds_sum", channel="agg_trade") < 0.5
             assert value(fams, "ingestd_clock_measurements_total") >= 3
 
             # The venue's clock is fixed: the episode ends, a new estimate says so.
@@ -104,7 +113,8 @@ async def test_skewed_venue_clock_is_measured_stored_and_corrected(
             sim.faults.clock_skew_ms = 0
             await wait_for(lambda: clock.measurements >= skewed + 2, 10)
             assert clock.offset_ms is not None
-            assert abs(clock.offset_ms) < TOLERANCE_MS
+            assert clock.rtt_ms is not None
+            assert abs(clock.offset_ms) < _bound(clock.rtt_ms)
         assert task.result() == 0
         measurements = clock.measurements
 
@@ -126,5 +136,5 @@ async def test_skewed_venue_clock_is_measured_stored_and_corrected(
         assert row["local_mid_ts"] < row["recv_ts"] <= row["local_mid_ts"] + row["rtt_ms"] * 1e6
         # offset = serverTime - local midpoint, as stored.
         assert (row["exchange_ts"] - row["local_mid_ts"]) / 1e6 == pytest.approx(row["offset_ms"], abs=1e-3)
-    assert all(abs(r["offset_ms"] - SKEW_MS) < TOLERANCE_MS for r in rows[:skewed])
-    assert abs(rows[-1]["offset_ms"]) < TOLERANCE_MS
+    assert all(abs(r["offset_ms"] - SKEW_MS) < _bound(r["rtt_ms"]) for r in rows[:skewed])
+    assert abs(rows[-1]["offset_ms"]) < _bound(rows[-1]["rtt_ms"])

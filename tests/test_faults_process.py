@@ -144,10 +144,10 @@ def test_sigterm_under_load_flushes_every_record_accepted_before_the_signal(
     # Nothing is flushed before the signal: one file per buffer, an hour or a million rows away.
     config = {**BASE_CONFIG, "storage": {"rotate_seconds": 3600, "rotate_rows": 1_000_000}}
     with (
-        sim_process("--speed", "10", "--resume", "continue") as (rest, ws),
+        sim_process("--speed", "20", "--resume", "continue") as (rest, ws),
         daemon_process(rest, ws, data, config, "--health-port", str(port)) as proc,
     ):
-        wait(lambda: status(port)["bus"]["consumers"]["parquet"]["put"] >= 5000, what="5,000 records in")
+        wait(lambda: status(port)["bus"]["consumers"]["parquet"]["put"] >= 3000, what="3,000 records in")
         assert parquet_files(data) == []
         before = status(port)["bus"]["consumers"]["parquet"]
         proc.send_signal(signal.SIGTERM)

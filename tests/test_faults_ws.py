@@ -140,25 +140,26 @@ async def test_tcp_stall_is_reconnected_by_the_stale_watchdog_within_its_deadlin
         daemon = Daemon(settings)
         async with running(daemon) as ev:
             await until(lambda: received_all(sim, daemon) and daemon.stats()["streams"]["frames"] >= 150)
-            stalled_at = time.monotonic()
+            stalled_ns = time.time_ns()
             assert sim.faults.stall() == 1  # this socket only: the next one is healthy
             await until(lambda: ev.count("stale") >= 1, timeout=5, what="the stale watchdog")
-            stale_at = ev.at("stale")
             await until(lambda: ev.count("connected") >= 2, what="the reconnect")
             await until(lambda: _all_in(truth, daemon, *BOOK_CHANNELS.split(",")), what="all frames")
             await until(lambda: books_synced(daemon, truth.natives), what="books resynced")
             public = _conn(daemon, PUBLIC)
         conns = sorted(sim.stats().connections, key=lambda c: c.id)
 
-    assert stale_at is not None
-    # The watchdog fires stale_after_s after the last frame, and that frame came before the stall.
-    assert stale_at - stalled_at <= stale_after + 0.25
     assert conns[0].frames_sent  # the stalled socket delivered data first: a stall mid-stream
     assert public["reconnect_reasons"].get("stale", 0) >= 1  # type: ignore[attr-defined]
     assert_storage_is_capture(data, truth, channels=BOOK_CHANNELS.split(","))
-    first = [g for g in gaps(data) if g["kind"] == "disconnect"]
+    disconnects = [g for g in gaps(data) if g["kind"] == "disconnect"]
+    assert all("stale" in g["reason"] for g in disconnects)
+    first = [g for g in disconnects if g["started_ts"] == disconnects[0]["started_ts"]]
     assert {g["native"] for g in first} == set(truth.natives)
-    assert all("stale" in g["reason"] for g in first)
+    # The watchdog fired stale_after_s after the last frame, which came just before the stall (at
+    # 20x, frames are milliseconds apart); the books' gap starts when the socket was given up.
+    waited_s = (first[0]["started_ts"] - stalled_ns) / 1e9
+    assert stale_after - 0.1 <= waited_s <= stale_after + 0.25
 
 
 @pytest.mark.asyncio
@@ -258,7 +259,7 @@ async def test_server_shutdown_reconnects_at_once(truth: CaptureTruth, tmp_path:
             public, market = _conn(daemon, PUBLIC), _conn(daemon, MARKET)
         conns = sorted(sim.stats().connections, key=lambda c: c.id)
 
-    assert reconnected_at - shutdown_at < 0.3
+    assert reconnected_at - shutdown_at < 0.5
     assert public["reconnect_reasons"] == {"server_shutdown": 1}
     assert market["reconnects"] == 0
     old, new = (c for c in conns if c.route == "/public")
@@ -289,7 +290,7 @@ async def test_server_shutdown_loses_nothing_the_venue_sent(truth: CaptureTruth,
             shutdown_at, reconnected_at = await _shutdown_mid_stream(sim, daemon, ev)
             await until(lambda: _venue_done(sim, truth), what="the end of the capture")
             await settled(daemon)
-    assert reconnected_at - shutdown_at < 0.3
+    assert reconnected_at - shutdown_at < 0.5
     assert_storage_is_capture(data, truth)
 
 
@@ -297,14 +298,14 @@ async def test_server_shutdown_loses_nothing_the_venue_sent(truth: CaptureTruth,
 async def test_rotation_before_the_24h_cut_leaves_no_gap_and_no_duplicate(
     truth: CaptureTruth, tmp_path: Path
 ) -> None:
-    """The 23 h rotation compressed to 0.4 s: make-before-break, overlap dropped by id."""
+    """The 23 h rotation compressed to 0.3 s: make-before-break, overlap dropped by id."""
     data = tmp_path / "data"
-    async with SimVenue([CF_FUTURES], speed=10, resume="continue") as sim:
+    async with SimVenue([CF_FUTURES], speed=20, resume="continue") as sim:
         settings = fault_settings(
             sim,
             data,
             snapshots=FAST_SNAPSHOTS,
-            streams={"rotate_after_s": 0.4, "first_frame_deadline_s": 1.0},
+            streams={"rotate_after_s": 0.3, "first_frame_deadline_s": 1.0},
         )
         daemon = Daemon(settings)
         async with running(daemon) as ev:

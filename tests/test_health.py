@@ -39,7 +39,7 @@ async def test_readyz_follows_book_sync_and_a_stalled_stream(bundled_capture: Pa
             symbols="BTCUSDT",
             channels="trade,book_ticker,depth_diff",
             storage={"enabled": False},
-            health={"port": port, "freshness_s": FRESHNESS_S},
+            health={"port": port, "freshness_s": FRESHNESS_S, "quiet_freshness_s": FRESHNESS_S},
         )
         daemon = Daemon(settings)
         async with running(daemon) as task:

@@ -45,6 +45,10 @@ class WsConnection(Protocol):
     async def send(self, text: str) -> None:
         """Send one text frame (control messages)."""
 
+    # Optional: ``def ready(self) -> bool`` — the next :meth:`recv` returns a data frame without
+    # waiting (one is already received and queued). The producer batches records across such
+    # frames; a connection without it gets one batch per frame.
+
     async def close(self, code: int = 1000) -> None:
         """Close the connection and release its resources. Idempotent; waits."""
 
@@ -85,6 +89,19 @@ class AiohttpConnection:
             return self._close_code
         code = self._ws.close_code
         return int(code) if code is not None else None
+
+    def ready(self) -> bool:
+        """A data frame is already queued: the next :meth:`recv` returns it without waiting.
+
+        aiohttp has no public call for this; its reader queue (``WebSocketDataQueue._buffer`` of
+        ``(message, size)``, aiohttp 3.9-3.14) is read, and anything unexpected there answers
+        ``False``, which only costs batching (one batch per frame), never a frame.
+        """
+        try:
+            head = self._ws._reader._buffer[0][0]  # private aiohttp state: see the docstring
+        except (AttributeError, IndexError, TypeError):
+            return False
+        return getattr(head, "type", None) in _DATA
 
     async def recv(self) -> bytes | None:
         msg = await self._ws.receive()
