@@ -37,6 +37,7 @@ from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
 from ingestd.producers.clock import ClockEstimate, ClockSync
 from ingestd.producers.discovery import discover
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
+from ingestd.producers.pollers import PollerSet
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
 from ingestd.producers.streams import StreamsProducer, plan_connections
@@ -78,6 +79,7 @@ class Daemon:
         self.snapshots: SnapshotProducer | None = None
         self.streams: StreamsProducer | None = None
         self.clock: ClockSync | None = None
+        self.pollers: PollerSet | None = None
         self.health: HealthServer | None = None
         self.metrics = MetricsTap(self._clock_offset_ns)
         self.notifier = SdNotifier()
@@ -196,6 +198,8 @@ class Daemon:
             out["books"] = self.books.stats()
         if self.clock is not None:
             out["clock"] = self.clock.stats()
+        if self.pollers is not None:
+            out["pollers"] = self.pollers.stats()
         if self.health is not None:
             out["health_url"] = self.health.url
         return out
@@ -319,6 +323,10 @@ class Daemon:
         elif self.snapshots is not None:
             for c in self.contracts:
                 self.snapshots.request(c.native)
+
+        if s.pollers.enabled:
+            self.pollers = PollerSet(self.rest, self.venue, self.contracts, self._emit, s.pollers)
+            self._spawn(self.pollers.run(), "pollers")
 
         stream_channels = [c for c in chans if c != "depth_snapshot"]
         if stream_channels:
@@ -517,7 +525,11 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self.clock.close()
         # Phase 1: stop intake. Producers close their sockets; nothing new enters the bus.
-        for name, part in (("streams", self.streams), ("snapshots", self.snapshots)):
+        for name, part in (
+            ("streams", self.streams),
+            ("snapshots", self.snapshots),
+            ("pollers", self.pollers),
+        ):
             if part is None:
                 continue
             try:

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ingestd.records import AnyRecord
+from ingestd.records import AnyRecord, RawFrame
 
 log = logging.getLogger("ingestd.bus")
 
@@ -48,7 +48,9 @@ class Consumer(Protocol):
         """Open files and connections. Called once before the first batch."""
 
     async def consume(self, batch: list[AnyRecord]) -> None:
-        """Handle one batch. Exceptions are counted by the bus and the runner goes on."""
+        """Handle one batch (shared with other consumers: read it, never change it).
+
+        Exceptions are counted by the bus and the runner goes on."""
 
     async def close(self) -> None:
         """Flush and release everything. Idempotent."""
@@ -114,7 +116,8 @@ class BoundedQueue:
             else:
                 self._evict(self._size + n - self.maxsize)
         self._end_episode()
-        self._batches.append(list(batch))
+        # Stored as given, not copied: batches are shared read-only (see Bus.publish).
+        self._batches.append(batch if isinstance(batch, list) else list(batch))
         self._size += n
         self.put_records += n
         self.high_water = max(self.high_water, self._size)
@@ -129,7 +132,8 @@ class BoundedQueue:
                 need -= len(head)
                 dropped += len(head)
             else:
-                del head[:need]
+                # A new list: the head may be shared with other consumers' queues.
+                self._batches[0] = head[need:]
                 dropped += need
                 need = 0
         self._size -= dropped
@@ -163,8 +167,10 @@ class BoundedQueue:
             self._not_empty.clear()
             await self._not_empty.wait()
         out = self._batches.popleft()
-        while self._batches and len(out) + len(self._batches[0]) <= self.max_batch:
-            out.extend(self._batches.popleft())
+        if self._batches and len(out) + len(self._batches[0]) <= self.max_batch:
+            out = [*out, *self._batches.popleft()]  # a new list: the batches are shared
+            while self._batches and len(out) + len(self._batches[0]) <= self.max_batch:
+                out.extend(self._batches.popleft())
         self._size -= len(out)
         self.got_records += len(out)
         if self._size + 0 < self.maxsize:
@@ -239,15 +245,24 @@ class Bus:
             a.task = asyncio.create_task(self._run(a), name=f"bus:{a.consumer.name}")
 
     async def publish(self, batch: Sequence[AnyRecord]) -> None:
-        """Offer ``batch`` to every consumer whose channels and symbols match."""
+        """Offer ``batch`` to every consumer whose channels and symbols match.
+
+        The batch is handed on without copying: one list is shared by every consumer that takes
+        all of it, so neither the publisher nor a consumer may change it afterwards.
+        """
         if self._closed or not batch:
             return
         self.published += len(batch)
+        plain: Sequence[AnyRecord] | None = None
         for a in self._attached:
             chans = a.consumer.channels
             syms = a.symbols
             if chans is None and syms is None:
-                sel: Sequence[AnyRecord] = [r for r in batch if r.channel != "raw"]
+                if plain is None:
+                    # Raw frames only exist with --raw; one scan per batch tells.
+                    has_raw = any(type(r) is RawFrame for r in batch)
+                    plain = [r for r in batch if r.channel != "raw"] if has_raw else batch
+                sel: Sequence[AnyRecord] = plain
             else:
                 sel = [
                     r

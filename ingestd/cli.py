@@ -20,7 +20,7 @@ from ingestd.errors import ConfigError, StartupError
 from ingestd.records import CHANNELS
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
-SUBCOMMANDS = ("run", "sim", "tail", "status")
+SUBCOMMANDS = ("run", "sim", "tail", "status", "collect", "report")
 
 log = logging.getLogger("ingestd.cli")
 
@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     from ingestd.observe.status import add_arguments as status_arguments  # noqa: PLC0415
 
     status_arguments(status)
+    collect = sub.add_parser("collect", help="fetch every public REST market-data endpoint once")
+    from ingestd.collect.cli import add_arguments as collect_arguments  # noqa: PLC0415
+
+    collect_arguments(collect)
+    report = sub.add_parser("report", help="PNG figures and index.html from stored data")
+    from ingestd.report.cli import add_arguments as report_arguments  # noqa: PLC0415
+
+    report_arguments(report)
     return parser
 
 
@@ -177,6 +185,21 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from ingestd.collect.cli import run  # noqa: PLC0415
+
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ingestd.report.cli import run  # noqa: PLC0415
+
+    return run(args)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from ingestd.observe.status import run  # noqa: PLC0415
 
@@ -198,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_tail(args)
     if args.command == "status":
         return _cmd_status(args)
+    if args.command == "collect":
+        return _cmd_collect(args)
+    if args.command == "report":
+        return _cmd_report(args)
     return _cmd_run(args)
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ingestd.consumers.nats import NatsSettings
 from ingestd.errors import ConfigError
+from ingestd.producers.pollers import PollerSettings
 from ingestd.records import CHANNELS
 from ingestd.shard import ShardSpec
 
@@ -179,6 +180,7 @@ class Settings(_Model):
     log: LogSettings = LogSettings()
     console: ConsoleSettings = ConsoleSettings()
     books: BookSettings = BookSettings()
+    pollers: PollerSettings = PollerSettings()
     health: HealthSettings = HealthSettings()
     clock: ClockSettings = ClockSettings()
     nats: NatsSettings = NatsSettings()
@@ -233,6 +235,8 @@ class Settings(_Model):
             bad = [c for c in self.channels if c in ("mark_price", "liquidation")]
             if bad:
                 raise ValueError(f"channel {', '.join(bad)} does not exist on binance-spot")
+            if self.pollers.enabled:
+                raise ValueError("pollers are USDⓈ-M only (venue binance-usdm)")
         return self
 
 

@@ -237,3 +237,36 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     out: Any = capsys.readouterr().out
     for flag in ("--symbols", "--channels", "--no-storage", "--json-dump", "--raw", "--hook", "--duration"):
         assert flag in out
+
+
+@pytest.mark.asyncio
+async def test_pollers_store_rest_market_data_through_the_daemon(
+    bundled_capture: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    async with SimVenue([bundled_capture], speed=0) as sim:
+        settings = settings_for(
+            sim.rest_url,
+            sim.ws_url,
+            data,
+            symbols="BTCUSDT",
+            channels="trade",
+            pollers={"premium_index_s": 1, "open_interest_s": 1, "funding_rate_s": 2},
+        )
+        daemon = Daemon(settings)
+
+        def polled() -> bool:
+            st = daemon.stats().get("pollers") or {}
+            return daemon.bus.published >= 21313 and bool(st) and st.get("records", 0) >= 3
+
+        await run_until(daemon, polled, timeout=30)
+    counts = stored_counts(data)
+    assert counts["premium_index"] >= 1
+    assert counts["open_interest"] >= 1
+    assert counts["funding_rate"] >= 1
+    funding = read_channel(data, "funding_rate").to_pylist()
+    times = [r["exchange_ts"] for r in funding]
+    assert len(times) == len(set(times))  # re-polling the same history stores no duplicates
+    (oi, *_) = read_channel(data, "open_interest").to_pylist()
+    assert oi["native"] == "BTCUSDT"
+    assert oi["symbol"] == "BTC-USDT-PERP"

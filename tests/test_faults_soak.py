@@ -49,8 +49,8 @@ def test_every_id_and_time_of_a_later_pass_is_past_the_whole_capture() -> None:
             k: v for k, v in b.items() if k not in ("E", "T", "U", "u", "pu", "a", "f", "l", "k")
         }
         if a.get("e") == "kline":
-            assert (b["k"]["t"] - a["k"]["t"]) % 60_000 == 0  # type: ignore[index]
-            assert b["k"]["o"] == a["k"]["o"]  # type: ignore[index]
+            assert (b["k"]["t"] - a["k"]["t"]) % 60_000 == 0
+            assert b["k"]["o"] == a["k"]["o"]
     snap = cap.snapshots[0]
     body0, body1 = orjson.loads(snap.body), orjson.loads(shift.snapshot(snap.body, 1))
     assert body1["lastUpdateId"] == body0["lastUpdateId"] + shift.update_ids
@@ -60,8 +60,8 @@ def test_every_id_and_time_of_a_later_pass_is_past_the_whole_capture() -> None:
 
 @pytest.mark.asyncio
 async def test_a_looped_replay_is_stored_pass_after_pass(tmp_path: Path) -> None:
-    """Three passes of the real capture: every frame sent is stored once; books resync once per
-    pass (the ids jump), from a snapshot of that pass."""
+    """Three passes of the real capture as fast as they go: every frame sent is stored once, in
+    order of ids, and nothing is taken for a duplicate."""
     data = tmp_path / "data"
     cap = load_capture(real_capture(CF_FUTURES))
     passes = 3
@@ -90,7 +90,7 @@ async def test_a_looped_replay_is_stored_pass_after_pass(tmp_path: Path) -> None
         assert len(keys) == len(set(keys)), channel
         assert len(rows) == sum(n for name, n in sent.items() if marker in name), channel
         assert len(rows) >= passes * sum(n for name, n in cap.stream_counts().items() if marker in name) - 50
-    books = stats["books"]["symbols"]
-    for native, row in books.items():
+    # A book only ever sees the ids jump between passes (a desync), never anything else.
+    for native, row in stats["books"]["symbols"].items():
         assert set(row["gaps"]) <= {"desync"}, (native, row)
-        assert row["resyncs"] == row["gaps"].get("desync", 0) >= passes - 1
+    assert len(read_rows(data, "depth_snapshot")) == daemon.stats()["snapshots"]["emitted"] >= 4

@@ -438,7 +438,11 @@ class StreamsProducer:
         rotation the other socket's reader cannot emit in between (admission order is kept).
         """
         ws = live.ws
-        ready = getattr(ws, "ready", _never_ready)
+        venue = self._venue.name
+        raw = self._raw
+        # With raw dumps on, each frame's exact bytes and then its records go out as two batches
+        # per frame, as a replayable dump has always been written (and tests pin).
+        ready = _never_ready if raw else getattr(ws, "ready", _never_ready)
         lock = slot.emit_lock
         emit = self._emit
         pending: list[AnyRecord] = []
@@ -458,10 +462,13 @@ class StreamsProducer:
                         batch, pending = pending, []
                         await emit(batch)
                     return
+                recv_ts = time.time_ns()
                 if not holding:
                     await lock.acquire()
                     holding = True
-                if self._frame(slot, live, frame, pending):
+                if raw:
+                    await emit([RawFrame(venue=venue, source=slot.source, recv_ts=recv_ts, data=frame)])
+                if self._frame(slot, live, frame, recv_ts, pending):
                     # serverShutdown: what was read goes out before the socket closes.
                     if pending:
                         batch, pending = pending, []
@@ -477,18 +484,15 @@ class StreamsProducer:
             if holding:
                 lock.release()
 
-    def _frame(self, slot: Slot, live: Live, frame: bytes, out: list[AnyRecord]) -> bool:
-        """Parse one frame and append its admitted records to ``out`` (raw frame first).
+    def _frame(self, slot: Slot, live: Live, frame: bytes, recv_ts: int, out: list[AnyRecord]) -> bool:
+        """Parse one frame and append its admitted records to ``out``.
 
         Returns ``True`` for the venue's ``serverShutdown`` notice.
         """
-        recv_ts = time.time_ns()
         now = time.monotonic()
         live.last_frame = slot.last_frame = now
         slot.frames += 1
         slot.bytes += len(frame)
-        if self._raw:
-            out.append(RawFrame(venue=self._venue.name, source=slot.source, recv_ts=recv_ts, data=frame))
         try:
             stream, records = self._parser.parse(frame, recv_ts)
         except ParseError as exc:
