@@ -178,8 +178,8 @@ class WsConnection:
             floor = self.pos - 1 if self.started else -1
             if st.resume == "continue":
                 floor = max(floor, st.position[sid])
-                if not self.started:
-                    self.loops = max(self.loops, st.passes[sid])  # go on in the same pass
+                if st.shift is not None and not self.started:
+                    self.loops = max(self.loops, st.passes[sid])  # go on in the same (shifted) pass
             else:
                 # A restarted replay: REST snapshots follow this connection's position.
                 st.position[sid] = floor
