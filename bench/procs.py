@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -30,10 +31,8 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     try:
-        import uvloop  # noqa: PLC0415 - only to report whether it is there
-
-        uv = f"yes ({uvloop.__version__})"
-    except ImportError:
+        uv = f"yes ({importlib.metadata.version('uvloop')})"
+    except importlib.metadata.PackageNotFoundError:
         uv = "no"
     versions = {}
     for mod in ("aiohttp", "msgspec", "orjson", "pyarrow"):
@@ -76,7 +75,7 @@ def spawn(
     """Start ``argv`` pinned to ``cpu`` (stdout/stderr to ``log``), in its own process group."""
     out: IO[bytes] | int = log.open("wb") if log is not None else subprocess.DEVNULL
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.Popen(  # noqa: S603 - argv is built by the benchmark itself
+    proc = subprocess.Popen(
         argv, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )
     # Pinned right after the fork: Python is still starting, no thread exists yet.
@@ -137,7 +136,7 @@ def start_sim(capture: Path, *, speed: float, cpu: int, log: Path, timeout: floa
 def get_json(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
     """GET ``url`` as JSON; ``None`` when it cannot be read (not up yet, shutting down)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - 127.0.0.1 only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             doc = json.loads(resp.read())
     except (OSError, ValueError):
         return None
@@ -148,9 +147,13 @@ def cryptofeed_python(cache: Path, log: Path) -> tuple[Path | None, str]:
     """The interpreter of a virtualenv with cryptofeed (created on first use), or the error."""
     venv = cache / "cryptofeed-venv"
     py = venv / "bin" / "python"
-    check = [str(py), "-c", "import cryptofeed, uvloop; from importlib.metadata import version; print(version('cryptofeed'))"]
+    check = [
+        str(py),
+        "-c",
+        "import cryptofeed, uvloop; from importlib.metadata import version; print(version('cryptofeed'))",
+    ]
     if py.exists():
-        done = subprocess.run(check, capture_output=True, text=True, check=False)  # noqa: S603
+        done = subprocess.run(check, capture_output=True, text=True, check=False)
         if done.returncode == 0:
             return py, done.stdout.strip()
     with log.open("w") as out:
@@ -159,11 +162,11 @@ def cryptofeed_python(cache: Path, log: Path) -> tuple[Path | None, str]:
             [str(py), "-m", "pip", "install", "-q", "cryptofeed", "uvloop"],
         ]
         for step in steps:
-            done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=False)  # noqa: S603
-            if done.returncode != 0:
+            ran = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=False)
+            if ran.returncode != 0:
                 tail = log.read_text()[-800:].strip()
-                return None, f"`{' '.join(step[-3:])}` failed ({done.returncode}): {tail}"
-    done = subprocess.run(check, capture_output=True, text=True, check=False)  # noqa: S603
-    if done.returncode != 0:
-        return None, f"cryptofeed installed but does not import: {done.stderr.strip()[-800:]}"
-    return py, done.stdout.strip()
+                return None, f"`{' '.join(step[-3:])}` failed ({ran.returncode}): {tail}"
+    final = subprocess.run(check, capture_output=True, text=True, check=False)
+    if final.returncode != 0:
+        return None, f"cryptofeed installed but does not import: {final.stderr.strip()[-800:]}"
+    return py, final.stdout.strip()

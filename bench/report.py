@@ -29,7 +29,9 @@ END: Final = "<!-- latest:end -->"
 
 def progress_line(round_no: int, run: Run) -> str:
     if not run.ok:
-        return f"  round {round_no} {run.contender:<18} FAILED: {run.error.splitlines()[0] if run.error else ''}"
+        return (
+            f"  round {round_no} {run.contender:<18} FAILED: {run.error.splitlines()[0] if run.error else ''}"
+        )
     extra = f"  ({run.error})" if run.error else ""
     return (
         f"  round {round_no} {run.contender:<18} {run.rate:>9,.0f} msg/s  {run.cpu_us:6.2f} µs/msg  "
@@ -48,7 +50,7 @@ def latency(out: Path, detail: dict[str, Any]) -> dict[str, Any]:
 
     The first 10 % of samples (and for ingestd everything before all books synced) are left
     out. exchange→hook: ``E`` is mapped to the moment the sim sent the frame (its replay clock
-    runs from ``E``), by subtracting per route the smallest receive−``E`` seen; what is left is
+    runs from ``E``), by subtracting per route the smallest receive-minus-``E`` seen; what is left is
     sim send → hook, ms pacing jitter of the sim included.
     """
     n = int(detail.get("latency_samples", 0))
@@ -67,15 +69,20 @@ def latency(out: Path, detail: dict[str, Any]) -> dict[str, Any]:
     return {
         "samples": n - skip,
         "rate": round(n / seconds) if seconds > 0 else None,
-        "recv_hook_us": {f"p{q}": round(_pct(recv, v), 1) for q, v in (("50", 0.5), ("99", 0.99), ("999", 0.999))},
-        "exchange_hook_us": {f"p{q}": round(_pct(ex, v), 1) for q, v in (("50", 0.5), ("99", 0.99), ("999", 0.999))},
+        "recv_hook_us": {
+            f"p{q}": round(_pct(recv, v), 1) for q, v in (("50", 0.5), ("99", 0.99), ("999", 0.999))
+        },
+        "exchange_hook_us": {
+            f"p{q}": round(_pct(ex, v), 1) for q, v in (("50", 0.5), ("99", 0.99), ("999", 0.999))
+        },
     }
 
 
 def latency_line(run: Run) -> str:
     lat = run.detail.get("latency") or {}
     if not run.ok or not lat:
-        return f"  latency {run.contender:<18} FAILED: {run.error.splitlines()[0] if run.error else 'no samples'}"
+        why = run.error.splitlines()[0] if run.error else "no samples"
+        return f"  latency {run.contender:<18} FAILED: {why}"
     r, e = lat["recv_hook_us"], lat["exchange_hook_us"]
     return (
         f"  latency {run.contender:<18} {lat['samples']:,} samples at {lat['rate'] or 0:,} msg/s: "
@@ -122,9 +129,15 @@ def summarize(
             "rates": [round(r.rate) for r in good],
             "errors": [r.error for r in rs if r.error],
             "raw": [
-                {"ok": r.ok, "msgs": r.msgs, "seconds": round(r.seconds, 3), "cpu_s": round(r.cpu_s, 3),
-                 "rss_mb": round(r.rss_mb, 1), "sim_cpu": round(r.sim_cpu, 2),
-                 "detail": {k: v for k, v in r.detail.items() if k != "latency"}}  # fmt: skip
+                {
+                    "ok": r.ok,
+                    "msgs": r.msgs,
+                    "seconds": round(r.seconds, 3),
+                    "cpu_s": round(r.cpu_s, 3),
+                    "rss_mb": round(r.rss_mb, 1),
+                    "sim_cpu": round(r.sim_cpu, 2),
+                    "detail": {k: v for k, v in r.detail.items() if k != "latency"},
+                }
                 for r in rs
             ],
         }
@@ -141,11 +154,13 @@ def summarize(
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": info,
         "workload": {
-            "frames": wl.frames, "symbols": len(wl.symbols), "bytes_per_frame": round(wl.bytes / wl.frames),
+            "frames": wl.frames,
+            "symbols": len(wl.symbols),
+            "bytes_per_frame": round(wl.bytes / wl.frames),
             "levels_per_diff": round(wl.levels / max(1, wl.count(("depth",))), 1),
             "mix": {"depth": 45, "aggTrade": 25, "bookTicker": 20, "markPrice": 4, "kline": 3, "ticker": 3},
             "file": wl.path.name,
-        },  # fmt: skip
+        },
         "settings": {"runs": args.runs, "quick": args.quick, "latency_seconds": args.latency_seconds},
         "seconds": round(seconds),
         "contenders": rows,
@@ -153,7 +168,7 @@ def summarize(
 
 
 def _fmt(v: float | None, spec: str) -> str:
-    return "–" if v is None or v == 0 else format(v, spec)
+    return "-" if v is None or v == 0 else format(v, spec)
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -167,17 +182,18 @@ def table(summary: dict[str, Any]) -> str:
         f"{w['levels_per_diff']} levels per depth diff; medians of {summary['settings']['runs']} alternating "
         "run(s) each.",
         "",
-        "| contender | msgs/s | CPU µs/msg | peak RSS MB | × ceiling | × cryptofeed |",
+        "| contender | msgs/s | CPU µs/msg | peak RSS MB | x ceiling | x cryptofeed |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, row in summary["contenders"].items():
+    for row in summary["contenders"].values():
         if not row["runs_ok"]:
             why = "unavailable" if any("unavailable" in e for e in row["errors"]) else "failed"
             lines.append(f"| {row['label']} | {why} | | | | |")
             continue
         lines.append(
-            f"| {row['label']} | {row['msgs_per_s']:,} | {row['cpu_us_per_msg']:.2f} | {row['peak_rss_mb']:,} "
-            f"| {_fmt(row['x_ceiling'], '.2f')} | {_fmt(row['x_cryptofeed'], '.2f')} |"
+            f"| {row['label']} | {row['msgs_per_s']:,} | {row['cpu_us_per_msg']:.2f} "
+            f"| {row['peak_rss_mb']:,} | {_fmt(row['x_ceiling'], '.2f')} "
+            f"| {_fmt(row['x_cryptofeed'], '.2f')} |"
         )
     lat = [(n, r["label"], r["latency"]) for n, r in summary["contenders"].items() if r.get("latency")]
     if lat:
@@ -188,13 +204,13 @@ def table(summary: dict[str, Any]) -> str:
             "| contender | rate msg/s | recv→hook p50 | p99 | p999 | exchange→hook p50 | p99 | p999 |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for _, label, l in lat:
-            if "recv_hook_us" not in l:
+        for _, label, lt in lat:
+            if "recv_hook_us" not in lt:
                 lines.append(f"| {label} | failed | | | | | | |")
                 continue
-            r, e = l["recv_hook_us"], l["exchange_hook_us"]
+            r, e = lt["recv_hook_us"], lt["exchange_hook_us"]
             lines.append(
-                f"| {label} | {l['rate'] or 0:,} | {r['p50']} | {r['p99']} | {r['p999']} "
+                f"| {label} | {lt['rate'] or 0:,} | {r['p50']} | {r['p99']} | {r['p999']} "
                 f"| {e['p50']} | {e['p99']} | {e['p999']} |"
             )
     return "\n".join(lines)
@@ -205,6 +221,10 @@ def update_readme(path: Path, table_md: str, summary: dict[str, Any]) -> None:
     text = path.read_text() if path.exists() else f"# Benchmarks\n\n## Latest\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text += f"\n## Latest\n\n{BEGIN}\n{END}\n"
-    block = f"{BEGIN}\n{table_md}\n\n(`python -m bench.run{' --quick' if summary['settings']['quick'] else ''}`, " \
+    block = (
+        f"{BEGIN}\n{table_md}\n\n(`python -m bench.run{' --quick' if summary['settings']['quick'] else ''}`, "
         f"{summary['seconds']} s; raw numbers in `bench/results/latest.json`.)\n{END}"
-    path.write_text(re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    )
+    path.write_text(
+        re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
+    )

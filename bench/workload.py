@@ -5,7 +5,7 @@ hftbacktest line format (``<recv_ns> <combined-stream frame>`` per line, REST de
 their own line) that this module writes into ``bench/.cache`` and reuses while its parameters
 are unchanged.
 
-Mix (per frame): 45 % depth diffs (10–40 levels per side), 25 % aggTrade, 20 % bookTicker, 4 %
+Mix (per frame): 45 % depth diffs (10-40 levels per side), 25 % aggTrade, 20 % bookTicker, 4 %
 markPrice, 3 % kline, 3 % 24hrTicker, over ``symbols`` real USDⓈ-M perpetuals (their tick and
 step decimals are from the fapi exchangeInfo in shared/realdata, cryptofeed 2021-10_head
 ``BINANCE_FUTURES.0``). Activity is Zipf-like (BTCUSDT busiest), like the real market.
@@ -15,16 +15,18 @@ templates below name theirs: hftbacktest ``usdm_btcusdt_20240808`` for depthUpda
 crypto-msg-parser for aggTrade/markPrice/24hrTicker, cryptofeed ``BINANCE_FUTURES.ws.1.0`` for
 kline). Values evolve plausibly and consistently:
 
-* each symbol keeps a true order book (integer ticks); a diff changes 10–40 levels per side near
+* each symbol keeps a true order book (integer ticks); a diff changes 10-40 levels per side near
   the top, sometimes moves the touch by one tick, and never crosses the book. Update ids are one
   global sequence (futures ids are global), and every diff's ``pu`` is the previous diff's ``u``;
 * a bookTicker shows the true top; about a third repeat the ``u`` of the symbol's last diff (so
   ingestd's book audit checks them), the others take a fresh id between diffs, like Binance;
 * trades happen at the touch with growing agg/trade ids; klines and tickers accumulate them;
 * a REST depth snapshot of the true book (``lastUpdateId`` = a diff's ``u``) is written after
-  the 3rd diff of each symbol and then every :data:`SNAPSHOT_EVERY` of its diffs, so the sim,
-  which answers ``/depth`` with the latest recorded snapshot at the replay position, always has
-  a fresh one. The bodies carry ``symbol`` (as COIN-M's do) because one file holds many symbols.
+  the 3rd diff of each symbol and then after its first diff once :data:`SNAPSHOT_EVERY` frames
+  went by, so the sim, which answers ``/depth`` with the latest recorded snapshot at the replay
+  position, always has a fresh one for every symbol, busy or not (the best
+  :data:`SNAPSHOT_LEVELS` levels a side). The bodies carry ``symbol`` (as COIN-M's do) because
+  one file holds many symbols.
 
 Timing: events arrive at ``rate`` per second of capture time (``--speed 1`` replays at that
 rate); a frame's receive time is its event time ``E`` plus a constant, so the sim's pacing
@@ -45,11 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
-VERSION: Final = 4
+VERSION: Final = 5
 """Bumped whenever the generator's output changes: the cache key includes it."""
 
-SNAPSHOT_EVERY: Final = 400
-"""A REST snapshot line per symbol every this many of its diffs."""
+SNAPSHOT_EVERY: Final = 8000
+"""A REST snapshot line per symbol at most every this many frames (of all symbols)."""
+SNAPSHOT_LEVELS: Final = 200
+"""Levels per side in a recorded snapshot (ingestd asks for 50 in the benchmark)."""
 
 RECV_DELAY_NS: Final = 2_000_000
 """Capture receive time = event time + this (a constant, so pacing follows ``E`` exactly)."""
@@ -202,6 +206,7 @@ class _Symbol:
         self.last_u = 0
         self.echoed = True
         self.last_periodic: dict[str, int] = {}
+        self.snapshot_at = 0
         self.agg_id = rng.randrange(10**8, 10**9)
         self.trade_id = rng.randrange(10**9, 4 * 10**9)
         self.minute = now_ms // 60_000
@@ -297,8 +302,13 @@ class _Symbol:
     def snapshot_json(self, e_ms: int) -> str:
         """A fapi REST depth body of the true book (plus ``symbol``, see the module doc)."""
         price, qty = self.price, self.qty
-        bids = ",".join(f'["{price(t)}","{qty(self.bids.levels[t])}"]' for t in reversed(self.bids.ticks[-1000:]))
-        asks = ",".join(f'["{price(t)}","{qty(self.asks.levels[t])}"]' for t in self.asks.ticks[:1000])
+        bids = ",".join(
+            f'["{price(t)}","{qty(self.bids.levels[t])}"]'
+            for t in reversed(self.bids.ticks[-SNAPSHOT_LEVELS:])
+        )
+        asks = ",".join(
+            f'["{price(t)}","{qty(self.asks.levels[t])}"]' for t in self.asks.ticks[:SNAPSHOT_LEVELS]
+        )
         return (
             f'{{"lastUpdateId":{self.last_u},"E":{e_ms},"T":{e_ms - 3},"symbol":"{self.native}",'
             f'"bids":[{bids}],"asks":[{asks}]}}'
@@ -391,7 +401,7 @@ def _mark_price(s: _Symbol, e_ms: int) -> str:
 def _kline(s: _Symbol, e_ms: int) -> str:
     # cryptofeed 2021-10_head BINANCE_FUTURES.ws.1.0: {"e","E","s","k":{"t","T","s","i","f","L",
     # "o","c","h","l","v","n","x","q","V","Q","B"}}
-    s._roll_minute(e_ms)  # noqa: SLF001 - the generator's own state
+    s._roll_minute(e_ms)
     start = s.minute * 60_000
     p, qd = s.pdec, s.qdec
     closed = "true" if e_ms - start >= 59_000 else "false"
@@ -436,7 +446,7 @@ def _lines(frames: int, n_symbols: int, rate: float, seed: int, stats: dict[str,
     gid = 5_123_107_852_948  # update ids: one global sequence, as on futures
     t_ns = 0
     mean_gap_ns = 1e9 / rate
-    for _ in range(frames):
+    for i in range(frames):
         t_ns += int(rng.expovariate(1.0) * mean_gap_ns)
         e_ms = start_ms + t_ns // 1_000_000
         recv = e_ms * 1_000_000 + RECV_DELAY_NS
@@ -461,9 +471,12 @@ def _lines(frames: int, n_symbols: int, rate: float, seed: int, stats: dict[str,
             s.diffs += 1
             s.echoed = False
             stats["levels"] += len(bids) + len(asks)
-            line = _depth(s, e_ms, first, gid, prev or first - 7, s.levels_json(bids, True), s.levels_json(asks, False))
+            line = _depth(
+                s, e_ms, first, gid, prev or first - 7, s.levels_json(bids, True), s.levels_json(asks, False)
+            )
             yield f"{recv} {line}\n"
-            if s.diffs == 3 or s.diffs % SNAPSHOT_EVERY == 0:
+            if s.diffs == 3 or (s.diffs > 3 and i - s.snapshot_at >= SNAPSHOT_EVERY):
+                s.snapshot_at = i
                 stats["snapshots"] += 1
                 yield f"{recv + 1000} {s.snapshot_json(e_ms)}\n"
             continue

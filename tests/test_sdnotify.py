@@ -104,7 +104,11 @@ async def test_ready_watchdog_only_while_ready_then_stopping(
             symbols="BTCUSDT",
             channels="trade,book_ticker,depth_diff",
             storage={"enabled": False},
-            health={"port": 0, "freshness_s": FRESHNESS_S, "quiet_freshness_s": FRESHNESS_S},  # no HTTP: readiness drives sd_notify alone
+            health={
+                "port": 0,
+                "freshness_s": FRESHNESS_S,
+                "quiet_freshness_s": FRESHNESS_S,
+            },  # no HTTP: readiness drives sd_notify alone
         )
         daemon = Daemon(settings)
         assert daemon.notifier.watchdog_interval_s == pytest.approx(0.05)

@@ -26,9 +26,10 @@ from ingestd.loop import loop_factory
 
 async def _reader(url: str, probe: Probe, expect: int, done: asyncio.Event) -> None:
     loads = orjson.loads
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        url, decode_text=False, compress=0, max_msg_size=4 << 20, autoping=True
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, decode_text=False, compress=0, max_msg_size=4 << 20, autoping=True) as ws,
+    ):
         while not done.is_set():
             msg = await ws.receive()
             if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -42,8 +43,7 @@ async def _reader(url: str, probe: Probe, expect: int, done: asyncio.Event) -> N
                 done.set()
 
 
-async def _main(args: argparse.Namespace) -> int:
-    routes: dict[str, list[str]] = json.loads(Path(args.streams).read_text())
+async def _main(args: argparse.Namespace, routes: dict[str, list[str]]) -> int:
     probe = Probe()
     done = asyncio.Event()
     urls = [f"{args.ws}{route}/stream?streams={'/'.join(names)}" for route, names in routes.items()]
@@ -70,7 +70,7 @@ def main() -> int:
     p.add_argument("--max-seconds", type=float, default=120.0)
     args = p.parse_args()
     with asyncio.Runner(loop_factory=loop_factory(True)) as runner:
-        rc = runner.run(_main(args))
+        rc = runner.run(_main(args, json.loads(Path(args.streams).read_text())))
     sys.stdout.flush()
     os._exit(rc)  # measured and written: skip interpreter teardown
 

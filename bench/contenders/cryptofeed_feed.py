@@ -1,3 +1,5 @@
+# mypy: ignore-missing-imports
+# (cryptofeed lives in the benchmark's own virtualenv and ships no type information)
 """cryptofeed's Binance futures feed pointed at the sim: L2 book + trades, count-only callbacks.
 
 Runs in its own virtualenv (``bench/.cache/cryptofeed-venv``, made by ``bench.run``), so it
@@ -23,13 +25,13 @@ import argparse
 import asyncio
 import os
 import time
-from typing import Any
+from typing import Any, ClassVar
 
+import cryptofeed.feed
 from cryptofeed import FeedHandler
 from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint, WSAsyncConn
 from cryptofeed.defines import L2_BOOK, TRADES
 from cryptofeed.exchanges import BinanceFutures
-import cryptofeed.feed
 
 from bench.probe import Probe
 
@@ -42,10 +44,10 @@ class _LoopbackWS(WSAsyncConn):  # type: ignore[misc]
         self.address = address
 
 
-def _feed_class(ws: str, rest: str) -> type:
+def _feed_class(ws: str, rest: str) -> Any:
     class SimBinanceFutures(BinanceFutures):  # type: ignore[misc]
-        websocket_endpoints = [WebsocketEndpoint(ws, options={"compression": None})]
-        rest_endpoints = [
+        websocket_endpoints: ClassVar[list[Any]] = [WebsocketEndpoint(ws, options={"compression": None})]
+        rest_endpoints: ClassVar[list[Any]] = [
             RestEndpoint(
                 rest,
                 routes=Routes(
@@ -127,7 +129,9 @@ def main() -> None:
     config = {"uvloop": True, "log": {"filename": args.log, "level": "WARNING"}}
     fh = FeedHandler(config=config)
     fh.add_feed(
-        feed_cls(symbols=symbols, channels=[L2_BOOK, TRADES], callbacks={L2_BOOK: on_message, TRADES: on_message})
+        feed_cls(
+            symbols=symbols, channels=[L2_BOOK, TRADES], callbacks={L2_BOOK: on_message, TRADES: on_message}
+        )
     )
     loop = asyncio.new_event_loop()  # uvloop's, through the policy FeedHandler installed
     asyncio.set_event_loop(loop)

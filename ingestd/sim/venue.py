@@ -427,7 +427,10 @@ class SimVenue:
         if symbol not in self.timeline.symbols(market):
             return 400, weight, b'{"code":-1121,"msg":"Invalid symbol."}'
         sids = self.timeline.symbol_sids(market, symbol)
-        position = max((self._state.position[s] for s in sids), default=-1)
+        # The book follows the symbol's depth-diff stream: its other streams ride another
+        # connection (USDⓈ-M /market) that, replayed as fast as read, runs ahead in capture time.
+        depth = [s for s in sids if self.timeline.streams[s].is_depth_diff] or sids
+        position = max((self._state.position[s] for s in depth), default=-1)
         body = self._books.body(market, symbol, position, live=self.resume == "continue", limit=limit)
         shift = self._state.shift
         if body is not None and shift is not None and sids:
