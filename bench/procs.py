@@ -143,15 +143,14 @@ def get_json(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def cryptofeed_python(cache: Path, log: Path) -> tuple[Path | None, str]:
-    """The interpreter of a virtualenv with cryptofeed (created on first use), or the error."""
-    venv = cache / "cryptofeed-venv"
+def side_python(cache: Path, name: str, packages: Sequence[str], log: Path) -> tuple[Path | None, str]:
+    """The interpreter of ``bench/.cache/<name>-venv`` holding ``packages`` (created on first use
+    with pip), and the first package's version; or ``None`` and why it could not be made."""
+    venv = cache / f"{name}-venv"
     py = venv / "bin" / "python"
-    check = [
-        str(py),
-        "-c",
-        "import cryptofeed, uvloop; from importlib.metadata import version; print(version('cryptofeed'))",
-    ]
+    mods = ", ".join(p.replace("-", "_") for p in packages)
+    code = f"import {mods}; from importlib.metadata import version; print(version({packages[0]!r}))"
+    check = [str(py), "-c", code]
     if py.exists():
         done = subprocess.run(check, capture_output=True, text=True, check=False)
         if done.returncode == 0:
@@ -159,14 +158,14 @@ def cryptofeed_python(cache: Path, log: Path) -> tuple[Path | None, str]:
     with log.open("w") as out:
         steps = [
             [sys.executable, "-m", "venv", str(venv)],
-            [str(py), "-m", "pip", "install", "-q", "cryptofeed", "uvloop"],
+            [str(py), "-m", "pip", "install", "-q", *packages],
         ]
         for step in steps:
             ran = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=False)
             if ran.returncode != 0:
                 tail = log.read_text()[-800:].strip()
-                return None, f"`{' '.join(step[-3:])}` failed ({ran.returncode}): {tail}"
+                return None, f"`{' '.join(step[-len(packages) - 2 :])}` failed ({ran.returncode}): {tail}"
     final = subprocess.run(check, capture_output=True, text=True, check=False)
     if final.returncode != 0:
-        return None, f"cryptofeed installed but does not import: {final.stderr.strip()[-800:]}"
+        return None, f"{packages[0]} installed but does not import: {final.stderr.strip()[-800:]}"
     return py, final.stdout.strip()

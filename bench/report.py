@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 LABELS: Final = {
     "ceiling": "(a) ceiling: aiohttp + orjson, receive and decode only",
+    "ceiling-picows": "(a') ceiling with picows instead of aiohttp",
     "ingestd": "(b) ingestd end to end, storage on, all 6 channels",
     "ingestd-nostorage": "(c) ingestd --no-storage, hook only",
     "ingestd-cf": "(b') ingestd end to end, storage on, cryptofeed's channels",

@@ -1,5 +1,3 @@
-# mypy: ignore-missing-imports
-# (cryptofeed lives in the benchmark's own virtualenv and ships no type information)
 """cryptofeed's Binance futures feed pointed at the sim: L2 book + trades, count-only callbacks.
 
 Runs in its own virtualenv (``bench/.cache/cryptofeed-venv``, made by ``bench.run``), so it
@@ -23,20 +21,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import time
 from typing import Any, ClassVar
 
-import cryptofeed.feed
-from cryptofeed import FeedHandler
-from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint, WSAsyncConn
-from cryptofeed.defines import L2_BOOK, TRADES
-from cryptofeed.exchanges import BinanceFutures
-
 from bench.probe import Probe
 
+# cryptofeed lives in the benchmark's own virtualenv and ships no type information: its names
+# are looked up at run time (typed Any) rather than imported for the type checker.
+_feed: Any = importlib.import_module("cryptofeed.feed")
+_conn: Any = importlib.import_module("cryptofeed.connection")
+_defines: Any = importlib.import_module("cryptofeed.defines")
+FeedHandler: Any = importlib.import_module("cryptofeed").FeedHandler
+BinanceFutures: Any = importlib.import_module("cryptofeed.exchanges").BinanceFutures
+RestEndpoint, Routes, WebsocketEndpoint, WSAsyncConn = (
+    _conn.RestEndpoint,
+    _conn.Routes,
+    _conn.WebsocketEndpoint,
+    _conn.WSAsyncConn,
+)
+L2_BOOK, TRADES = _defines.L2_BOOK, _defines.TRADES
 
-class _LoopbackWS(WSAsyncConn):  # type: ignore[misc]
+
+class _LoopbackWS(WSAsyncConn):  # type: ignore[misc,valid-type]
     """cryptofeed's websocket connection without its ``wss://``-only check."""
 
     def __init__(self, address: str, conn_id: str, **kwargs: Any) -> None:
@@ -86,7 +94,7 @@ def main() -> None:
     p.add_argument("--latency", action="store_true")
     args = p.parse_args()
 
-    cryptofeed.feed.WSAsyncConn = _LoopbackWS
+    _feed.WSAsyncConn = _LoopbackWS
     feed_cls = _feed_class(args.ws, args.rest)
     wanted = set(args.symbols.split(","))
     mapping = feed_cls.symbol_mapping()

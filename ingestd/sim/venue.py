@@ -427,10 +427,15 @@ class SimVenue:
         if symbol not in self.timeline.symbols(market):
             return 400, weight, b'{"code":-1121,"msg":"Invalid symbol."}'
         sids = self.timeline.symbol_sids(market, symbol)
-        # The book follows the symbol's depth-diff stream: its other streams ride another
-        # connection (USDⓈ-M /market) that, replayed as fast as read, runs ahead in capture time.
-        depth = [s for s in sids if self.timeline.streams[s].is_depth_diff] or sids
-        position = max((self._state.position[s] for s in depth), default=-1)
+        # A restarted replay answers at the position of the connection carrying the symbol's depth
+        # diffs: its other streams ride another connection (USDⓈ-M /market) that, replayed as fast
+        # as it is read, runs ahead in capture time. A live-like ("continue") venue answers "now",
+        # the furthest any of its streams got.
+        if self.resume == "restart":
+            sids_at = [s for s in sids if self.timeline.streams[s].is_depth_diff] or sids
+        else:
+            sids_at = sids
+        position = max((self._state.position[s] for s in sids_at), default=-1)
         body = self._books.body(market, symbol, position, live=self.resume == "continue", limit=limit)
         shift = self._state.shift
         if body is not None and shift is not None and sids:
