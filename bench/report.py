@@ -183,16 +183,17 @@ def table(summary: dict[str, Any]) -> str:
         f"{w['levels_per_diff']} levels per depth diff; medians of {summary['settings']['runs']} alternating "
         "run(s) each.",
         "",
-        "| contender | msgs/s | CPU µs/msg | peak RSS MB | x ceiling | x cryptofeed |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| contender | msgs/s | CPU µs/msg | msgs/s per busy core | peak RSS MB | x ceiling | x cryptofeed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in summary["contenders"].values():
         if not row["runs_ok"]:
             why = "unavailable" if any("unavailable" in e for e in row["errors"]) else "failed"
-            lines.append(f"| {row['label']} | {why} | | | | |")
+            lines.append(f"| {row['label']} | {why} | | | | | |")
             continue
         lines.append(
             f"| {row['label']} | {row['msgs_per_s']:,} | {row['cpu_us_per_msg']:.2f} "
+            f"| {round(1e6 / row['cpu_us_per_msg']):,} "
             f"| {row['peak_rss_mb']:,} | {_fmt(row['x_ceiling'], '.2f')} "
             f"| {_fmt(row['x_cryptofeed'], '.2f')} |"
         )

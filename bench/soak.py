@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyarrow as pa
 
 from ingestd.app import Daemon
 from ingestd.config import load_settings
@@ -62,6 +63,10 @@ class Sample:
 
     t_s: float
     rss_mb: float
+    py_blocks_k: int
+    """Python objects' memory blocks in use, thousands (``sys.getallocatedblocks``): grows with a leak."""
+    arrow_mb: float
+    """Bytes held by pyarrow's memory pool."""
     fds: int
     tasks: int
     frames: int
@@ -102,6 +107,8 @@ def take_sample(daemon: Daemon, started: float, prev: Sample | None) -> Sample:
     return Sample(
         t_s=round(now, 1),
         rss_mb=round(rss_mb(), 1),
+        py_blocks_k=sys.getallocatedblocks() // 1000,
+        arrow_mb=round(pa.total_allocated_bytes() / 2**20, 1),
         fds=open_fds(),
         tasks=len(asyncio.all_tasks()),
         frames=frames,
@@ -113,20 +120,29 @@ def take_sample(daemon: Daemon, started: float, prev: Sample | None) -> Sample:
     )
 
 
+COLUMNS = (
+    ("t(s)", 7, "t_s", ".0f"),
+    ("RSS MB", 7, "rss_mb", ".1f"),
+    ("blocks k", 8, "py_blocks_k", "d"),
+    ("arrow MB", 8, "arrow_mb", ".1f"),
+    ("fds", 4, "fds", "d"),
+    ("tasks", 5, "tasks", "d"),
+    ("frames", 10, "frames", "d"),
+    ("frames/s", 8, "frames_per_s", ".0f"),
+    ("stored", 10, "stored_rows", "d"),
+    ("pending", 8, "pending_rows", "d"),
+    ("queue", 6, "queue_depth", "d"),
+    ("books", 5, "synced_books", "d"),
+)
+
+
 def print_table(samples: Sequence[Sample], every: int) -> None:
-    head = (
-        f"{'t(s)':>7} {'RSS MB':>7} {'fds':>4} {'tasks':>5} {'frames':>10} {'frames/s':>8} "
-        f"{'stored':>10} {'pending':>8} {'queue':>6} {'books':>5}"
-    )
-    print(head)
+    print(" ".join(f"{title:>{width}}" for title, width, _, _ in COLUMNS))
     rows = list(samples[::every])
     if samples and rows[-1] is not samples[-1]:
         rows.append(samples[-1])
     for s in rows:
-        print(
-            f"{s.t_s:>7.0f} {s.rss_mb:>7.1f} {s.fds:>4} {s.tasks:>5} {s.frames:>10} {s.frames_per_s:>8.0f} "
-            f"{s.stored_rows:>10} {s.pending_rows:>8} {s.queue_depth:>6} {s.synced_books:>5}"
-        )
+        print(" ".join(f"{getattr(s, attr):>{width}{fmt}}" for _, width, attr, fmt in COLUMNS))
 
 
 # --------------------------------------------------------------------------- the sim process
