@@ -68,7 +68,11 @@ async def test_each_hftbacktest_capture_syncs_with_exact_audit(
             snapshots={"max_buffered_diffs": 100_000},
         )
         daemon = Daemon(settings)
-        code = await run_until(daemon, lambda: _all_sent(sim, daemon), timeout=90)
+        code = await run_until(
+            daemon,
+            lambda: _all_sent(sim, daemon) and _books(daemon)["totals"]["synced"] == 1,
+            timeout=90,
+        )
     assert code == 0
     stats = _books(daemon)
     row = stats["symbols"][native]

@@ -16,11 +16,16 @@ Layout (hive partitioning, so DuckDB, Polars and pyarrow open the tree as one da
 (pyarrow: ``ds.dataset("data", partitioning="hive")`` per channel directory, or for the whole
 tree with ``schema=`` the unified schema of the channels read.)
 
-Records are buffered per (venue, channel, symbol, date). A buffer becomes a file when it holds
-``rotate_rows`` records or is ``rotate_seconds`` old, and on :meth:`ParquetWriter.close`. Files are
-written by one flusher task that hands each buffer to a worker thread (``asyncio.to_thread``):
-building the Arrow table and the zstd Parquet write run off the event loop, and pyarrow releases
-the GIL while it compresses and writes.
+Records are buffered per (venue, channel, symbol, date). While they come in, a buffer's records
+are converted to Arrow in stages (:func:`_stage_rows`: 256 depth rows or 2,048 others, each
+conversion holding the event loop ~1 ms, or after :data:`CONVERT_AFTER_S`), so a file-to-be is
+held as compact Arrow columns, not as Python objects the cyclic GC keeps rescanning (50-level
+depth rows: ~16 bytes per level instead of ~100). A buffer becomes a file when it holds
+``rotate_rows`` records, is ``rotate_seconds`` old, when the converted rows of all buffers pass
+:data:`MAX_ARROW_BYTES` (the largest are written early: memory stays bounded whatever the
+rotation settings), and on :meth:`ParquetWriter.close`. Files are written by one flusher task
+that hands each sealed buffer to a worker thread (``asyncio.to_thread``): the zstd Parquet write
+runs off the event loop, and pyarrow releases the GIL while it compresses and writes.
 
 Crash safety: a file is written to ``.<name>.tmp`` in its final directory, fsynced, then
 ``os.replace``-d into place, so a ``kill -9`` leaves only complete files (and a temp file, which

@@ -172,8 +172,10 @@ def build_table(record_type: type[Record], records: Sequence[Record]) -> pa.Tabl
     """One Arrow table from records of one type: one pass over the records per column.
 
     Each column is converted in slices of ``SLICE_ROWS``: ``pa.array`` holds the GIL for a whole
-    call, and this runs in a worker thread beside the event loop, so slicing bounds how long the
-    loop can be kept waiting (one depth slice is ~10 ms, a whole 200k-row file would be seconds).
+    call, so slicing bounds how long the event loop can be kept waiting when this runs in a worker
+    thread (one depth slice is ~10 ms, a whole 200k-row file would be seconds). The Parquet
+    writer calls it on the loop for small stages (a few hundred rows) and in its worker thread
+    for what is left when a file is written.
     """
     arrays = []
     n = len(records)
