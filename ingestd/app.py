@@ -49,6 +49,9 @@ from ingestd.venues.binance.symbols import ContractSet
 
 log = logging.getLogger("ingestd.app")
 
+INTAKE_SHARE = 0.5
+"""Share of ``shutdown_timeout_s`` that stopping the producers may use; the rest is the drain's."""
+
 HookFunc = Callable[..., Awaitable[None]]
 
 
@@ -95,6 +98,9 @@ class Daemon:
         self._fatal: BaseException | None = None
         self._started_at = 0.0
         self._conn_events: dict[str, int] = {}
+        self.book_errors = 0
+        """Batches the order books failed on (stored anyway)."""
+        self._book_errors_in_episode = 0
         self._force = asyncio.Event() if _has_loop() else None
 
     # -- public API ---------------------------------------------------------------------------
@@ -187,6 +193,7 @@ class Daemon:
             "contracts": len(self.contracts or ()),
             "bus": self.bus.stats(),
             "connection_events": dict(self._conn_events),
+            "book_errors": self.book_errors,
         }
         if self.streams is not None:
             out["streams"] = self.streams.stats()
@@ -233,6 +240,8 @@ class Daemon:
             for sym, b in self.books.stats()["symbols"].items():
                 if b["state"] != "synced":
                     not_ready.append(f"book {sym}: {b['state']}")
+            if self._book_errors_in_episode:
+                not_ready.append(f"order books failing ({self._book_errors_in_episode} batch(es) in a row)")
         return (not not_ready, {"not_ready": not_ready})
 
     def _metrics(self) -> bytes:
@@ -395,10 +404,27 @@ class Daemon:
     async def _emit(self, batch: Sequence[AnyRecord]) -> None:
         books = self.books
         if books is not None:
-            extra = books.process(batch)
-            if extra:
-                batch = [*batch, *extra]
+            try:
+                extra = books.process(batch)
+            except Exception as exc:  # noqa: BLE001 - a book bug must not cost the batch or the daemon
+                self._book_failed(exc)
+            else:
+                if self._book_errors_in_episode:
+                    log.info(
+                        "order books process again after %d failed batch(es)", self._book_errors_in_episode
+                    )
+                    self._book_errors_in_episode = 0
+                if extra:
+                    batch = [*batch, *extra]
         await self.bus.publish(batch)
+
+    def _book_failed(self, exc: Exception) -> None:
+        """Count a BookManager failure; the traceback is logged once per episode."""
+        self.book_errors += 1
+        self._book_errors_in_episode += 1
+        if self._book_errors_in_episode == 1:
+            msg = "order-book processing failed; records are still stored, counting until it recovers"
+            log.error(msg, exc_info=exc)
 
     def _on_connection_event(self, ev: ConnectionEvent) -> None:
         self._conn_events[ev.kind.value] = self._conn_events.get(ev.kind.value, 0) + 1
@@ -515,8 +541,11 @@ class Daemon:
         deadline = self.settings.shutdown_timeout_s
         started = time.monotonic()
 
-        def left() -> float:
-            return max(0.1, deadline - (time.monotonic() - started))
+        def left(share: float = 1.0) -> float:
+            return max(0.1, deadline * share - (time.monotonic() - started))
+
+        # Stopping intake may use at most half the deadline: the rest is reserved for the drain.
+        intake = INTAKE_SHARE
 
         # systemd: STOPPING=1 as shutdown begins (TimeoutStopSec runs from here); no WATCHDOG after.
         await self.service.stopping()
@@ -533,11 +562,11 @@ class Daemon:
             if part is None:
                 continue
             try:
-                async with asyncio.timeout(left()):
+                async with asyncio.timeout(left(intake)):
                     await part.close()
             except TimeoutError:
                 log.warning("%s", PhaseTimeoutError(f"shutdown.stop_{name}", deadline))
-        cancelled = await self._cancel_tasks(left())
+        cancelled = await self._cancel_tasks(left(intake))
         # Phase 2: drain every queue and flush consumers (Parquet files completed and renamed).
         drain = asyncio.ensure_future(self.bus.close())
         waits: list[asyncio.Future[Any]] = [drain]

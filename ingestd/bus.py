@@ -197,7 +197,7 @@ class BoundedQueue:
 
 
 class _Attachment:
-    __slots__ = ("consumer", "errors", "queue", "symbols", "task")
+    __slots__ = ("consumer", "errors", "lost_at_close", "queue", "symbols", "task")
 
     def __init__(self, consumer: Consumer, queue: BoundedQueue, symbols: frozenset[str] | None) -> None:
         self.consumer = consumer
@@ -205,6 +205,7 @@ class _Attachment:
         self.symbols = symbols
         self.task: asyncio.Task[None] | None = None
         self.errors = 0
+        self.lost_at_close = 0
 
 
 class Bus:
@@ -290,7 +291,9 @@ class Bus:
     async def close(self) -> None:
         """Stop intake, let every queue drain, then close consumers. Idempotent.
 
-        The caller bounds this with its shutdown deadline and cancels on expiry.
+        The caller bounds this with its shutdown deadline and cancels on expiry: then what is
+        still queued is counted (``lost_at_close``) and logged per consumer, and every consumer is
+        still closed (each in turn, whatever the others do) before the cancellation goes on.
         """
         if self._closed:
             return
@@ -302,21 +305,44 @@ class Bus:
                 if a.task is not None:
                     await a.task
         finally:
+            cancelled = False
             for a in self._attached:
-                if a.task is not None and not a.task.done():
-                    a.task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await a.task
-                try:
-                    await a.consumer.close()
-                except Exception:
-                    log.exception("consumer %s failed to close", a.consumer.name)
+                cancelled = await self._close_one(a) or cancelled
+            if cancelled:
+                raise asyncio.CancelledError
+
+    async def _close_one(self, a: _Attachment) -> bool:
+        """Stop ``a``'s runner (counting what it never delivered) and close its consumer.
+        ``True`` when that close was cancelled."""
+        if a.task is not None and not a.task.done():
+            a.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await a.task
+        lost = len(a.queue)
+        if lost:
+            a.lost_at_close += lost
+            log.error("consumer %s: %d record(s) still queued at the shutdown deadline were not delivered",
+                      a.consumer.name, lost)  # fmt: skip
+        try:
+            await a.consumer.close()
+        except asyncio.CancelledError:
+            # A cancellation has no traceback worth logging; the consumer is named.
+            log.error("consumer %s: close cancelled (second stop request or deadline)", a.consumer.name)  # noqa: TRY400
+            return True
+        except Exception:
+            log.exception("consumer %s failed to close", a.consumer.name)
+        return False
 
     def stats(self) -> dict[str, Any]:
         return {
             "published": self.published,
             "consumers": {
-                a.consumer.name: {**a.queue.stats(), "errors": a.errors, **a.consumer.stats()}
+                a.consumer.name: {
+                    **a.queue.stats(),
+                    "errors": a.errors,
+                    "lost_at_close": a.lost_at_close,
+                    **a.consumer.stats(),
+                }
                 for a in self._attached
             },
         }

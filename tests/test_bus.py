@@ -159,3 +159,45 @@ async def test_consumer_error_is_counted_and_the_runner_goes_on() -> None:
     await bus.close()
     assert [r.trade_id for r in flaky.got if isinstance(r, Trade)] == [0, 2]
     assert bus.stats()["consumers"]["flaky"]["errors"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_drain_cut_at_the_deadline_counts_what_was_queued_and_closes_every_consumer() -> None:
+    """The shutdown deadline cancels the drain: records still queued are counted per consumer
+    (never silently gone), and every consumer is closed even if one close is itself cancelled or
+    fails."""
+
+    class Stuck(Collect):
+        async def consume(self, batch: list[AnyRecord]) -> None:
+            await asyncio.Event().wait()  # never returns
+
+    class CancelledClose(Collect):
+        async def close(self) -> None:
+            self.closed += 1
+            raise asyncio.CancelledError
+
+    class FailingClose(Collect):
+        async def close(self) -> None:
+            self.closed += 1
+            raise OSError("disk gone")
+
+    bus = Bus()
+    stuck, cancelled, failing, fine = Stuck("stuck"), CancelledClose("cc"), FailingClose("fc"), Collect("ok")
+    bus.attach(stuck, maxsize=100, policy=OverflowPolicy.BLOCK, max_batch=1)
+    for c in (cancelled, failing, fine):
+        bus.attach(c, maxsize=100, policy=OverflowPolicy.BLOCK)
+    await bus.start()
+    for i in range(10):
+        await bus.publish([trade(i)])
+    await asyncio.sleep(0.01)  # "stuck" holds one record in consume, nine stay queued
+    drain = asyncio.ensure_future(bus.close())
+    done, _ = await asyncio.wait({drain}, timeout=0.1)
+    assert not done
+    drain.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await drain
+    assert [c.closed for c in (stuck, cancelled, failing, fine)] == [1, 1, 1, 1]
+    consumers = bus.stats()["consumers"]
+    assert consumers["stuck"]["lost_at_close"] == 9
+    assert consumers["ok"]["lost_at_close"] == 0
+    assert len(fine.got) == 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections import defaultdict
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from ingestd.app import Daemon
+from ingestd.book.manager import BookManager
 from ingestd.cli import main
 from ingestd.consumers.hooks import HookContext
 from ingestd.records import Record, Trade
@@ -270,3 +272,53 @@ async def test_pollers_store_rest_market_data_through_the_daemon(
     (oi, *_) = read_channel(data, "open_interest").to_pylist()
     assert oi["native"] == "BTCUSDT"
     assert oi["symbol"] == "BTC-USDT-PERP"
+
+
+@pytest.mark.asyncio
+async def test_an_order_book_failure_costs_no_records_and_is_reported(
+    bundled_capture: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the book code (here: three batches raise) must not drop the batch nor stop the
+    daemon: every record is stored, the failures are counted, logged once per episode, and
+    /readyz says the books are failing until they process again (the book then finds the diffs
+    it missed as a sequence break and resyncs, as for any gap)."""
+    real = BookManager.process
+    calls = 0
+    readiness: list[tuple[bool, list[str]]] = []
+    holder: list[Daemon] = []
+
+    def flaky(self: BookManager, batch: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if 100 <= calls < 103:
+            raise RuntimeError("book bug")
+        if calls == 103:
+            ok, detail = holder[0].readiness()
+            readiness.append((ok, detail["not_ready"]))
+        return real(self, batch)
+
+    monkeypatch.setattr(BookManager, "process", flaky)
+    caplog.set_level(logging.INFO, logger="ingestd.app")
+    frames = capture_frames(bundled_capture)
+    expected = {"trade": len(frames["trade"]), "book_ticker": len(frames["bookTicker"]),
+                "depth_diff": len(frames["depth"])}  # fmt: skip
+    data = tmp_path / "data"
+    async with SimVenue([bundled_capture], speed=0) as sim:
+        settings = settings_for(
+            sim.rest_url, sim.ws_url, data, symbols="BTCUSDT", channels="trade,book_ticker,depth_diff"
+        )
+        daemon = Daemon(settings)
+        holder.append(daemon)
+        code = await run_until(daemon, lambda: daemon.bus.published >= sum(expected.values()), timeout=60)
+    assert code == 0
+    assert daemon.book_errors == 3
+    assert daemon.stats()["book_errors"] == 3
+    assert readiness
+    assert not readiness[0][0]
+    assert any("order books failing (3 batch(es) in a row)" in r for r in readiness[0][1])
+    assert all("order books failing" not in r for r in daemon.readiness()[1]["not_ready"])
+    assert caplog.text.count("order-book processing failed") == 1
+    assert "order books process again after 3 failed batch(es)" in caplog.text
+    counts = stored_counts(data)
+    for channel, n in expected.items():
+        assert counts[channel] == n, (channel, counts[channel], n)

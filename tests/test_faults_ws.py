@@ -20,7 +20,6 @@ from ingestd.sim import SimVenue
 from tests.faults_util import (
     CF_FUTURES,
     CaptureTruth,
-    EventTimes,
     admitted,
     assert_only_the_tail_was_lost,
     assert_storage_is_capture,
@@ -225,76 +224,93 @@ async def test_a_stream_that_never_sends_is_reported_by_name_within_its_deadline
     assert_storage_is_capture(data, truth)
 
 
-async def _shutdown_mid_stream(sim: SimVenue, daemon: Daemon, ev: EventTimes) -> tuple[float, float]:
+async def _shutdown_mid_stream(sim: SimVenue, daemon: Daemon, *, close_after: int | None = None) -> float:
     """Let frames flow, then announce serverShutdown on the public socket with frames right
     behind it (the ones that fell due while it was held): a venue that keeps sending until it
-    closes. Returns when the notice arrived and when the new socket was up."""
+    closes. With ``close_after`` the venue closes that socket (1001) that many frames after the
+    notice. Returns how long after the notice the venue saw the new socket."""
     await until(lambda: received_all(sim, daemon) and daemon.stats()["streams"]["frames"] >= 100)
     assert sim.faults.stall(route="/public") == 1
     await until(lambda: received_all(sim, daemon), what="the daemon caught up")
     await asyncio.sleep(0.1)  # at 20x, two seconds of capture fall due meanwhile
     assert sim.faults.server_shutdown(route="/public") == 1
+    if close_after is not None:
+        assert sim.faults.close(1001, after_frames=close_after, route="/public") == 1
+    noticed = time.monotonic()
     sim.faults.resume()  # the notice goes first, then every frame that fell due
-    await until(lambda: ev.count("connected") >= 3, timeout=5, what="the reconnect")
-    shutdown_at, reconnected_at = ev.at("server_shutdown"), ev.at("connected", 3)
-    assert shutdown_at is not None
-    assert reconnected_at is not None
-    return shutdown_at, reconnected_at
+    opened = await until(lambda: sim.stats().connections_total == 3, timeout=5, what="the new socket")
+    return opened - noticed
 
 
 def _shutdown_settings(sim: SimVenue, data: Path) -> Settings:
-    # A backoff delay would be drawn from 0..1000 s: a quick reconnect proves none was drawn.
+    # A backoff delay would be drawn from 0..1000 s: a quick new socket proves none was drawn.
     backoff = {"backoff_initial_s": 1000.0, "backoff_max_s": 1000.0}
     return fault_settings(sim, data, snapshots=FAST_SNAPSHOTS, streams=backoff)
 
 
 @pytest.mark.asyncio
-async def test_server_shutdown_reconnects_at_once(truth: CaptureTruth, tmp_path: Path) -> None:
+async def test_server_shutdown_rotates_at_once_and_loses_nothing_the_venue_sent(
+    truth: CaptureTruth, tmp_path: Path
+) -> None:
+    """The notice starts a make-before-break switch at once: the old socket is read until the new
+    one has proven overlap, so what the venue sent behind the notice is kept too."""
     data = tmp_path / "data"
     async with SimVenue([CF_FUTURES], speed=20, resume="continue") as sim:
         daemon = Daemon(_shutdown_settings(sim, data))
         async with running(daemon) as ev:
-            shutdown_at, reconnected_at = await _shutdown_mid_stream(sim, daemon, ev)
-            await until(
-                lambda: sim.stats().connections_total == 3 and _venue_done(sim, truth), what="the end"
-            )
-            await settled(daemon)
-            await until(lambda: books_synced(daemon, truth.natives), what="books resynced")
-            public, market = _conn(daemon, PUBLIC), _conn(daemon, MARKET)
-        conns = sorted(sim.stats().connections, key=lambda c: c.id)
-
-    assert reconnected_at - shutdown_at < 0.5
-    assert public["reconnect_reasons"] == {"server_shutdown": 1}
-    assert market["reconnects"] == 0
-    old, new = (c for c in conns if c.route == "/public")
-    assert old.injected == 1
-    assert old.frames_sent  # the notice came mid-stream
-    assert set(old.subscriptions) == set(new.subscriptions)
-
-    # The daemon kept every frame it read up to the notice and everything of the new socket. What
-    # the venue wrote behind the notice on the closing socket was never read (the daemon closes at
-    # once): those frames are the only ones missing, and each book has its gap in the log.
-    assert_only_the_tail_was_lost(data, truth, old.last, truth.channels())
-    log = gaps(data)
-    assert {g["native"] for g in log if g["kind"] == "disconnect"} == set(truth.natives)
-    assert all("server_shutdown" in g["reason"] for g in log if g["kind"] == "disconnect")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="on serverShutdown the daemon closes the socket at once and drops what the venue sent "
-    "behind the notice; needs a make-before-break rotation started by the notice (report, issue 4)",
-)
-@pytest.mark.asyncio
-async def test_server_shutdown_loses_nothing_the_venue_sent(truth: CaptureTruth, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    async with SimVenue([CF_FUTURES], speed=20, resume="continue") as sim:
-        daemon = Daemon(_shutdown_settings(sim, data))
-        async with running(daemon) as ev:
-            shutdown_at, reconnected_at = await _shutdown_mid_stream(sim, daemon, ev)
+            new_socket_after = await _shutdown_mid_stream(sim, daemon)
+            await until(lambda: ev.count("rotated") == 1, timeout=5, what="the switch")
             await until(lambda: _venue_done(sim, truth), what="the end of the capture")
             await settled(daemon)
-    assert reconnected_at - shutdown_at < 0.5
+            public, market = _conn(daemon, PUBLIC), _conn(daemon, MARKET)
+            events = dict(daemon.stats()["connection_events"])
+            books = daemon.books.stats()["symbols"] if daemon.books is not None else {}
+        conns = sorted(sim.stats().connections, key=lambda c: c.id)
+
+    assert new_socket_after < 0.5  # at once: no backoff delay (it would be 0..1000 s)
+    assert events["server_shutdown"] == 1
+    assert events["rotated"] == 1
+    assert "disconnected" not in events
+    assert public["rotations"] == 1
+    assert public["reconnects"] == market["reconnects"] == 0
+    old, new = (c for c in conns if c.route == "/public")
+    assert old.injected == 1
+    assert set(old.subscriptions) == set(new.subscriptions)
+    # The old socket went on sending after the notice, and the daemon kept reading it: storage is
+    # the capture, every frame exactly once, and no book lost its sync.
+    assert sum(old.frames_sent.values()) > 0
+    assert_storage_is_capture(data, truth)
+    assert not [g for g in gaps(data) if g["kind"] != "resync" or g["native"] not in truth.natives]
+    assert all(b["resyncs"] == 0 for b in books.values())
+
+
+@pytest.mark.parametrize("close_after", [1, 40])
+@pytest.mark.asyncio
+async def test_server_shutdown_then_close_hands_over_to_the_new_socket(
+    truth: CaptureTruth, tmp_path: Path, close_after: int
+) -> None:
+    """The venue closes the old socket soon after its notice, before or after the new socket has
+    proven overlap: the new socket takes over (no third socket, no backoff) and storage is whole."""
+    data = tmp_path / "data"
+    async with SimVenue([CF_FUTURES], speed=20, resume="continue") as sim:
+        daemon = Daemon(_shutdown_settings(sim, data))
+        async with running(daemon):
+            new_socket_after = await _shutdown_mid_stream(sim, daemon, close_after=close_after)
+            await until(lambda: _venue_done(sim, truth), what="the end of the capture")
+            await settled(daemon)
+            await until(lambda: books_synced(daemon, truth.natives), what="books synced")
+            public, market = _conn(daemon, PUBLIC), _conn(daemon, MARKET)
+            events = dict(daemon.stats()["connection_events"])
+        conns = sorted(sim.stats().connections, key=lambda c: c.id)
+
+    assert new_socket_after < 0.5
+    assert len(conns) == 3  # the rotation's socket took over; no further one was opened
+    old = next(c for c in conns if c.route == "/public")
+    assert old.close_code == 1001
+    # Either the switch was proven (a rotation) or it counts as one reconnect with books resynced.
+    assert public["rotations"] + public["reconnects"] == 1
+    assert market["reconnects"] == 0
+    assert events.get("disconnected", 0) == public["reconnects"]
     assert_storage_is_capture(data, truth)
 
 

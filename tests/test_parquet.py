@@ -603,3 +603,34 @@ async def test_writes_run_off_the_event_loop(tmp_path: Path, realdata: Path) -> 
     # Columns are converted in slices, so the GIL is handed back often (measured: the longest
     # loop stall is ~0.15 of the write; a write on the loop would stall it for all of it).
     assert max(gaps) < 0.5 * w.stats()["last_write_latency_s"]
+
+
+@pytest.mark.asyncio
+async def test_a_dead_flusher_is_restarted_at_once_and_loses_nothing(
+    tmp_path: Path, realdata: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug that kills the flusher task is noticed when it happens (logged, restarted), not at
+    shutdown: age-rotated files keep appearing and every row is written once."""
+    recs = trades(realdata, 20)
+    w = ParquetWriter(settings(tmp_path, rotate_rows=100_000, rotate_seconds=0.2))
+    real = w._seal_aged
+    calls = 0
+
+    def failing_once(now: float) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("flusher bug")
+        real(now)
+
+    monkeypatch.setattr(w, "_seal_aged", failing_once)
+    await w.start()
+    await w.consume(list[AnyRecord](recs[:10]))
+    await until(lambda: w.stats()["flusher_restarts"] == 1, timeout=3)
+    await until(lambda: w.stats()["files"] == 1, timeout=3)  # written by the new flusher, before close
+    await w.consume(list[AnyRecord](recs[10:]))
+    await w.close()
+    assert "parquet flusher died" in caplog.text
+    got = pq.read_table(parquet_files(tmp_path)).column("trade_id").to_pylist()
+    assert sorted(got) == sorted(r.trade_id for r in recs if isinstance(r, Trade))
+    assert w.stats()["dropped_rows"] == 0

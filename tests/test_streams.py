@@ -24,6 +24,7 @@ from aiohttp import web
 
 from ingestd.config import StreamSettings
 from ingestd.errors import ParseError, TransportError
+from ingestd.producers.connstate import stale_deadline
 from ingestd.producers.dedupe import Handover, HighWaterMarks, key_for
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.producers.streams import ConnectionPlan, StreamsProducer
@@ -415,7 +416,8 @@ async def test_first_frame_deadline_reports_the_silent_stream(
 async def test_stale_watchdog_reconnects(venue: Venue) -> None:
     venue.scripts = [sender(trade_frame("btcusdt@trade", 1))]  # then silent, socket left open
     venue.default = sender(trade_frame("btcusdt@trade", 2))
-    async with produce(venue, fast(stale_after_s=0.2)) as h:
+    # A trade-only connection waits 10 x stale_after_s (it may just be a quiet market).
+    async with produce(venue, fast(stale_after_s=0.02)) as h:
         await until(lambda: trade_ids(h) == [1, 2])
         stats = h.producer.stats()
     assert h.kinds()[:5] == [K.CONNECTED, K.DATA_FLOWING, K.STALE, K.DISCONNECTED, K.CONNECTED]
@@ -423,21 +425,6 @@ async def test_stale_watchdog_reconnects(venue: Venue) -> None:
     assert venue.conns[1].streams == venue.conns[0].streams == PLAN.streams
     assert venue.conns[0].closed is not None  # the stale socket was closed by us
     assert stats["connections"][PLAN.name]["reconnect_reasons"] == {"stale": 1}
-
-
-@pytest.mark.asyncio
-async def test_server_shutdown_reconnects_at_once(venue: Venue) -> None:
-    shutdown = json.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": 1723161256400}})
-    venue.scripts = [sender(trade_frame("btcusdt@trade", 1), shutdown)]
-    venue.default = sender(trade_frame("btcusdt@trade", 2))
-    # A backoff of up to 20 s would time the test out: the reconnect must not wait for it.
-    async with produce(venue, fast(backoff_initial_s=20.0, backoff_max_s=30.0)) as h:
-        await until(lambda: trade_ids(h) == [1, 2], timeout=2.0)
-    kinds = h.kinds()
-    assert kinds[:5] == [K.CONNECTED, K.DATA_FLOWING, K.SERVER_SHUTDOWN, K.DISCONNECTED, K.CONNECTED]
-    assert [e.reason for e in h.events if e.kind is K.DISCONNECTED] == ["server_shutdown"]
-    assert [n for kind, n in h.attempts_at if kind is K.CONNECTED] == [0, 0]
-    assert venue.conns[0].closed is not None
 
 
 @dataclass
@@ -545,19 +532,146 @@ async def test_a_failed_rotation_keeps_the_primary_and_retries(
     assert stats["connections"][PLAN.name]["rotations"] == 1
 
 
+SHUTDOWN = json.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": 1723161256400}})
+
+
+def notice_after(bc: Broadcast, delay: float) -> Script:
+    """``bc``'s socket, with a serverShutdown notice ``delay`` s after it opened (it keeps sending)."""
+
+    async def script(venue: Venue, ws: web.WebSocketResponse, conn: Conn, request: web.Request) -> None:
+        async def notice() -> None:
+            await asyncio.sleep(delay)
+            await ws.send_str(SHUTDOWN)
+
+        task = asyncio.create_task(notice())
+        try:
+            await bc.script(venue, ws, conn, request)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await task
+
+    return script
+
+
 @pytest.mark.asyncio
-async def test_a_repeated_server_shutdown_backs_off(venue: Venue) -> None:
-    shutdown = json.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": 1723161256400}})
-    venue.scripts = [
-        sender(trade_frame("btcusdt@trade", 1), shutdown),
-        sender(trade_frame("btcusdt@trade", 2), shutdown),
-    ]
-    venue.default = sender(trade_frame("btcusdt@trade", 3))
-    async with produce(venue, fast()) as h:
-        await until(lambda: trade_ids(h) == [1, 2, 3])
-    # First notice: at once (no delay drawn). Second within 10 s: one backoff delay drawn.
-    assert [n for kind, n in h.attempts_at if kind is K.CONNECTED] == [0, 0, 1]
-    assert [e.reason for e in h.events if e.kind is K.DISCONNECTED] == ["server_shutdown"] * 2
+async def test_server_shutdown_switches_to_a_new_socket_at_once_without_loss(venue: Venue) -> None:
+    """The notice starts a make-before-break switch now (no backoff delay: it would be 20-30 s);
+    the old socket is read until the new one overlaps, so nothing it sent after the notice is lost."""
+    bc = Broadcast("btcusdt@trade")
+    venue.scripts = [notice_after(bc, 0.1)]
+    venue.default = bc.script
+    publisher = asyncio.create_task(bc.publish(0.002))
+    try:
+        async with produce(venue, fast(backoff_initial_s=20.0, backoff_max_s=30.0)) as h:
+            await until(lambda: K.ROTATED in h.kinds(), timeout=2.0)
+            await asyncio.sleep(0.05)
+            stats = h.producer.stats()
+    finally:
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+    assert h.kinds()[:4] == [K.CONNECTED, K.DATA_FLOWING, K.SERVER_SHUTDOWN, K.ROTATED]
+    assert K.DISCONNECTED not in h.kinds()
+    ids = trade_ids(h)
+    assert ids == list(range(ids[0], ids[-1] + 1))  # no gap, no duplicate
+    old, new = venue.conns[0], venue.conns[1]
+    notice_at = old.opened + 0.1
+    assert new.opened - notice_at < 0.5
+    assert old.closed is not None
+    assert new.opened < old.closed  # make before break
+    assert "(serverShutdown)" in next(e.reason for e in h.events if e.kind is K.ROTATED)
+    conn = stats["connections"][PLAN.name]
+    assert conn["rotations"] == 1
+    assert conn["reconnects"] == 0
+
+
+@pytest.mark.asyncio
+async def test_server_shutdown_then_close_the_new_socket_takes_over(venue: Venue) -> None:
+    """The venue closes the old socket right after its notice: the rotation's socket takes over
+    (no third socket, no backoff delay) and, overlap unproven, it counts as one reconnect."""
+    venue.scripts = [sender(trade_frame("btcusdt@trade", 1), SHUTDOWN, then=close_with(1001))]
+    venue.default = sender(trade_frame("btcusdt@trade", 2))
+    async with produce(venue, fast(backoff_initial_s=20.0, backoff_max_s=30.0)) as h:
+        await until(lambda: trade_ids(h) == [1, 2], timeout=2.0)
+        await asyncio.sleep(0.1)
+        stats = h.producer.stats()
+    assert len(venue.conns) == 2
+    assert h.kinds()[:3] == [K.CONNECTED, K.DATA_FLOWING, K.SERVER_SHUTDOWN]
+    assert K.DISCONNECTED in h.kinds()
+    assert [e.reason for e in h.events if e.kind is K.DISCONNECTED] == ["close 1001"]
+    conn = stats["connections"][PLAN.name]
+    assert conn["rotations"] + conn["reconnects"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_repeated_server_shutdown_backs_off(venue: Venue, caplog: pytest.LogCaptureFixture) -> None:
+    """A notice on every new socket: the first switch is at once, a repeat within 10 s waits one
+    rotation backoff delay (the IP's connection-attempt budget would burn)."""
+    bc = Broadcast("btcusdt@trade")
+    venue.scripts = [notice_after(bc, 0.05), notice_after(bc, 0.1)]
+    venue.default = bc.script
+    publisher = asyncio.create_task(bc.publish(0.002))
+    caplog.set_level(logging.INFO, logger="ingestd.streams")
+    try:
+        async with produce(venue, fast()) as h:
+            await until(lambda: sum(k is K.ROTATED for k in h.kinds()) >= 2, timeout=3.0)
+    finally:
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+    notices = [r.getMessage() for r in caplog.records if "announced serverShutdown" in r.getMessage()]
+    assert notices[0].endswith("switching to a new socket now")
+    assert notices[1].endswith("with backoff (repeated notice)")
+    ids = trade_ids(h)
+    assert ids == list(range(ids[0], ids[-1] + 1))
+    assert K.DISCONNECTED not in h.kinds()
+
+
+def test_stale_deadline_depends_on_what_the_connection_carries() -> None:
+    """Depth, bookTicker and markPrice tick on a cadence: silence there is a stall. Trades and
+    liquidations are quiet on a thin market: such a connection waits 10x longer (keepalive pings
+    catch a dead TCP connection meanwhile)."""
+    st = fast(stale_after_s=60.0)
+    assert stale_deadline(("btcusdt@depth@100ms", "btcusdt@aggTrade"), st) == 60.0
+    assert stale_deadline(("btcusdt@bookTicker",), st) == 60.0
+    assert stale_deadline(("!markPrice@arr@1s",), st) == 60.0
+    assert stale_deadline(("btcusdt@aggTrade", "btcusdt@kline_1m"), st) == 600.0
+    assert stale_deadline(("!forceOrder@arr",), st) == 600.0
+
+
+@pytest.mark.asyncio
+async def test_back_pressure_is_not_a_stale_connection(venue: Venue) -> None:
+    """The reader waiting on a full bus for longer than ``stale_after_s`` is not a TCP stall:
+    frames wait in the socket, and no reconnect may throw them away."""
+    plan = ConnectionPlan("binance-usdm/public#0", "/public", ("btcusdt@bookTicker",), ("BTCUSDT",))
+    bc = Broadcast("btcusdt@bookTicker")
+    venue.default = bc.script
+    got: list[AnyRecord] = []
+    events: list[ConnectionEvent] = []
+
+    async def slow_emit(batch: Sequence[AnyRecord]) -> None:
+        if not got:
+            await asyncio.sleep(0.8)  # four stale deadlines
+        got.extend(batch)
+
+    producer = StreamsProducer(
+        USDM, venue.url, [plan], FakeParser(), slow_emit, fast(stale_after_s=0.2), on_event=events.append
+    )
+    publisher = asyncio.create_task(bc.publish(0.005))
+    task = asyncio.create_task(producer.run())
+    try:
+        await until(lambda: len(got) > 200, timeout=4.0)
+    finally:
+        await producer.close()
+        await task
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+    assert [e.kind for e in events] == [K.CONNECTED, K.DATA_FLOWING]
+    assert len(venue.conns) == 1
+    ids = [r.trade_id for r in got if isinstance(r, Trade)]
+    assert ids == list(range(ids[0], ids[-1] + 1))
 
 
 @pytest.mark.asyncio

@@ -191,6 +191,8 @@ class ParquetWriter:
         self.rejected_rows = 0
         self.skipped = 0
         self.stale_removed = 0
+        self.flusher_restarts = 0
+        self.unwritten_at_deadline = 0
         self.last_write_latency_s = 0.0
         self._per_channel: dict[str, list[int]] = {}
 
@@ -206,7 +208,22 @@ class ParquetWriter:
         if self.stale_removed:
             log.warning("removed %d incomplete temp file(s) left under %s", self.stale_removed, self._root)
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="parquet:flusher")
+            self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="parquet:flusher")
+        self._task.add_done_callback(self._flusher_done)
+
+    def _flusher_done(self, task: asyncio.Task[None]) -> None:
+        """A flusher that dies before close is noticed at once: logged and restarted (it only
+        writes what is sealed, so a new one goes on where it stopped)."""
+        if self._closing or task.cancelled():
+            return
+        exc = task.exception()
+        self.flusher_restarts += 1
+        if self.flusher_restarts == 1 or self.flusher_restarts % 100 == 0:
+            log.error("parquet flusher died (%d time(s)); restarting it", self.flusher_restarts, exc_info=exc)
+        self._start_flusher()
 
     async def close(self) -> None:
         """Write every buffered record, then stop. Idempotent.
@@ -224,7 +241,13 @@ class ParquetWriter:
         else:
             self._wake.set()
             try:
-                await self._task
+                # Shielded: a shutdown deadline cancels this wait, never a file being written.
+                await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                self.unwritten_at_deadline = self.pending_rows
+                msg = "parquet: stopped waiting at the shutdown deadline with %d row(s) not yet written"
+                log.error(msg, self.unwritten_at_deadline)  # noqa: TRY400 - a deadline, no traceback
+                raise
             except Exception:
                 # A bug in the flusher must not cost the buffered rows: write them from here.
                 log.exception("parquet flusher failed; writing the remaining rows directly")
@@ -565,6 +588,8 @@ class ParquetWriter:
             "write_errors": self.write_errors,
             "failing": self._failing,
             "dropped_rows": self.dropped_rows,
+            "unwritten_at_deadline": self.unwritten_at_deadline,
+            "flusher_restarts": self.flusher_restarts,
             "rejected_rows": self.rejected_rows,
             "skipped_records": self.skipped,
             "last_write_latency_s": round(self.last_write_latency_s, 6),

@@ -19,9 +19,23 @@ from ingestd.config import StreamSettings
 from ingestd.producers.dedupe import Handover, KeyFn
 from ingestd.producers.plan import ConnectionPlan
 from ingestd.producers.transport import WsConnection
+from ingestd.venues.binance.endpoints import stream_kind
 
 HANDOVER_MAX_HELD = 100_000
 """Records a rotation candidate may buffer before the switch is forced (bounds its memory)."""
+
+STEADY_KINDS = ("depth", "bookTicker", "markPrice", "rpiDepth")
+"""Stream kinds the venue pushes on a fixed cadence, trades or not: silence on them means a stall."""
+QUIET_STALE_FACTOR = 10
+"""A connection with only event-driven streams (trades, liquidations…) waits this many times
+``stale_after_s`` before it calls itself stale: a thin market is quiet, and the keepalive pings
+already catch a dead TCP connection."""
+
+
+def stale_deadline(streams: Sequence[str], settings: StreamSettings) -> float:
+    """Seconds without any frame after which a connection carrying ``streams`` is stale."""
+    steady = any(stream_kind(s).lstrip("!").startswith(STEADY_KINDS) for s in streams)
+    return settings.stale_after_s if steady else settings.stale_after_s * QUIET_STALE_FACTOR
 
 
 def _age(now: float, t: float) -> float | None:
@@ -78,8 +92,8 @@ class Live:
     """One open socket of a slot: the primary, or a rotation candidate."""
 
     __slots__ = (
-        "connected", "data_seen", "end_reason", "handover", "last_frame", "reader",
-        "silence_checked", "unseen", "ws",
+        "connected", "data_seen", "emitting", "end_reason", "handover", "last_frame", "reader",
+        "shutdown_notice", "silence_checked", "unseen", "ws",
     )  # fmt: skip
 
     def __init__(self, ws: WsConnection, streams: Sequence[str], *, candidate: bool) -> None:
@@ -90,6 +104,10 @@ class Live:
         self.unseen = set(streams)
         self.silence_checked = False
         self.end_reason: str | None = None
+        self.emitting = False
+        """The reader waits in ``emit`` (back-pressure): frames queue in the socket, not stale."""
+        self.shutdown_notice = False
+        """The venue announced ``serverShutdown`` on this socket; a rotation replaces it."""
         self.reader: asyncio.Task[None] | None = None
         self.handover: Handover | None = Handover() if candidate else None
         """Set while this socket is a rotation candidate; ``None`` once it is the primary."""
@@ -118,6 +136,7 @@ class Slot:
         self.source = plan.source(ws_url)
         self.backoff = Backoff.from_settings(settings)
         self.rotate_backoff = Backoff.from_settings(settings)
+        self.stale_after_s = stale_deadline(plan.streams, settings)
         self.state = SlotState.IDLE
         self.primary: Live | None = None
         self.candidate: Live | None = None
@@ -127,6 +146,7 @@ class Slot:
         self.rotate_at = 0.0
         self.opening: asyncio.Task[Live | None] | None = None
         self.emit_lock = asyncio.Lock()
+        self._wake: asyncio.Future[None] | None = None
         self.connects = 0
         self.reconnects = 0
         self.reasons: dict[str, int] = {}
@@ -140,6 +160,17 @@ class Slot:
         self.parse_errors = 0
         self.errors_in_episode = 0
         self.silent: tuple[str, ...] = ()
+
+    def wake_future(self) -> asyncio.Future[None]:
+        """What the controller waits on besides its deadlines; :meth:`poke` resolves it."""
+        if self._wake is None or self._wake.done():
+            self._wake = asyncio.get_running_loop().create_future()
+        return self._wake
+
+    def poke(self) -> None:
+        """Wake the controller now (a reader saw something it must act on)."""
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """The connection's part of ``stats()``."""

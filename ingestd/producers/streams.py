@@ -266,8 +266,13 @@ class StreamsProducer:
                 reader = primary.reader
                 assert reader is not None
                 if reader.done():
+                    reason = self._end_reason(slot, primary)
+                    heir = await self._heir(slot, primary, reason)
+                    if heir is not None:
+                        primary = heir
+                        continue
                     graceful = True
-                    return self._end_reason(slot, primary)
+                    return reason
                 if self._stopped():
                     graceful = True
                     return "closed"
@@ -292,7 +297,10 @@ class StreamsProducer:
     async def _watchdogs(self, slot: Slot, primary: Live, now: float) -> bool:
         """Stale and first-frame checks. ``True`` when the primary was closed as stale."""
         st = self._settings
-        if primary.end_reason is None and now - primary.last_frame >= st.stale_after_s:
+        if primary.emitting:
+            # Back-pressure: the reader waits for the bus, frames wait in the socket. Not a stall.
+            primary.last_frame = now
+        elif primary.end_reason is None and now - primary.last_frame >= slot.stale_after_s:
             quiet_for = now - primary.last_frame
             primary.end_reason = "stale"
             log.warning("%s stale: no frame for %.1f s; reconnecting", slot.plan.name, quiet_for)
@@ -344,14 +352,14 @@ class StreamsProducer:
     ) -> None:
         """Sleep until the nearest deadline, the reader ending, a connect finishing or a stop."""
         st = self._settings
-        wake = primary.last_frame + st.stale_after_s
+        wake = primary.last_frame + slot.stale_after_s
         if not primary.silence_checked:
             wake = min(wake, primary.connected + st.first_frame_deadline_s)
         if slot.candidate is not None or slot.opening is not None:
             wake = min(wake, now + ROTATION_POLL_S)
         else:
             wake = min(wake, slot.rotate_at)
-        waits: set[asyncio.Future[Any]] = {reader, self._stop_future()}
+        waits: set[asyncio.Future[Any]] = {reader, self._stop_future(), slot.wake_future()}
         if slot.opening is not None:
             waits.add(slot.opening)
         timeout = max(0.0, wake - time.monotonic())
@@ -364,15 +372,48 @@ class StreamsProducer:
         log.warning("%s: rotation attempt failed (%s); keeping the current socket, retrying in %.1f s",
                     slot.plan.name, why, delay)  # fmt: skip
 
-    async def _promote(self, slot: Slot, old: Live, new: Live) -> None:
+    async def _heir(self, slot: Slot, old: Live, reason: str) -> Live | None:
+        """The primary ended (``reason``) while a rotation was under way: the new socket, once up,
+        takes over instead of a reconnect from scratch. ``None`` when there is none."""
+        opening = slot.opening
+        if self._stopped() or (opening is None and slot.candidate is None):
+            return None
+        if opening is not None:
+            # Most likely connected moments from now: wait for it rather than open another socket.
+            waits: set[asyncio.Future[Any]] = {opening, self._stop_future()}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if not opening.done():
+                return None  # stopping: _serve's cleanup cancels it
+            slot.opening = None
+            exc = None if opening.cancelled() else opening.exception()
+            if exc is not None and not classify(exc):
+                raise _fatal(slot.plan.name, exc) from exc
+        new = slot.candidate
+        if new is None or new.reader is None or new.reader.done() or new.handover is None:
+            return None
+        proven = new.data_seen and new.handover.ready()
+        await self._promote(slot, old, new, old_ended=None if proven else reason)
+        slot.rotate_at = new.connected + self._settings.rotate_after_s
+        return new
+
+    async def _promote(self, slot: Slot, old: Live, new: Live, *, old_ended: str | None = None) -> None:
+        """Make ``new`` the primary. ``old_ended``: the old socket already ended, for that reason,
+        before overlap was proven, so this counts as a reconnect (books resync) not a rotation."""
         handover = new.handover
         assert handover is not None
-        unproven = handover.unproven()
+        unproven = handover.unproven() if new.data_seen else max(1, handover.unproven())
         # Close the old socket first, still as the primary: the frames it has read are admitted
         # and may release what the new socket buffered.
-        old.end_reason = "rotated"
+        if old.end_reason is None:
+            old.end_reason = "rotated"
         await self._close_live(old)
         async with slot.emit_lock:
+            if old_ended is not None:
+                slot.reconnects += 1
+                slot.reasons[old_ended] = slot.reasons.get(old_ended, 0) + 1
+                log.warning("%s disconnected (%s) mid-rotation; the new socket takes over, %d key(s) "
+                            "without proven overlap", slot.plan.name, old_ended, unproven)  # fmt: skip
+                self._event(Kind.DISCONNECTED, slot, reason=old_ended)
             keyfns = {name: st.keyfn for name, st in self._streams.items() if st.keyfn is not None}
             kept, dropped = self._marks.release(handover, keyfns)
             for name, n in dropped.items():
@@ -382,13 +423,20 @@ class StreamsProducer:
             slot.primary, slot.candidate = new, None
             for i in range(0, len(kept), RELEASE_BATCH):
                 await self._emit(kept[i : i + RELEASE_BATCH])
-        slot.rotations += 1
         slot.rotate_backoff.reset()
-        slot.state = SlotState.STREAMING
+        slot.immediate = False
+        slot.state = SlotState.STREAMING if new.data_seen else SlotState.CONNECTED
+        if old_ended is not None:
+            self._event(Kind.CONNECTED, slot)
+            if new.data_seen:
+                self._event(Kind.DATA_FLOWING, slot)
+            return
+        slot.rotations += 1
         age = new.connected - old.connected
+        why = " (serverShutdown)" if old.shutdown_notice else ""
         extra = f"; {unproven} key(s) switched without proven overlap" if unproven else ""
-        log.info("%s rotated to a new socket after %.0f s%s", slot.plan.name, age, extra)
-        self._event(Kind.ROTATED, slot, reason=f"after {age:.0f} s{extra}")
+        log.info("%s rotated to a new socket after %.0f s%s%s", slot.plan.name, age, why, extra)
+        self._event(Kind.ROTATED, slot, reason=f"after {age:.0f} s{why}{extra}")
 
     def _end_reason(self, slot: Slot, live: Live) -> str:
         """Why ``live``'s reader ended; raises when it ended on a fatal error."""
@@ -451,7 +499,9 @@ class StreamsProducer:
             while True:
                 if pending and (len(pending) >= EMIT_BATCH or not ready()):
                     batch, pending = pending, []
+                    live.emitting = True
                     await emit(batch)
+                    live.emitting = False
                     lock.release()
                     holding = False
                 frame = await ws.recv()
@@ -467,9 +517,12 @@ class StreamsProducer:
                     await lock.acquire()
                     holding = True
                 if raw:
+                    live.emitting = True
                     await emit([RawFrame(venue=venue, source=slot.source, recv_ts=recv_ts, data=frame)])
+                    live.emitting = False
                 if self._frame(slot, live, frame, recv_ts, pending):
-                    # serverShutdown: what was read goes out before the socket closes.
+                    # serverShutdown on a rotation candidate: what was read goes out before the
+                    # socket closes.
                     if pending:
                         batch, pending = pending, []
                         await emit(batch)
@@ -487,7 +540,7 @@ class StreamsProducer:
     def _frame(self, slot: Slot, live: Live, frame: bytes, recv_ts: int, out: list[AnyRecord]) -> bool:
         """Parse one frame and append its admitted records to ``out``.
 
-        Returns ``True`` for the venue's ``serverShutdown`` notice.
+        Returns ``True`` when the socket must close now (``serverShutdown`` on a rotation candidate).
         """
         now = time.monotonic()
         live.last_frame = slot.last_frame = now
@@ -504,8 +557,7 @@ class StreamsProducer:
         if not stream:
             return False
         if stream == SERVER_SHUTDOWN_STREAM:
-            self._server_shutdown(slot, live)
-            return True
+            return self._server_shutdown(slot, live)
         st = self._streams.get(stream)
         if st is None:
             stream = self._canonical(slot, stream)
@@ -598,18 +650,28 @@ class StreamsProducer:
         else:
             log.error("parser failed on %s; counting until a good frame", where, exc_info=exc)
 
-    def _server_shutdown(self, slot: Slot, live: Live) -> None:
-        live.end_reason = "server_shutdown"
+    def _server_shutdown(self, slot: Slot, live: Live) -> bool:
+        """The venue will close this socket. A primary keeps reading while a make-before-break
+        rotation starts at once (what the venue sends behind the notice is still read, and the new
+        socket's overlap is dropped by id); a rotation candidate is closed (the attempt is retried).
+        Returns ``True`` when ``live`` must close now."""
         if live.handover is not None:
-            return  # a rotation candidate: the attempt fails and is retried later
+            live.end_reason = "server_shutdown"
+            return True
         now = time.monotonic()
-        # Reconnect at once, as Binance asks; but a venue repeating the notice on every new socket
-        # gets the normal backoff, or the IP's connection-attempt budget would burn.
-        slot.immediate = now - slot.last_shutdown >= SHUTDOWN_REPEAT_S
+        # At once, as Binance asks; but a venue repeating the notice on every new socket gets the
+        # normal backoff, or the IP's connection-attempt budget would burn.
+        repeated = now - slot.last_shutdown < SHUTDOWN_REPEAT_S
         slot.last_shutdown = now
-        log.info("%s: venue announced serverShutdown; reconnecting%s", slot.plan.name,
-                 " now" if slot.immediate else " with backoff (repeated notice)")  # fmt: skip
+        live.shutdown_notice = True
+        slot.immediate = not repeated  # should this socket end before a new one took over
+        if slot.candidate is None and slot.opening is None:
+            slot.rotate_at = now + (slot.rotate_backoff.next_delay() if repeated else 0.0)
+            slot.poke()
+        log.info("%s: venue announced serverShutdown; switching to a new socket%s", slot.plan.name,
+                 " with backoff (repeated notice)" if repeated else " now")  # fmt: skip
         self._event(Kind.SERVER_SHUTDOWN, slot, reason="serverShutdown")
+        return False
 
     def _report_silent(self, slot: Slot, live: Live) -> None:
         silent = tuple(s for s in slot.plan.streams if s in live.unseen)
