@@ -162,6 +162,9 @@ class HookConsumer:
         self._traced: set[type[BaseException]] = set()
         self._last_overrun_log = -1e9
         self._closed = False
+        self._call_started = 0.0
+        """``loop.time()`` when the running call started (read by the guard timer)."""
+        self._guard: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Nothing to open: the hook's module was imported when it was loaded."""
@@ -178,41 +181,77 @@ class HookConsumer:
 
     async def consume(self, batch: list[AnyRecord]) -> None:
         """Call the hook once per record, in order. Never raises (except on cancellation)."""
+        loop = asyncio.get_running_loop()
+        i = 0
+        while i < len(batch):
+            i = await self._calls(batch, i, loop)
+
+    async def _calls(self, batch: list[AnyRecord], first: int, loop: asyncio.AbstractEventLoop) -> int:
+        """Call the hook on ``batch[first:]`` inside one timeout scope; returns where to go on.
+
+        Each call still gets ``timeout_s``: instead of a timer per call (measured ~10 % of a
+        hook-only run), one guard timer per scope is armed for the running call's deadline and,
+        when it fires early, re-armed for the call running then. A call past its deadline
+        expires the scope (its ``TimeoutError``); the next records get a new scope.
+        """
         func = self.func
         ctx = self.context
         two = self.passes_context
         timeout = self.timeout_s
-        for record in batch:
-            started = time.perf_counter()
-            cm = asyncio.timeout(timeout)
-            try:
-                async with cm:
-                    if two:
-                        await func(record, ctx)
+        scope = asyncio.timeout(None)
+        self._call_started = loop.time()
+        self._guard = loop.call_at(self._call_started + timeout, self._check_deadline, scope, loop)
+        i = first
+        started = time.perf_counter()
+        try:
+            async with scope:
+                for i in range(first, len(batch)):
+                    record = batch[i]
+                    started = time.perf_counter()
+                    self._call_started = loop.time()
+                    try:
+                        if two:
+                            await func(record, ctx)
+                        else:
+                            await func(record)
+                    except Exception as exc:  # noqa: BLE001 - logged in _failed; a hook error must never propagate
+                        # Isolation is the point: any hook error (its own TimeoutError too) is
+                        # counted, logged per episode, swallowed.
+                        self.errors += 1
+                        self._failed(f"{type(exc).__name__}: {exc}", exc)
                     else:
-                        await func(record)
-            except TimeoutError as exc:
-                if cm.expired():
-                    self.timeouts += 1
-                    self._failed(f"timed out after {timeout:g} s", None)
-                else:  # the hook raised TimeoutError itself: that is its own error
-                    self.errors += 1
-                    self._failed(f"{type(exc).__name__}: {exc}", exc)
-            except Exception as exc:  # noqa: BLE001 - logged in _failed; a hook error must never propagate
-                # Isolation is the point: any hook error is counted, logged per episode, swallowed.
-                self.errors += 1
-                self._failed(f"{type(exc).__name__}: {exc}", exc)
-            else:
-                if self._episode_failures:
-                    log.warning(
-                        "hook %s recovered after %d failed call(s)", self.name, self._episode_failures
-                    )
-                    self._episode_failures = 0
-            elapsed = time.perf_counter() - started
-            self.calls += 1
-            self._latencies.append(elapsed)
-            if elapsed > timeout and not cm.expired():
-                self._overrun(elapsed)
+                        if self._episode_failures:
+                            log.warning(
+                                "hook %s recovered after %d failed call(s)", self.name, self._episode_failures
+                            )
+                            self._episode_failures = 0
+                    self._called(started, timed_out=False)
+                return len(batch)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            self.timeouts += 1
+            self._failed(f"timed out after {timeout:g} s", None)
+            self._called(started, timed_out=True)
+            return i + 1
+        finally:
+            self._guard.cancel()
+
+    def _check_deadline(self, scope: asyncio.Timeout, loop: asyncio.AbstractEventLoop) -> None:
+        """The guard timer: expire ``scope`` if the running call is past its deadline, else wait
+        for that call's deadline."""
+        due = self._call_started + self.timeout_s
+        if loop.time() >= due:
+            scope.reschedule(loop.time())
+        else:
+            self._guard = loop.call_at(due, self._check_deadline, scope, loop)
+
+    def _called(self, started: float, *, timed_out: bool) -> None:
+        elapsed = time.perf_counter() - started
+        self.calls += 1
+        self._latencies.append(elapsed)
+        if elapsed > self.timeout_s and not timed_out:
+            self._overrun(elapsed)
 
     def _failed(self, what: str, exc: BaseException | None) -> None:
         self.last_error = what
