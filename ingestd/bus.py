@@ -59,6 +59,10 @@ class Consumer(Protocol):
         """A snapshot of counters for metrics and the status line."""
 
 
+CLOSE_GRACE_S = 1.0
+"""How long each consumer may take to close once the drain was cut at the shutdown deadline."""
+
+
 class QueueClosedError(RuntimeError):
     """``put`` on a closed queue."""
 
@@ -197,7 +201,7 @@ class BoundedQueue:
 
 
 class _Attachment:
-    __slots__ = ("consumer", "errors", "lost_at_close", "queue", "symbols", "task")
+    __slots__ = ("consumer", "errors", "inflight", "lost_at_close", "queue", "symbols", "task")
 
     def __init__(self, consumer: Consumer, queue: BoundedQueue, symbols: frozenset[str] | None) -> None:
         self.consumer = consumer
@@ -206,6 +210,8 @@ class _Attachment:
         self.task: asyncio.Task[None] | None = None
         self.errors = 0
         self.lost_at_close = 0
+        self.inflight = 0
+        """Records of the batch being consumed (0 between batches)."""
 
 
 class Bus:
@@ -279,6 +285,7 @@ class Bus:
             batch = await a.queue.get()
             if not batch:
                 return
+            a.inflight = len(batch)
             try:
                 await a.consumer.consume(batch)
             except asyncio.CancelledError:
@@ -287,6 +294,7 @@ class Bus:
                 # A consumer bug must not stop the others; it is counted and logged with a trace.
                 a.errors += 1
                 log.exception("consumer %s failed on a batch of %d records", a.consumer.name, len(batch))
+            a.inflight = 0
 
     async def close(self) -> None:
         """Stop intake, let every queue drain, then close consumers. Idempotent.
@@ -300,34 +308,42 @@ class Bus:
         self._closed = True
         for a in self._attached:
             a.queue.close()
+        cut = True
         try:
             for a in self._attached:
                 if a.task is not None:
                     await a.task
+            cut = False
         finally:
             cancelled = False
             for a in self._attached:
-                cancelled = await self._close_one(a) or cancelled
+                cancelled = await self._close_one(a, cut=cut) or cancelled
             if cancelled:
                 raise asyncio.CancelledError
 
-    async def _close_one(self, a: _Attachment) -> bool:
-        """Stop ``a``'s runner (counting what it never delivered) and close its consumer.
-        ``True`` when that close was cancelled."""
+    async def _close_one(self, a: _Attachment, *, cut: bool) -> bool:
+        """Stop ``a``'s runner (counting what it never delivered) and close its consumer, within
+        :data:`CLOSE_GRACE_S` when the drain was ``cut`` at the deadline. ``True`` when that
+        close was cancelled."""
         if a.task is not None and not a.task.done():
             a.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await a.task
         lost = len(a.queue)
-        if lost:
+        if lost or a.inflight:
             a.lost_at_close += lost
-            log.error("consumer %s: %d record(s) still queued at the shutdown deadline were not delivered",
-                      a.consumer.name, lost)  # fmt: skip
+            msg = "consumer %s: %d queued record(s) not delivered at the deadline (a batch of %d in consume)"
+            log.error(msg, a.consumer.name, lost, a.inflight)
         try:
-            await a.consumer.close()
+            async with asyncio.timeout(CLOSE_GRACE_S if cut else None):
+                await a.consumer.close()
+        except TimeoutError:
+            msg = "consumer %s did not close within %.1f s after the deadline"
+            log.error(msg, a.consumer.name, CLOSE_GRACE_S)  # noqa: TRY400 - a deadline, no traceback
         except asyncio.CancelledError:
             # A cancellation has no traceback worth logging; the consumer is named.
-            log.error("consumer %s: close cancelled (second stop request or deadline)", a.consumer.name)  # noqa: TRY400
+            msg = "consumer %s: close cancelled (second stop request or deadline)"
+            log.error(msg, a.consumer.name)  # noqa: TRY400
             return True
         except Exception:
             log.exception("consumer %s failed to close", a.consumer.name)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
-from ingestd.bus import BoundedQueue, Bus, OverflowPolicy, QueueClosedError
+from ingestd.bus import CLOSE_GRACE_S, BoundedQueue, Bus, OverflowPolicy, QueueClosedError
 from ingestd.records import AnyRecord, RawFrame, Trade
 
 
@@ -181,10 +182,16 @@ async def test_a_drain_cut_at_the_deadline_counts_what_was_queued_and_closes_eve
             self.closed += 1
             raise OSError("disk gone")
 
+    class SlowClose(Collect):
+        async def close(self) -> None:
+            self.closed += 1
+            await asyncio.sleep(30)  # past the deadline: cut after CLOSE_GRACE_S
+
     bus = Bus()
     stuck, cancelled, failing, fine = Stuck("stuck"), CancelledClose("cc"), FailingClose("fc"), Collect("ok")
+    slow = SlowClose("slow")
     bus.attach(stuck, maxsize=100, policy=OverflowPolicy.BLOCK, max_batch=1)
-    for c in (cancelled, failing, fine):
+    for c in (cancelled, failing, slow, fine):
         bus.attach(c, maxsize=100, policy=OverflowPolicy.BLOCK)
     await bus.start()
     for i in range(10):
@@ -194,9 +201,12 @@ async def test_a_drain_cut_at_the_deadline_counts_what_was_queued_and_closes_eve
     done, _ = await asyncio.wait({drain}, timeout=0.1)
     assert not done
     drain.cancel()
+    cut_at = time.monotonic()
     with pytest.raises(asyncio.CancelledError):
         await drain
-    assert [c.closed for c in (stuck, cancelled, failing, fine)] == [1, 1, 1, 1]
+    # Each close after the cut is bounded: the slow one costs CLOSE_GRACE_S, not 30 s.
+    assert time.monotonic() - cut_at < CLOSE_GRACE_S + 0.5
+    assert [c.closed for c in (stuck, cancelled, failing, slow, fine)] == [1, 1, 1, 1, 1]
     consumers = bus.stats()["consumers"]
     assert consumers["stuck"]["lost_at_close"] == 9
     assert consumers["ok"]["lost_at_close"] == 0

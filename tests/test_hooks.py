@@ -272,3 +272,30 @@ async def test_a_misbehaving_hook_does_not_slow_storage_on_the_bus(
     assert hs["errors"] + hs["timeouts"] == hs["calls"]  # every call failed, none propagated
     assert hs["dropped"] + hs["calls"] == len(recs)
     assert len([r for r in caplog.records if "failed:" in r.getMessage()]) == 1  # one episode
+
+
+@pytest.mark.asyncio
+async def test_a_timeout_lands_on_the_slow_call_never_on_the_next(realdata: Path) -> None:
+    """The loop is blocked (by something else) across a call's deadline, and the call's own
+    wake-up is queued before the deadline's: the call returns late (an overrun) and the next
+    call must run to its end, not inherit the expiry."""
+    recs = trades(realdata, 3)
+    done: list[int] = []
+
+    async def hook(record: Record) -> None:
+        i = recs.index(record)
+        await asyncio.sleep(0.048 if i == 0 else 0.001)
+        done.append(i)
+
+    async def block_the_loop() -> None:
+        await asyncio.sleep(0.02)
+        time.sleep(0.06)  # from 0.02 to 0.08 s: past the 0.048 s wake-up and the 0.05 s deadline
+
+    h = HookConsumer("h", hook, channels=None, timeout_s=0.05, context=HookContext())
+    blocker = asyncio.create_task(block_the_loop())
+    await h.consume(list[AnyRecord](recs))
+    await blocker
+    assert done[-2:] == [1, 2]  # record 0 may time out or overrun; 1 and 2 always complete
+    st = h.stats()
+    assert st["calls"] == 3
+    assert st["timeouts"] + st["overruns"] <= 1

@@ -119,6 +119,7 @@ class Venue:
     default: Script | None = None
     conns: list[Conn] = field(default_factory=list)
     autoping: bool = True
+    autoclose: bool = True
     heartbeat: float | None = None
     runner: web.AppRunner | None = None
     url: str = ""
@@ -128,7 +129,7 @@ class Venue:
             raise web.HTTPNotFound
         if request.path.startswith("/busy"):
             raise web.HTTPServiceUnavailable
-        ws = web.WebSocketResponse(autoping=self.autoping, heartbeat=self.heartbeat)
+        ws = web.WebSocketResponse(autoping=self.autoping, heartbeat=self.heartbeat, autoclose=self.autoclose)
         await ws.prepare(request)
         conn = Conn(
             len(self.conns),
@@ -602,6 +603,44 @@ async def test_server_shutdown_then_close_the_new_socket_takes_over(venue: Venue
     assert [e.reason for e in h.events if e.kind is K.DISCONNECTED] == ["close 1001"]
     conn = stats["connections"][PLAN.name]
     assert conn["rotations"] + conn["reconnects"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_candidate_that_announces_server_shutdown_is_never_promoted(venue: Venue) -> None:
+    """The rotation's new socket gets its own notice and then takes long to finish the close
+    handshake; meanwhile the primary catches up. The dying socket must not take over (the old one
+    would be closed and the new one's frames lost): the attempt fails, a later one succeeds.
+    (The controller now drops a candidate as soon as it announced the notice; in this timing
+    the old code also happened to drop it, so this pins the outcome, not the exact race.)"""
+    bc = Broadcast("btcusdt@trade", lags={0: 0.3})  # proof comes 0.3 s after the new socket opens
+
+    async def dying(v: Venue, ws: web.WebSocketResponse, conn: Conn, request: web.Request) -> None:
+        pump = asyncio.create_task(bc.script(v, ws, conn, request))
+        await asyncio.sleep(0.05)
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await pump
+        await ws.send_str(SHUTDOWN)
+        async for _ in ws:  # the client's close frame ends this (autoclose off: no reply yet)
+            pass
+        await asyncio.sleep(1.5)  # the close handshake drags on
+
+    venue.autoclose = False
+    venue.scripts = [bc.script, dying]
+    venue.default = bc.script
+    publisher = asyncio.create_task(bc.publish(0.002))
+    try:
+        async with produce(venue, fast(rotate_after_s=0.2, first_frame_deadline_s=1.0)) as h:
+            await until(lambda: K.ROTATED in h.kinds(), timeout=5.0)
+            await asyncio.sleep(0.1)
+    finally:
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+    ids = trade_ids(h)
+    assert ids == list(range(ids[0], ids[-1] + 1))  # no gap
+    assert K.DISCONNECTED not in h.kinds()
+    assert len(venue.conns) >= 3  # the dying socket was dropped; a third one took over
 
 
 @pytest.mark.asyncio

@@ -35,6 +35,8 @@ HookFunc = Callable[..., Awaitable[Any]]
 
 _LATENCY_WINDOW: Final = 2048
 _OVERRUN_LOG_EVERY_S: Final = 60.0
+GUARD_SLACK_S: Final = 0.001
+"""uvloop fires timers up to ~0.5 ms early: within this of the deadline counts as reached."""
 
 
 class BookSource(Protocol):
@@ -165,6 +167,8 @@ class HookConsumer:
         self._call_started = 0.0
         """``loop.time()`` when the running call started (read by the guard timer)."""
         self._guard: asyncio.TimerHandle | None = None
+        self._expiring = False
+        """The guard queued the scope's expiry for the running call."""
 
     async def start(self) -> None:
         """Nothing to open: the hook's module was imported when it was loaded."""
@@ -199,6 +203,7 @@ class HookConsumer:
         two = self.passes_context
         timeout = self.timeout_s
         scope = asyncio.timeout(None)
+        self._expiring = False
         self._call_started = loop.time()
         self._guard = loop.call_at(self._call_started + timeout, self._check_deadline, scope, loop)
         i = first
@@ -214,9 +219,13 @@ class HookConsumer:
                             await func(record, ctx)
                         else:
                             await func(record)
+                        if self._expiring:
+                            self._late_return(scope, loop)
                     except Exception as exc:  # noqa: BLE001 - logged in _failed; a hook error must never propagate
                         # Isolation is the point: any hook error (its own TimeoutError too) is
                         # counted, logged per episode, swallowed.
+                        if self._expiring:
+                            self._late_return(scope, loop)
                         self.errors += 1
                         self._failed(f"{type(exc).__name__}: {exc}", exc)
                     else:
@@ -241,10 +250,22 @@ class HookConsumer:
         """The guard timer: expire ``scope`` if the running call is past its deadline, else wait
         for that call's deadline."""
         due = self._call_started + self.timeout_s
-        if loop.time() >= due:
+        if loop.time() >= due - GUARD_SLACK_S:
+            # Expiry is queued (call_soon); should the call return first, _late_return withdraws
+            # it, or it would cancel the next call instead.
+            self._expiring = True
             scope.reschedule(loop.time())
         else:
             self._guard = loop.call_at(due, self._check_deadline, scope, loop)
+
+    def _late_return(self, scope: asyncio.Timeout, loop: asyncio.AbstractEventLoop) -> None:
+        """The running call returned after its expiry was queued but before it ran: withdraw it
+        (the call counts as an overrun) and guard the next call."""
+        self._expiring = False
+        if scope.expired():  # already delivered (a hook that swallowed the cancellation)
+            return
+        scope.reschedule(None)
+        self._guard = loop.call_at(loop.time() + self.timeout_s, self._check_deadline, scope, loop)
 
     def _called(self, started: float, *, timed_out: bool) -> None:
         elapsed = time.perf_counter() - started

@@ -92,8 +92,8 @@ class Live:
     """One open socket of a slot: the primary, or a rotation candidate."""
 
     __slots__ = (
-        "connected", "data_seen", "emitting", "end_reason", "handover", "last_frame", "reader",
-        "shutdown_notice", "silence_checked", "unseen", "ws",
+        "busy_at", "connected", "data_seen", "emitting", "end_reason", "handover", "last_frame",
+        "reader", "shutdown_notice", "silence_checked", "unseen", "ws",
     )  # fmt: skip
 
     def __init__(self, ws: WsConnection, streams: Sequence[str], *, candidate: bool) -> None:
@@ -105,12 +105,20 @@ class Live:
         self.silence_checked = False
         self.end_reason: str | None = None
         self.emitting = False
-        """The reader waits in ``emit`` (back-pressure): frames queue in the socket, not stale."""
+        """The reader waits in ``emit`` or for the emit lock (back-pressure, a rotation's other
+        reader): frames queue in the socket, which is not a stall."""
+        self.busy_at = 0.0
+        """When the watchdog last saw the reader waiting so (staleness counts from the later of
+        this and ``last_frame``; ``last_frame`` itself stays the last frame read)."""
         self.shutdown_notice = False
         """The venue announced ``serverShutdown`` on this socket; a rotation replaces it."""
         self.reader: asyncio.Task[None] | None = None
         self.handover: Handover | None = Handover() if candidate else None
         """Set while this socket is a rotation candidate; ``None`` once it is the primary."""
+
+    def heard_at(self) -> float:
+        """Since when the connection counts as quiet."""
+        return max(self.last_frame, self.busy_at)
 
     def overfull(self) -> bool:
         """The candidate buffers so much that the old socket is far behind: switch now."""

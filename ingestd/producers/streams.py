@@ -166,7 +166,9 @@ class StreamsProducer:
         try:
             while not self._stopping:
                 if slot.connects or slot.connect_failures:
-                    delay = 0.0 if slot.immediate else slot.backoff.next_delay()
+                    # At once only right after a serverShutdown notice (not hours later).
+                    fresh = time.monotonic() - slot.last_shutdown < SHUTDOWN_REPEAT_S * 6
+                    delay = 0.0 if slot.immediate and fresh else slot.backoff.next_delay()
                     slot.immediate = False
                     if delay > 0:
                         slot.state = SlotState.BACKOFF
@@ -299,9 +301,9 @@ class StreamsProducer:
         st = self._settings
         if primary.emitting:
             # Back-pressure: the reader waits for the bus, frames wait in the socket. Not a stall.
-            primary.last_frame = now
-        elif primary.end_reason is None and now - primary.last_frame >= slot.stale_after_s:
-            quiet_for = now - primary.last_frame
+            primary.busy_at = now
+        elif primary.end_reason is None and now - primary.heard_at() >= slot.stale_after_s:
+            quiet_for = now - primary.heard_at()
             primary.end_reason = "stale"
             log.warning("%s stale: no frame for %.1f s; reconnecting", slot.plan.name, quiet_for)
             self._event(Kind.STALE, slot, reason=f"no frame for {quiet_for:.1f} s")
@@ -332,9 +334,10 @@ class StreamsProducer:
         # The hand-over deadline reuses the first-frame deadline: a socket that has not proven
         # itself by then is not going to.
         handover_by = cand.connected + self._settings.first_frame_deadline_s
-        if cand.reader.done():
-            reason = self._end_reason(slot, cand)
-            await self._close_live(cand)
+        if cand.reader.done() or cand.end_reason is not None:
+            # Ended, or ending (its own serverShutdown: the reader waits out the close handshake).
+            reason = self._end_reason(slot, cand) if cand.reader.done() else cand.end_reason
+            await self._close_live(cand, cancel=True)
             slot.candidate = None
             self._rotation_failed(slot, primary, f"new socket ended ({reason})")
         elif cand.handover_ready(primary) or (cand.data_seen and (now >= handover_by or cand.overfull())):
@@ -352,7 +355,7 @@ class StreamsProducer:
     ) -> None:
         """Sleep until the nearest deadline, the reader ending, a connect finishing or a stop."""
         st = self._settings
-        wake = primary.last_frame + slot.stale_after_s
+        wake = primary.heard_at() + slot.stale_after_s
         if not primary.silence_checked:
             wake = min(wake, primary.connected + st.first_frame_deadline_s)
         if slot.candidate is not None or slot.opening is not None:
@@ -390,6 +393,8 @@ class StreamsProducer:
                 raise _fatal(slot.plan.name, exc) from exc
         new = slot.candidate
         if new is None or new.reader is None or new.reader.done() or new.handover is None:
+            return None
+        if new.end_reason is not None:  # it got its own serverShutdown: no heir
             return None
         proven = new.data_seen and new.handover.ready()
         await self._promote(slot, old, new, old_ended=None if proven else reason)
@@ -514,7 +519,9 @@ class StreamsProducer:
                     return
                 recv_ts = time.time_ns()
                 if not holding:
+                    live.emitting = True  # the other reader of a rotation may hold the lock
                     await lock.acquire()
+                    live.emitting = False
                     holding = True
                 if raw:
                     live.emitting = True
@@ -666,7 +673,9 @@ class StreamsProducer:
         live.shutdown_notice = True
         slot.immediate = not repeated  # should this socket end before a new one took over
         if slot.candidate is None and slot.opening is None:
-            slot.rotate_at = now + (slot.rotate_backoff.next_delay() if repeated else 0.0)
+            slot.rotate_at = min(
+                slot.rotate_at, now + (slot.rotate_backoff.next_delay() if repeated else 0.0)
+            )
             slot.poke()
         log.info("%s: venue announced serverShutdown; switching to a new socket%s", slot.plan.name,
                  " with backoff (repeated notice)" if repeated else " now")  # fmt: skip
