@@ -26,6 +26,9 @@ LABELS: Final = {
 }
 BEGIN: Final = "<!-- latest:begin -->"
 END: Final = "<!-- latest:end -->"
+PERF_BEGIN: Final = "<!-- perf:begin -->"
+PERF_END: Final = "<!-- perf:end -->"
+"""The top-level README's "Performance" quote of the table (full runs only)."""
 
 
 def progress_line(round_no: int, run: Run) -> str:
@@ -218,14 +221,22 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path, table_md: str, summary: dict[str, Any]) -> None:
-    """Replace the text between the "Latest" markers of ``path`` with ``table_md``."""
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n## Latest\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text += f"\n## Latest\n\n{BEGIN}\n{END}\n"
+def update_readme(
+    path: Path, table_md: str, summary: dict[str, Any], *, begin: str = BEGIN, end: str = END
+) -> None:
+    """Replace the text between the markers ``begin`` and ``end`` of ``path`` with ``table_md``
+    (bench/README.md's "Latest" section gets the markers appended when it has none)."""
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n## Latest\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        if begin != BEGIN:
+            return
+        text += f"\n## Latest\n\n{begin}\n{end}\n"
     block = (
-        f"{BEGIN}\n{table_md}\n\n(`python -m bench.run{' --quick' if summary['settings']['quick'] else ''}`, "
-        f"{summary['seconds']} s; raw numbers in `bench/results/latest.json`.)\n{END}"
+        f"{begin}\n{table_md}\n\n(`python -m bench.run{' --quick' if summary['settings']['quick'] else ''}`, "
+        f"{summary['seconds']} s; raw numbers in `bench/results/latest.json`.)\n{end}"
+    )
+    path.write_text(
+        re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.DOTALL)
     )
     path.write_text(
         re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
