@@ -33,5 +33,9 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+## Soak: the sim loops the bundled capture, ingestd stores it; memory, handles and counts checked.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes 10
+
 clean:
 	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache

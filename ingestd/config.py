@@ -42,7 +42,8 @@ class StreamSettings(_Model):
     first_frame_deadline_s: PositiveFloat = 30.0
     """A subscribed stream that sends nothing for this long after connecting is reported."""
     stale_after_s: PositiveFloat = 60.0
-    """A connection with no frame at all for this long is reconnected (TCP stall watchdog)."""
+    """A connection with no frame at all for this long is reconnected (TCP stall watchdog); one
+    carrying only event-driven streams (trades, liquidations, klines, tickers) waits 10x as long."""
     rotate_after_s: PositiveFloat = 23 * 3600.0
     """Proactive make-before-break reconnect, before Binance's 24 h cut."""
     backoff_initial_s: PositiveFloat = 0.5
