@@ -37,15 +37,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import msgspec.inspect as mi
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ingestd.records import Record
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 PARTITION_COLUMNS: Final = ("venue", "channel", "symbol")
 """Stored in the directory names, never inside a file."""
@@ -208,6 +210,9 @@ def open_dataset(data_dir: str | os.PathLike[str], channel: str | None = None) -
     schemas = [pq.read_schema(f).remove_metadata() for f in files]
     stored = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
     schema = pa.schema([f.with_nullable(True) for f in stored] + list(PARTITIONING))
+    # Imported here: pyarrow.dataset costs ~18 MB of RSS, and the daemon never reads datasets.
+    import pyarrow.dataset as ds  # noqa: PLC0415
+
     return ds.dataset(
         files,
         schema=schema,
