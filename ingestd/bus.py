@@ -219,6 +219,8 @@ class Bus:
 
     def __init__(self) -> None:
         self._attached: list[_Attachment] = []
+        self._offer: list[_Attachment] = []
+        """``_attached`` in publishing order: non-blocking queues first."""
         self._started = False
         self._closed = False
         self.published = 0
@@ -237,6 +239,9 @@ class Bus:
             raise RuntimeError("attach consumers before the bus starts")
         q = BoundedQueue(consumer.name, maxsize, policy, max_batch)
         self._attached.append(_Attachment(consumer, q, symbols))
+        # Offer batches to consumers that never wait first: a blocking queue that is full (storage
+        # behind) then holds up only the publisher, not what the hooks and the NATS publisher get.
+        self._offer = sorted(self._attached, key=lambda a: a.queue.policy is OverflowPolicy.BLOCK)
         return q
 
     @property
@@ -261,7 +266,7 @@ class Bus:
             return
         self.published += len(batch)
         plain: Sequence[AnyRecord] | None = None
-        for a in self._attached:
+        for a in self._offer:
             chans = a.consumer.channels
             syms = a.symbols
             if chans is None and syms is None:

@@ -211,3 +211,35 @@ async def test_a_drain_cut_at_the_deadline_counts_what_was_queued_and_closes_eve
     assert consumers["stuck"]["lost_at_close"] == 9
     assert consumers["ok"]["lost_at_close"] == 0
     assert len(fine.got) == 10
+
+
+@pytest.mark.asyncio
+async def test_a_full_blocking_queue_does_not_delay_the_other_consumers() -> None:
+    """Storage (block) attached first and stuck: a new batch still reaches the hook (drop_oldest)
+    at once; only the publisher waits for storage."""
+
+    class Stuck(Collect):
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.release = asyncio.Event()
+
+        async def consume(self, batch: list[AnyRecord]) -> None:
+            await self.release.wait()
+            await super().consume(batch)
+
+    bus = Bus()
+    storage, hook = Stuck("storage"), Collect("hook")
+    bus.attach(storage, maxsize=1, policy=OverflowPolicy.BLOCK)
+    bus.attach(hook, maxsize=100, policy=OverflowPolicy.DROP_OLDEST)
+    await bus.start()
+    await bus.publish([trade(0)])
+    await asyncio.sleep(0.01)  # storage took it and is stuck in consume
+    await bus.publish([trade(1)])  # fills storage's queue
+    blocked = asyncio.ensure_future(bus.publish([trade(2)]))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()  # the publisher waits for storage ...
+    assert [r.trade_id for r in hook.got if isinstance(r, Trade)] == [0, 1, 2]  # ... the hook does not
+    storage.release.set()
+    await blocked
+    await bus.close()
+    assert [r.trade_id for r in storage.got if isinstance(r, Trade)] == [0, 1, 2]
