@@ -427,13 +427,16 @@ class SimVenue:
         if symbol not in self.timeline.symbols(market):
             return 400, weight, b'{"code":-1121,"msg":"Invalid symbol."}'
         sids = self.timeline.symbol_sids(market, symbol)
-        # The book is answered at the position of the stream carrying the symbol's depth diffs:
-        # its other streams ride another connection (USDⓈ-M /market) that, replayed as fast as it
-        # is read (speed 0), runs ahead in capture time, and a book from there would be in the
-        # depth stream's future (a client would wait in "bridging" until the diffs got there,
-        # across loop passes for ever). Paced replays keep every stream at the same time, so
-        # there this is the venue's "now" either way.
-        sids_at = [s for s in sids if self.timeline.streams[s].is_depth_diff] or sids
+        # A restarted replay answers at the position of the connection carrying the symbol's depth
+        # diffs: its other streams ride another connection (USDⓈ-M /market) that, replayed as fast
+        # as it is read, runs ahead in capture time. So does a looping replay with shifted ids: a
+        # book from the /market connection's pass would be passes ahead of the depth stream and
+        # never bridge. A live-like ("continue") venue otherwise answers "now", the furthest any
+        # of its streams got.
+        if self.resume == "restart" or self._state.shift is not None:
+            sids_at = [s for s in sids if self.timeline.streams[s].is_depth_diff] or sids
+        else:
+            sids_at = sids
         position = max((self._state.position[s] for s in sids_at), default=-1)
         body = self._books.body(market, symbol, position, live=self.resume == "continue", limit=limit)
         shift = self._state.shift
