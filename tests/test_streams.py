@@ -466,20 +466,29 @@ class Broadcast:
                 await task
 
 
+@contextlib.asynccontextmanager
+async def publishing(bc: Broadcast, every: float) -> AsyncIterator[None]:
+    """``bc`` publishes an event every ``every`` s while the block runs."""
+    publisher = asyncio.create_task(bc.publish(every))
+    try:
+        yield
+    finally:
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+
+
 @pytest.mark.asyncio
 async def test_rotation_is_make_before_break_without_gap_or_duplicate(venue: Venue) -> None:
     # Even-numbered sockets lag 25 ms: half of the hand-overs meet a new socket that is *ahead*.
     bc = Broadcast("btcusdt@trade", lags=dict.fromkeys(range(0, 40, 2), 0.025))
     venue.default = bc.script
-    publisher = asyncio.create_task(bc.publish(0.002))
-    try:
-        async with produce(venue, fast(rotate_after_s=0.25, first_frame_deadline_s=1.0)) as h:
-            await until(lambda: sum(e.kind is K.ROTATED for e in h.events) >= 4, timeout=5.0)
-            stats = h.producer.stats()
-    finally:
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
+    async with (
+        publishing(bc, 0.002),
+        produce(venue, fast(rotate_after_s=0.25, first_frame_deadline_s=1.0)) as h,
+    ):
+        await until(lambda: sum(e.kind is K.ROTATED for e in h.events) >= 4, timeout=5.0)
+        stats = h.producer.stats()
     ids = trade_ids(h)
     assert len(ids) > 300
     assert ids == list(range(ids[0], ids[-1] + 1))  # no gap, no duplicate, in order
@@ -507,17 +516,14 @@ async def test_a_failed_rotation_keeps_the_primary_and_retries(
     # Socket 1 (first rotation attempt) is closed by the venue; socket 2 never sends a frame.
     venue.scripts = [bc.script, close_with(1011), sender()]
     venue.default = bc.script
-    publisher = asyncio.create_task(bc.publish(0.002))
     caplog.set_level(logging.WARNING, logger="ingestd.streams")
-    try:
-        async with produce(venue, fast(rotate_after_s=0.25, first_frame_deadline_s=0.3)) as h:
-            await until(lambda: K.ROTATED in h.kinds(), timeout=5.0)
-            await asyncio.sleep(0.05)
-            stats = h.producer.stats()
-    finally:
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
+    async with (
+        publishing(bc, 0.002),
+        produce(venue, fast(rotate_after_s=0.25, first_frame_deadline_s=0.3)) as h,
+    ):
+        await until(lambda: K.ROTATED in h.kinds(), timeout=5.0)
+        await asyncio.sleep(0.05)
+        stats = h.producer.stats()
     ids = trade_ids(h)
     assert ids == list(range(ids[0], ids[-1] + 1))
     assert h.kinds()[:3] == [K.CONNECTED, K.DATA_FLOWING, K.ROTATED]
@@ -562,16 +568,10 @@ async def test_server_shutdown_switches_to_a_new_socket_at_once_without_loss(ven
     bc = Broadcast("btcusdt@trade")
     venue.scripts = [notice_after(bc, 0.1)]
     venue.default = bc.script
-    publisher = asyncio.create_task(bc.publish(0.002))
-    try:
-        async with produce(venue, fast(backoff_initial_s=20.0, backoff_max_s=30.0)) as h:
-            await until(lambda: K.ROTATED in h.kinds(), timeout=2.0)
-            await asyncio.sleep(0.05)
-            stats = h.producer.stats()
-    finally:
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
+    async with publishing(bc, 0.002), produce(venue, fast(backoff_initial_s=20.0, backoff_max_s=30.0)) as h:
+        await until(lambda: K.ROTATED in h.kinds(), timeout=2.0)
+        await asyncio.sleep(0.05)
+        stats = h.producer.stats()
     assert h.kinds()[:4] == [K.CONNECTED, K.DATA_FLOWING, K.SERVER_SHUTDOWN, K.ROTATED]
     assert K.DISCONNECTED not in h.kinds()
     ids = trade_ids(h)
@@ -628,15 +628,12 @@ async def test_a_candidate_that_announces_server_shutdown_is_never_promoted(venu
     venue.autoclose = False
     venue.scripts = [bc.script, dying]
     venue.default = bc.script
-    publisher = asyncio.create_task(bc.publish(0.002))
-    try:
-        async with produce(venue, fast(rotate_after_s=0.2, first_frame_deadline_s=1.0)) as h:
-            await until(lambda: K.ROTATED in h.kinds(), timeout=5.0)
-            await asyncio.sleep(0.1)
-    finally:
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
+    async with (
+        publishing(bc, 0.002),
+        produce(venue, fast(rotate_after_s=0.2, first_frame_deadline_s=1.0)) as h,
+    ):
+        await until(lambda: K.ROTATED in h.kinds(), timeout=5.0)
+        await asyncio.sleep(0.1)
     ids = trade_ids(h)
     assert ids == list(range(ids[0], ids[-1] + 1))  # no gap
     assert K.DISCONNECTED not in h.kinds()
@@ -650,15 +647,9 @@ async def test_a_repeated_server_shutdown_backs_off(venue: Venue, caplog: pytest
     bc = Broadcast("btcusdt@trade")
     venue.scripts = [notice_after(bc, 0.05), notice_after(bc, 0.1)]
     venue.default = bc.script
-    publisher = asyncio.create_task(bc.publish(0.002))
     caplog.set_level(logging.INFO, logger="ingestd.streams")
-    try:
-        async with produce(venue, fast()) as h:
-            await until(lambda: sum(k is K.ROTATED for k in h.kinds()) >= 2, timeout=3.0)
-    finally:
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
+    async with publishing(bc, 0.002), produce(venue, fast()) as h:
+        await until(lambda: sum(k is K.ROTATED for k in h.kinds()) >= 2, timeout=3.0)
     notices = [r.getMessage() for r in caplog.records if "announced serverShutdown" in r.getMessage()]
     assert notices[0].endswith("switching to a new socket now")
     assert notices[1].endswith("with backoff (repeated notice)")
@@ -697,16 +688,13 @@ async def test_back_pressure_is_not_a_stale_connection(venue: Venue) -> None:
     producer = StreamsProducer(
         USDM, venue.url, [plan], FakeParser(), slow_emit, fast(stale_after_s=0.2), on_event=events.append
     )
-    publisher = asyncio.create_task(bc.publish(0.005))
-    task = asyncio.create_task(producer.run())
-    try:
-        await until(lambda: len(got) > 200, timeout=4.0)
-    finally:
-        await producer.close()
-        await task
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
+    async with publishing(bc, 0.005):
+        task = asyncio.create_task(producer.run())
+        try:
+            await until(lambda: len(got) > 200, timeout=4.0)
+        finally:
+            await producer.close()
+            await task
     assert [e.kind for e in events] == [K.CONNECTED, K.DATA_FLOWING]
     assert len(venue.conns) == 1
     ids = [r.trade_id for r in got if isinstance(r, Trade)]
