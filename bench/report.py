@@ -238,6 +238,3 @@ def update_readme(
     path.write_text(
         re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.DOTALL)
     )
-    path.write_text(
-        re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
-    )
