@@ -16,6 +16,7 @@ native-endian arrays; :func:`read_latency` reads them back.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import time
@@ -122,3 +123,15 @@ def read_latency(out: str | Path, n: int) -> tuple[array[int], array[int], array
         pos += n * size
         arrays.append(a)
     return arrays[0], arrays[1], arrays[2], arrays[3]
+
+
+def ceiling_args(prog: str) -> argparse.Namespace:
+    """The command line both ceiling contenders take: ``--ws URL --streams FILE --expect N
+    --out FILE [--max-seconds S]``; ``streams`` is a JSON file mapping route -> stream names."""
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--ws", required=True)
+    p.add_argument("--streams", required=True, help="JSON file: route -> stream names")
+    p.add_argument("--expect", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-seconds", type=float, default=120.0)
+    return p.parse_args()

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from bench.probe import Probe
+from bench.probe import Probe, ceiling_args
 from ingestd.loop import loop_factory
 
 
@@ -62,13 +62,7 @@ async def _main(args: argparse.Namespace, routes: dict[str, list[str]]) -> int:
 
 def main() -> int:
     """Entry point (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="bench.contenders.ceiling")
-    p.add_argument("--ws", required=True)
-    p.add_argument("--streams", required=True, help="JSON file: route -> stream names")
-    p.add_argument("--expect", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--max-seconds", type=float, default=120.0)
-    args = p.parse_args()
+    args = ceiling_args("bench.contenders.ceiling")
     with asyncio.Runner(loop_factory=loop_factory(True)) as runner:
         rc = runner.run(_main(args, json.loads(Path(args.streams).read_text())))
     sys.stdout.flush()

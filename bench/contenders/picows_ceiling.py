@@ -11,7 +11,6 @@ chunk, and the frame's payload is valid only during that call, so it is decoded 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import json
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.probe import Probe
+from bench.probe import Probe, ceiling_args
 
 # picows, orjson and uvloop live in the benchmark's own virtualenv: looked up at run time.
 _picows: Any = importlib.import_module("picows")
@@ -30,13 +29,7 @@ _uvloop: Any = importlib.import_module("uvloop")
 
 def main() -> None:
     """Entry point: ``--ws URL --streams FILE --expect N --out FILE``."""
-    p = argparse.ArgumentParser(prog="bench.contenders.picows_ceiling")
-    p.add_argument("--ws", required=True)
-    p.add_argument("--streams", required=True, help="JSON file: route -> stream names")
-    p.add_argument("--expect", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--max-seconds", type=float, default=120.0)
-    args = p.parse_args()
+    args = ceiling_args("bench.contenders.picows_ceiling")
     routes: dict[str, list[str]] = json.loads(Path(args.streams).read_text())
     probe = Probe()
     text = _picows.WSMsgType.TEXT
