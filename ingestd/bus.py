@@ -362,6 +362,7 @@ class Bus:
                     **a.queue.stats(),
                     "errors": a.errors,
                     "lost_at_close": a.lost_at_close,
+                    "inflight": a.inflight,
                     **a.consumer.stats(),
                 }
                 for a in self._attached

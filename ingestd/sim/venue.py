@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import orjson
 from aiohttp import web
@@ -56,6 +56,9 @@ _CLOSE_GRACE_S: Final = 2.0
 _KEEP_CLOSED: Final = 1000
 """Closed connections kept for ``stats()``; older ones are forgotten (a long soak reconnects a lot)."""
 _JSON: Final = "application/json"
+
+SnapshotAt = Literal["now", "subscribed"]
+"""Where REST depth answers the book (see :class:`SimVenue`)."""
 
 _ERROR_BODIES: Final[dict[int, dict[str, Any]]] = {
     429: {
@@ -156,6 +159,13 @@ class SimVenue:
     on any earlier connection, and REST depth answers a book rolled forward to that point.
     ``loop_shift`` (with ``loop``): every pass after the first moves ids and times forward so it
     looks like new data to a client that drops repeated ids (:mod:`ingestd.sim.shift`).
+
+    ``snapshot_at`` ``"now"``: REST depth answers the venue's current position (see
+    :meth:`_depth`). ``"subscribed"``: it answers the book right after the first depth diff the
+    newest open connection carrying the symbol sent, as a venue with no REST latency would to a
+    client that asks on its first diff. A client that buffers from its first diff then bridges
+    on it and applies every later diff of the connection: tests that must exercise a book (and
+    its bookTicker audit) get the whole capture, however far another connection ran ahead.
     """
 
     def __init__(
@@ -168,15 +178,22 @@ class SimVenue:
         loop: bool = False,
         resume: ResumeMode = "restart",
         loop_shift: bool = False,
+        snapshot_at: SnapshotAt = "now",
     ) -> None:
         if not math.isfinite(speed) or speed < 0:
             raise ConfigError(f"speed must be a finite number >= 0, not {speed}")
         if resume not in ("restart", "continue"):
             raise ConfigError(f"resume must be 'restart' or 'continue', not {resume!r}")
+        if snapshot_at not in ("now", "subscribed"):
+            raise ConfigError(f"snapshot_at must be 'now' or 'subscribed', not {snapshot_at!r}")
+        if snapshot_at == "subscribed" and loop:
+            # A looping connection's first diff belongs to an earlier pass than its current one.
+            raise ConfigError("snapshot_at='subscribed' cannot be combined with loop")
         self._sources = list(captures)
         self.host, self.port = host, port
         self.speed, self.loop, self.resume = speed, loop, resume
         self.loop_shift = loop_shift
+        self.snapshot_at: SnapshotAt = snapshot_at
         self.faults = Faults()
         self.timeline: Timeline | None = None
         self._state: ReplayState | None = None
@@ -427,6 +444,10 @@ class SimVenue:
         if symbol not in self.timeline.symbols(market):
             return 400, weight, b'{"code":-1121,"msg":"Invalid symbol."}'
         sids = self.timeline.symbol_sids(market, symbol)
+        subscribed = self._subscribed_position(sids) if self.snapshot_at == "subscribed" else None
+        if subscribed is not None:
+            body = self._books.body(market, symbol, subscribed, live=True, limit=limit)
+            return (200, weight, body) if body is not None else self._no_snapshot(symbol, weight)
         # A restarted replay answers at the position of the connection carrying the symbol's depth
         # diffs: its other streams ride another connection (USDⓈ-M /market) that, replayed as fast
         # as it is read, runs ahead in capture time. So does a looping replay with shifted ids: a
@@ -444,9 +465,29 @@ class SimVenue:
             # The pass of the stream the book follows: ids of a looped pass are shifted.
             body = shift.snapshot(body, max(self._state.passes[s] for s in sids_at))
         if body is None:
-            msg = f"sim: the capture holds no depth snapshot for {symbol}"
-            return 500, weight, orjson.dumps({"code": -1000, "msg": msg})
+            return self._no_snapshot(symbol, weight)
         return 200, weight, body
+
+    @staticmethod
+    def _no_snapshot(symbol: str, weight: int) -> tuple[int, int, bytes]:
+        msg = f"sim: the capture holds no depth snapshot for {symbol}"
+        return 500, weight, orjson.dumps({"code": -1000, "msg": msg})
+
+    def _subscribed_position(self, sids: Sequence[int]) -> int | None:
+        """Timeline index of the first depth diff the newest open connection sent (``snapshot_at``).
+
+        ``None`` when no open connection sent one yet: then the usual rule answers.
+        """
+        assert self.timeline is not None
+        depth = [s for s in sids if self.timeline.streams[s].is_depth_diff]
+        found: int | None = None
+        # Connections are kept in the order they opened: the last match is the newest.
+        for conn in self._conns.values():
+            if conn.open:
+                firsts = [conn.first[s] for s in depth if conn.first[s] >= 0]
+                if firsts:
+                    found = min(firsts)
+        return found
 
     # ------------------------------------------------------------------ control and stats
 
