@@ -139,13 +139,11 @@ def _check_combinations(settings: Any, *, raw: bool) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ingestd.app import Daemon  # noqa: PLC0415 - import cost only for the run command
-    from ingestd.config import load_settings  # noqa: PLC0415
+    from ingestd.config import CONFIG_ENV, load_settings  # noqa: PLC0415
     from ingestd.loop import loop_factory, tune_gc  # noqa: PLC0415
     from ingestd.observe.logging import setup_logging  # noqa: PLC0415
 
-    config_path = args.config or (
-        Path(os.environ["INGESTD_CONFIG"]) if os.environ.get("INGESTD_CONFIG") else None
-    )
+    config_path = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     try:
         settings = load_settings(config_path=config_path, cli=cli_overrides(args))
         _check_combinations(settings, raw=args.raw)

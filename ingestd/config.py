@@ -2,7 +2,9 @@
 
 Precedence, lowest first: built-in defaults < ``config.yaml`` < environment ``INGESTD_*`` < CLI
 flags. Environment keys use ``__`` for nesting: ``INGESTD_STORAGE__DATA_DIR=/srv/data``,
-``INGESTD_SYMBOLS=BTCUSDT,ETHUSDT``. Any mistake is a :class:`ConfigError` whose message is one
+``INGESTD_SYMBOLS=BTCUSDT,ETHUSDT``. Two ``INGESTD_*`` variables are not settings:
+``INGESTD_CONFIG`` names the config file (when ``--config`` is not given) and ``INGESTD_API_KEY``
+is ``ingestd collect``'s key. Any mistake is a :class:`ConfigError` whose message is one
 line naming the key, what was given and what is allowed; the CLI turns it into exit code 2
 before anything connects.
 """
@@ -25,6 +27,11 @@ from ingestd.records import CHANNELS
 from ingestd.shard import ShardSpec
 
 ENV_PREFIX = "INGESTD_"
+CONFIG_ENV = "INGESTD_CONFIG"
+"""The config file's path when ``--config`` is not given (read by the CLI, not a setting)."""
+ENV_NOT_SETTINGS = frozenset({CONFIG_ENV, "INGESTD_API_KEY"})
+"""``INGESTD_*`` variables the settings layer skips: the config file's path, and the API key of
+``ingestd collect`` (a secret: it never enters the settings, their errors or ``/status``)."""
 NATIVE_RE = re.compile(r"^[A-Z0-9_]{2,40}$")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -265,7 +272,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``INGESTD_A__B=v`` → ``{"a": {"b": "v"}}``. Values stay strings; pydantic coerces them."""
     tree: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "INGESTD_API_KEY":
+        if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
         _set_path(tree, path, value)

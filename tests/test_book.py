@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import random
 from decimal import Decimal
-from pathlib import Path
 
 import orjson
 import pytest
@@ -19,8 +18,7 @@ from ingestd.book.book import OrderBook
 from ingestd.book.records import BookTop, Gap, GapKind
 from ingestd.book.sync import APPLIED, NOTHING, BookSync, SyncState
 from ingestd.records import RECORD_TYPES, DepthDiff, DepthSnapshot, Level
-
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+from tests.realdata import HFT, need
 
 
 def lv(rows: list[list[str]]) -> list[Level]:
@@ -129,9 +127,7 @@ def test_cached_tops_agree_with_a_full_scan_under_random_updates() -> None:
 
 def test_float_keys_rebuild_the_same_book_as_decimals() -> None:
     """Real spot ETHUSDT: the float book equals a Decimal book level for level at the end."""
-    path = REALDATA / "hftbacktest" / "spot_ethusdt_20240808.gz"
-    if not path.is_file():
-        pytest.skip(f"real capture not found at {path}")
+    path = need(HFT / "spot_ethusdt_20240808.gz")
     book = OrderBook()
     exact: dict[str, dict[Decimal, Decimal]] = {"b": {}, "a": {}}
     big_l = -1

@@ -2,9 +2,8 @@
 
 Every record is compared with one computed here straight from the JSON (``orjson`` dicts and
 ``float(text)``), an oracle written independently of the msgspec wire structs it checks. The
-slices in ``tests/data/parse_*.ndjson`` are real frames (origins in ``tests/data/ORIGIN.md``);
-the whole-file tests read ``shared/realdata`` (conftest's ``realdata`` fixture) and skip when it
-is absent.
+slices in ``tests/data/parse_*.ndjson`` are real frames, and the whole-file tests read the full
+captures in ``tests/data`` (conftest's ``realdata`` fixture); origins in ``tests/data/PROVENANCE.md``.
 """
 
 from __future__ import annotations

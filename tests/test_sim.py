@@ -26,8 +26,8 @@ from ingestd.errors import ConfigError
 from ingestd.sim import ABORT, BUNDLED_CAPTURE, Capture, CaptureError, SimVenue, load_capture
 from ingestd.sim.cli import main as sim_main
 from ingestd.venues.binance.symbols import parse_exchange_info
+from tests.realdata import DATA, need
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 DEPTH, TICKER, TRADE = "btcusdt@depth@0ms", "btcusdt@bookTicker", "btcusdt@trade"
 PUBLIC = "/public/stream?streams=btcusdt@depth@100ms/btcusdt@bookTicker"
 
@@ -44,10 +44,7 @@ def frames_of(cap: Capture, *names: str) -> list[bytes]:
 
 
 def real(*parts: str) -> Path:
-    path = REALDATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real capture not found: {path}")
-    return path
+    return need(DATA.joinpath(*parts))
 
 
 @asynccontextmanager

@@ -27,10 +27,7 @@ from ingestd.book.records import Gap
 from ingestd.book.sync import Market
 from ingestd.records import AnyRecord, BookTicker, DepthDiff, DepthSnapshot, Level, Record
 from ingestd.venues.binance.symbols import Contract, ContractSet
-
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-HFT = REALDATA / "hftbacktest"
-CF = REALDATA / "cryptofeed"
+from tests.realdata import CF, HFT
 
 USDM = "binance-usdm"
 SPOT = "binance-spot"
@@ -191,11 +188,6 @@ def replay(natives: list[str], venue: str, market: Market, **kw: Any) -> Replay:
     return Replay(manager, requests)
 
 
-def need_realdata() -> None:
-    if not REALDATA.is_dir():
-        pytest.skip(f"real captures not found at {REALDATA}")
-
-
 # -- hftbacktest: one symbol each, exact audit counts from NOTES.md §1 ----------------------
 
 HFT_CASES = [
@@ -212,7 +204,6 @@ HFT_CASES = [
 def test_hftbacktest_capture_syncs_and_matches_every_book_ticker(
     name: str, venue: str, native: str, market: Market, snap_id: int, checks: int
 ) -> None:
-    need_realdata()
     r = replay([native], venue, market)
     records = list(read_hft(HFT / name, venue, native))
     diffs = [x for x in records if isinstance(x, DepthDiff)]
@@ -256,7 +247,6 @@ def test_hftbacktest_capture_syncs_and_matches_every_book_ticker(
 
 def test_hftbacktest_first_applied_events_are_the_documented_edge_cases() -> None:
     """usdm_ethusdt's first valid event has u == L; spot_btcusdt's straddles L+1 (NOTES.md §1)."""
-    need_realdata()
     eth = [x for x in read_hft(HFT / "usdm_ethusdt_20240808.gz", USDM, "ETHUSDT") if isinstance(x, DepthDiff)]
     big_l = 5123107856276
     first = next(d for d in eth if d.final_update_id >= big_l)
@@ -351,7 +341,6 @@ def test_cryptofeed_capture_syncs_every_symbol(
     applied: tuple[int, int],
     checks: tuple[int, int],
 ) -> None:
-    need_realdata()
     records = read_cryptofeed(CF / http, CF / ws, venue)
     assert {r.native for r in records} == set(natives)
     r = replay(natives, venue, market)
@@ -379,7 +368,6 @@ def test_cryptofeed_capture_syncs_every_symbol(
 
 def test_cryptofeed_coin_m_discards_up_to_42_buffered_diffs() -> None:
     """NOTES.md §1: up to 42 buffered diffs per symbol are already in the COIN-M snapshots."""
-    need_realdata()
     http, ws, venue, _, natives, _, _ = CF_CASES[-1]
     r = replay(natives, venue, "futures")
     r.feed(read_cryptofeed(CF / http, CF / ws, venue))
@@ -389,7 +377,6 @@ def test_cryptofeed_coin_m_discards_up_to_42_buffered_diffs() -> None:
 
 def test_real_parser_feeds_the_book_manager() -> None:
     """The whole USDⓈ-M BTCUSDT capture through the real frame parser and snapshot parser."""
-    need_realdata()
     parse = pytest.importorskip("ingestd.venues.binance.parse")
     cs = ContractSet(USDM, (contract("BTCUSDT", USDM),))
     parser = parse.FrameParser(USDM, cs)
