@@ -3,7 +3,7 @@
 1. ``docker build --network host`` the repository's Dockerfile (no bridge network is needed: the
    build reaches PyPI through the host's network, the containers talk over 127.0.0.1);
 2. read the image's user (not root) and its HEALTHCHECK (liveness: ``/healthz``);
-3. ``ingestd sim`` in one container, replaying the bundled real capture;
+3. ``ingestd sim`` in one container, replaying the bundled real capture (at 10x, see SIM_SPEED);
 4. ingestd in another, on a fresh named volume for ``/data``, pointed at the sim;
 5. wait until ``/status`` shows every record of the capture published and the Parquet queue
    empty (the capture is finite: a condition, not a fixed sleep);
@@ -42,6 +42,10 @@ from tests.ops import free_port
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = "trade,book_ticker,depth_diff"
 """What the bundled capture holds (USDⓈ-M BTCUSDT: trades, book tickers, depth diffs)."""
+SIM_SPEED = 10
+"""The sim replays the capture's 346 s at 10x: frames still flow when the first health probes run
+(one --interval, 15 s, after the start). Liveness wants intake progress, and a finished capture
+is a venue gone silent, so the probe must not depend on what liveness makes of that."""
 MS = 1_000_000
 LOG_TAIL = 30
 """Lines of a container's log quoted in an error."""
@@ -126,13 +130,15 @@ class Check:
         self.volume = f"ingestd-check-data-{tag}"
         self.image_id = ""
         self.made: list[tuple[str, str]] = []
+        self.t0 = time.monotonic()
 
     def step(self, text: str) -> None:
-        self.say(f"docker-check: {text}")
+        """One line per step, with the seconds since the check began."""
+        self.say(f"docker-check [{time.monotonic() - self.t0:5.1f} s] {text}")
 
     def run(self) -> None:
         """Every step in order; raises :class:`CheckError` on the first failure."""
-        t0 = time.monotonic()
+        self.t0 = time.monotonic()
         self.build()
         uid = self.image_user()
         health_cmd = self.healthcheck()
@@ -148,11 +154,12 @@ class Check:
         self.wait_stored(port, sum(expected.values()))
         self.wait_healthy(health_cmd)
         self.stop()
+        self.log_clean()
         with tempfile.TemporaryDirectory(prefix="ingestd-docker-check-") as tmp:
             data = Path(tmp) / "data"
             self.copy_out(data, uid)
             self.verify(data, frames, expected)
-        self.step(f"passed in {time.monotonic() - t0:.0f} s")
+        self.step("passed")
 
     def build(self) -> None:
         t0 = time.monotonic()
@@ -199,7 +206,7 @@ class Check:
         sim_port = free_port()
         docker(
             "run", "-d", "--name", self.sim, "--network", "host", "--no-healthcheck",
-            self.image_id, "sim", "--host", "127.0.0.1", "--port", str(sim_port),
+            self.image_id, "sim", "--host", "127.0.0.1", "--port", str(sim_port), "--speed", str(SIM_SPEED),
         )  # fmt: skip
         self.made.append(("container", self.sim))
         ready: list[str] = []
@@ -284,6 +291,31 @@ class Check:
             if code != "0":
                 raise CheckError(f"docker stop: {what} exited with {code}, want 0{log_tail(container)}")
             self.step(f"docker stop {what}: exit code 0 after {time.monotonic() - t0:.1f} s")
+
+    def log_clean(self) -> None:
+        """The daemon's JSON log holds no ERROR or CRITICAL line, and it logged its stop."""
+        proc = docker("logs", self.daemon)
+        levels: dict[str, int] = {}
+        bad: list[str] = []
+        stopped = False
+        for line in (proc.stdout + proc.stderr).splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # the console summary line is plain text
+            if not isinstance(entry, dict):
+                continue
+            level = str(entry.get("level", ""))
+            levels[level] = levels.get(level, 0) + 1
+            if level in ("ERROR", "CRITICAL"):
+                bad.append(line)
+            stopped = stopped or str(entry.get("msg", "")).startswith("stopped in")
+        if bad:
+            raise CheckError(f"ingestd logged {len(bad)} error lines:\n" + "\n".join(bad[:10]))
+        if not stopped:
+            raise CheckError(f"ingestd's log has no 'stopped in' line{log_tail(self.daemon)}")
+        counts = ", ".join(f"{n} {level}" for level, n in sorted(levels.items()))
+        self.step(f"ingestd's log: no error, a clean stop ({counts})")
 
     def copy_out(self, dest: Path, uid: int) -> None:
         """``docker cp`` /data out as tar; every member must belong to ``uid``."""

@@ -22,5 +22,5 @@ def test_image_builds_runs_stops_cleanly_and_stores_every_trade() -> None:
         pytest.skip(reason)
     lines: list[str] = []
     docker_check.run_check("ingestd:check", lines.append)
-    assert lines[-1].startswith("docker-check: passed"), lines
+    assert lines[-1].endswith("] passed"), lines
     assert any("Parquet holds every trade" in line for line in lines), lines
