@@ -5,8 +5,8 @@
 2. read the image's user (not root) and its HEALTHCHECK (liveness: ``/healthz``);
 3. ``ingestd sim`` in one container, replaying the bundled real capture (at 10x, see SIM_SPEED);
 4. ingestd in another, on a fresh named volume for ``/data``, pointed at the sim;
-5. wait until ``/status`` shows every record of the capture published and the Parquet queue
-   empty (the capture is finite: a condition, not a fixed sleep);
+5. wait until ``/status`` shows every record of the capture counted per channel and the Parquet
+   queue empty (the capture is finite: a condition, not a fixed sleep);
 6. wait until Docker reports the container ``healthy``, and run the HEALTHCHECK's command with
    ``docker exec`` too;
 7. ``docker stop`` → exit code 0;
@@ -151,7 +151,7 @@ class Check:
         }
         rest, ws = self.start_sim()
         port = self.start_daemon(rest, ws)
-        self.wait_stored(port, sum(expected.values()))
+        self.wait_stored(port, expected)
         self.wait_healthy(health_cmd)
         self.stop()
         self.log_clean()
@@ -204,11 +204,11 @@ class Check:
 
     def start_sim(self) -> tuple[str, str]:
         sim_port = free_port()
+        self.made.append(("container", self.sim))
         docker(
             "run", "-d", "--name", self.sim, "--network", "host", "--no-healthcheck",
             self.image_id, "sim", "--host", "127.0.0.1", "--port", str(sim_port), "--speed", str(SIM_SPEED),
         )  # fmt: skip
-        self.made.append(("container", self.sim))
         ready: list[str] = []
 
         def printed() -> bool:
@@ -224,20 +224,23 @@ class Check:
         return fields["rest"], fields["ws"]
 
     def start_daemon(self, rest: str, ws: str) -> int:
-        docker("volume", "create", self.volume)
         self.made.append(("volume", self.volume))
+        docker("volume", "create", self.volume)
         port = free_port()
+        self.made.append(("container", self.daemon))
         docker(
             "run", "-d", "--name", self.daemon, "--network", "host",
             "-v", f"{self.volume}:/data", "-e", f"INGESTD_HEALTH__PORT={port}", "--stop-timeout", "60",
             self.image_id,
             "--rest-url", rest, "--ws-url", ws, "--symbols", "BTCUSDT", "--channels", CHANNELS,
         )  # fmt: skip
-        self.made.append(("container", self.daemon))
         self.step(f"ingestd container up: volume {self.volume} on /data, health on 127.0.0.1:{port}")
         return port
 
-    def wait_stored(self, port: int, total: int) -> None:
+    def wait_stored(self, port: int, expected: dict[str, int]) -> None:
+        """Until the metrics tap counted every record of the capture per channel (so the bus
+        published them: a clock sample also counts as published, a plain total could stop one
+        record short) and the Parquet consumer's queue is empty."""
         last: dict[str, Any] = {}
 
         def done() -> bool:
@@ -246,18 +249,17 @@ class Check:
             snap = status(port)
             if snap is None:
                 return False
-            last.clear()
-            last.update(snap)
-            bus = snap.get("bus", {})
-            parquet = bus.get("consumers", {}).get("parquet", {})
-            return bool(bus.get("published", 0) >= total and parquet.get("depth", 1) == 0)
+            consumers = snap.get("bus", {}).get("consumers", {})
+            seen = consumers.get("metrics", {}).get("records_per_channel", {})
+            parquet = consumers.get("parquet", {})
+            last.update(seen=seen, parquet={k: parquet.get(k) for k in ("put", "got", "depth")})
+            return all(seen.get(ch, 0) >= n for ch, n in expected.items()) and parquet.get("depth", 1) == 0
 
         try:
-            wait_until(f"{total} records published and queued to Parquet", done, timeout=300)
+            wait_until("every record of the capture published and taken by Parquet", done, timeout=300)
         except CheckError as exc:
-            bus = last.get("bus", {})
-            raise CheckError(f"{exc}; /status bus: {json.dumps(bus)[:2000]}{log_tail(self.daemon)}") from None
-        self.step(f"ingestd took all {total} records of the capture (/status)")
+            raise CheckError(f"{exc}; want {expected}, /status: {last}{log_tail(self.daemon)}") from None
+        self.step(f"ingestd took all {sum(expected.values())} records of the capture (/status)")
 
     def wait_healthy(self, health_cmd: list[str]) -> None:
         state = {"health": ""}
@@ -352,7 +354,8 @@ class Check:
                 raise CheckError(f"stored trade {got} differs from the capture's {d}")
         self.step(
             f"Parquet holds every trade of the capture ({len(want)}, ids {want[0]['t']}..{want[-1]['t']}, "
-            f"fields equal), {expected['book_ticker']} book tickers, {expected['depth_diff']} depth diffs"
+            f"fields equal), {expected['book_ticker']} book tickers, {expected['depth_diff']} depth diffs, "
+            "the depth snapshot"
         )
 
     def cleanup(self) -> None:
