@@ -5,7 +5,7 @@ book manager → snapshot producer → streams producer. Everything a producer e
 :meth:`Daemon._emit`: the book manager sees each batch first (and may add gap/book records), then
 the bus fans it out.
 
-Shutdown runs in phases under one deadline (STYLE.md §5): stop intake (producers closed, nothing
+Shutdown runs in phases under one deadline: stop intake (producers closed, nothing
 new enters) → drain the queues and flush the consumers (Parquet files are complete and renamed)
 → close the REST client. A second SIGINT forces: remaining tasks are cancelled and counted.
 """

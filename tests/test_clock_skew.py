@@ -35,7 +35,7 @@ def _bound(rtt_ms: float) -> float:
     return max(TOLERANCE_MS, rtt_ms / 2 + 1.0)
 
 
-# A real USD-M aggTrade payload (shared/realdata/cryptofeed/2021-10_head/BINANCE_FUTURES.ws.1.0,
+# A real USD-M aggTrade payload (tests/data/cryptofeed/2021-10_head/BINANCE_FUTURES.ws.1.0,
 # CTKUSDT; this product includes software developed by Bryant Moscon), moved to BTCUSDT; E and T
 # are set to the skewed venue clock at the moment of sending.
 _AGG: dict[str, Any] = {"e": "aggTrade", "E": 0, "a": 16599292, "s": "BTCUSDT", "p": "1.01100", "q": "10",
