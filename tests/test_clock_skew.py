@@ -20,7 +20,7 @@ import pytest
 from ingestd.app import Daemon
 from ingestd.observe.records import CLOCK_SYMBOL, ClockSample
 from ingestd.records import RECORD_TYPES
-from ingestd.sim import SimVenue
+from ingestd.sim import Capture, SimVenue, load_capture
 from tests.e2e import read_channel, settings_for, wait_for
 from tests.ops import free_port, running, scrape, value
 
@@ -55,6 +55,23 @@ def _agg_frame(i: int, skew_ms: int) -> bytes:
     return orjson.dumps({"stream": "btcusdt@aggTrade", "data": data})
 
 
+def without_trades(path: Path) -> Capture:
+    """The capture minus its recorded trades, so the sim derives no aggTrade stream from them."""
+    cap = load_capture(path)
+    trade = cap.streams.index("btcusdt@trade")
+    keep = [k for k, s in enumerate(cap.sid) if s != trade]
+    return Capture(
+        cap.name,
+        cap.format,
+        cap.market,
+        streams=cap.streams,
+        ts=[cap.ts[k] for k in keep],
+        sid=[cap.sid[k] for k in keep],
+        frames=[cap.frames[k] for k in keep],
+        snapshots=cap.snapshots,
+    )
+
+
 @pytest.mark.asyncio
 async def test_skewed_venue_clock_is_measured_stored_and_corrected(
     bundled_capture: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -63,14 +80,14 @@ async def test_skewed_venue_clock_is_measured_stored_and_corrected(
     port = free_port()
     data = tmp_path / "data"
     assert RECORD_TYPES["clock"] is ClockSample
-    async with SimVenue([bundled_capture], speed=0) as sim:
+    async with SimVenue([without_trades(bundled_capture)], speed=0) as sim:
         sim.faults.clock_skew_ms = SKEW_MS
         settings = settings_for(
             sim.rest_url,
             sim.ws_url,
             data,
             symbols="BTCUSDT",
-            channels="agg_trade",  # the capture has no aggTrade: only the frames injected below
+            channels="agg_trade",  # no trades, so no aggTrade in the sim: only the frames injected below
             clock={"interval_s": 0.2, "samples": 3, "warn_offset_ms": 500},
             health={"port": port},
         )
