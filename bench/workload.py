@@ -7,8 +7,9 @@ are unchanged.
 
 Mix (per frame): 45 % depth diffs (10-40 levels per side), 25 % aggTrade, 20 % bookTicker, 4 %
 markPrice, 3 % kline, 3 % 24hrTicker, over ``symbols`` real USDⓈ-M perpetuals (their tick and
-step decimals are from the fapi exchangeInfo in shared/realdata, cryptofeed 2021-10_head
-``BINANCE_FUTURES.0``). Activity is Zipf-like (BTCUSDT busiest), like the real market.
+step decimals are from the real fapi exchangeInfo
+``tests/data/cryptofeed/2021-10_head/BINANCE_FUTURES.0``). Activity is Zipf-like (BTCUSDT
+busiest), like the real market.
 
 Shapes: every payload keeps the key order and value formats of a real frame of its kind (the
 templates below name theirs: hftbacktest ``usdm_btcusdt_20240808`` for depthUpdate/bookTicker,
@@ -91,7 +92,7 @@ CHANNEL: Final = {
 """Stream kind → ingestd channel."""
 
 # (symbol, price decimals, tick in units of the last price decimal, qty decimals, typical price).
-# Decimals and ticks: fapi exchangeInfo (shared/realdata cryptofeed 2021-10_head
+# Decimals and ticks: fapi exchangeInfo (tests/data/cryptofeed/2021-10_head/
 # BINANCE_FUTURES.0); BTCUSDT's tick is today's 0.10 (hftbacktest 2024 writes "61800.20").
 # Typical prices are round figures of the right magnitude, only used to start the walk.
 SYMBOLS: Final = (

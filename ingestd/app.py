@@ -5,7 +5,7 @@ book manager → snapshot producer → streams producer. Everything a producer e
 :meth:`Daemon._emit`: the book manager sees each batch first (and may add gap/book records), then
 the bus fans it out.
 
-Shutdown runs in phases under one deadline (STYLE.md §5): stop intake (producers closed, nothing
+Shutdown runs in phases under one deadline: stop intake (producers closed, nothing
 new enters) → drain the queues and flush the consumers (Parquet files are complete and renamed)
 → close the REST client. A second SIGINT forces: remaining tasks are cancelled and counted.
 """
@@ -23,7 +23,7 @@ from typing import Any
 from ingestd.book.manager import BookManager
 from ingestd.book.records import GapKind
 from ingestd.bus import Bus, OverflowPolicy
-from ingestd.config import Settings
+from ingestd.config import UNDOCUMENTED_CHANNELS, Settings
 from ingestd.consumers.console import ConsoleReporter
 from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook
 from ingestd.consumers.jsonl import JsonDump
@@ -153,6 +153,13 @@ class Daemon:
             self._force = asyncio.Event()
         self._started_at = time.monotonic()
         self._install_signals()
+        for channel, instead in UNDOCUMENTED_CHANNELS.get(self.venue.name, {}).items():
+            if channel in self.channels:
+                log.warning(
+                    "channel %s on %s: Binance does not document this stream on the venue's "
+                    "websocket, it may stay silent; use %s (docs/binance.md §2.3)",
+                    channel, self.venue.name, instead,
+                )  # fmt: skip
         try:
             await self._start()
         except StartupError:

@@ -13,7 +13,7 @@ Chosen over decorrelated jitter (``min(max, uniform(initial, 3 * previous))``) b
 * the first delay after a healthy connection ends is short on average (``initial_s / 2``),
   which is what a dropped-but-healthy venue wants.
 
-:func:`classify` decides whether a connection failure is worth retrying (STYLE.md §3): network
+:func:`classify` decides whether a connection failure is worth retrying: network
 faults, timeouts and server-side HTTP statuses are; a URL that is not a websocket endpoint, a
 certificate that does not verify and programming errors are not.
 """

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,6 +32,15 @@ CONFIG_ENV = "INGESTD_CONFIG"
 ENV_NOT_SETTINGS = frozenset({CONFIG_ENV, "INGESTD_API_KEY"})
 """``INGESTD_*`` variables the settings layer skips: the config file's path, and the API key of
 ``ingestd collect`` (a secret: it never enters the settings, their errors or ``/status``)."""
+DEFAULT_CHANNELS: Final[Mapping[str, tuple[str, ...]]] = {
+    "binance-usdm": ("agg_trade", "book_ticker", "depth_diff", "depth_snapshot"),
+    "binance-spot": ("trade", "agg_trade", "book_ticker", "depth_diff", "depth_snapshot"),
+}
+"""The channels of a run that names none (``channels`` null), per venue. No ``trade`` on USDⓈ-M:
+Binance documents only aggregated trades on that websocket (docs/binance.md §2.3)."""
+UNDOCUMENTED_CHANNELS: Final[Mapping[str, Mapping[str, str]]] = {"binance-usdm": {"trade": "agg_trade"}}
+"""Per venue, channels its documentation does not list → the documented one to use instead.
+Asking for one is allowed (it may deliver), and the daemon warns once at start."""
 NATIVE_RE = re.compile(r"^[A-Z0-9_]{2,40}$")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -174,7 +183,8 @@ class Settings(_Model):
     venue: Literal["binance-usdm", "binance-spot"] = "binance-usdm"
     symbols: tuple[str, ...] = ()
     """Native symbols (``BTCUSDT``); empty = every trading contract discovered."""
-    channels: tuple[str, ...] = ("trade", "agg_trade", "book_ticker", "depth_diff", "depth_snapshot")
+    channels: tuple[str, ...] = DEFAULT_CHANNELS["binance-usdm"]
+    """Given as null (or not at all): the venue's :data:`DEFAULT_CHANNELS`."""
     rest_url: str | None = None
     ws_url: str | None = None
     duration_s: Annotated[float, Field(ge=0)] = 0.0
@@ -194,6 +204,16 @@ class Settings(_Model):
     nats: NatsSettings = NatsSettings()
     shard: ShardSpec | None = None
     """``K/N``: this instance ingests shard K of N of the contract set (1-based)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _venue_default_channels(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("channels") is None:
+            venue = data.get("venue")
+            # A bad venue is reported by its own field; any default keeps the error to that one.
+            default = DEFAULT_CHANNELS.get(venue) if isinstance(venue, str) else None
+            data = {**data, "channels": default or DEFAULT_CHANNELS["binance-usdm"]}
+        return data
 
     @field_validator("symbols", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ at most 15 significant digits round-trips exactly through float64, so books rebu
 ids are int64. Depth levels are lists of ``(price, qty)`` tuples; quantity 0 deletes a level.
 
 Structs are ``gc=False``: records never form reference cycles, and keeping millions of them out
-of the cyclic collector's view is what keeps GC pauses away at high rates (see PERF.md).
+of the cyclic collector's view is what keeps GC pauses away at high rates (docs/performance.md §4).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """OrderBook and BookSync unit tests: the book's arithmetic and Binance's sync rules, in isolation.
 
-Levels and ids come from real payloads (shared/realdata/hftbacktest, nkaz001/hftbacktest, MIT;
-shared/realdata/cryptofeed, bmoscon/cryptofeed: "This product includes software developed by
+Levels and ids come from real payloads (tests/data/hftbacktest, nkaz001/hftbacktest, MIT;
+tests/data/cryptofeed, bmoscon/cryptofeed: "This product includes software developed by
 Bryant Moscon") wherever a rule is about what the real data looks like.
 """
 
@@ -29,7 +29,7 @@ def lv(rows: list[list[str]]) -> list[Level]:
 
 
 def test_zero_quantity_deletes_whatever_its_text() -> None:
-    """USD-M writes "0.000", COIN-M "0", spot "0.00000000" (NOTES.md §1): all delete."""
+    """USD-M writes "0.000", COIN-M "0", spot "0.00000000" (docs/binance.md §8.2): all delete."""
     book = OrderBook()
     book.load_snapshot(
         lv([["2681.13", "4.298"], ["61804.7", "35"], ["0.33983000", "1500.00000000"]]),

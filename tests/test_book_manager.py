@@ -1,7 +1,7 @@
 """BookManager on real sequences with one scripted fault each: exactly the hit symbol resyncs,
 the gap log says what happened with the right ids, and everything else is untouched.
 
-Faults are derived from real captures (shared/realdata: hftbacktest, nkaz001/hftbacktest, MIT;
+Faults are derived from real captures (tests/data: hftbacktest, nkaz001/hftbacktest, MIT;
 cryptofeed, bmoscon/cryptofeed: "This product includes software developed by Bryant Moscon"): a
 diff removed, a level or a bookTicker tampered, a snapshot withheld or made too old. A later
 "REST snapshot" is the exact book after a real diff, rebuilt from the untouched sequence.

@@ -26,7 +26,7 @@ async def test_offline_demo_stores_every_message_exactly_once(bundled_capture: P
         "depth_diff": len(frames["depth"]),
         "depth_snapshot": 1,
     }
-    assert expected["depth_diff"] == 6551  # PROVENANCE.md's figures for this file
+    assert expected["depth_diff"] == 6551  # tests/data/PROVENANCE.md's figures for this file
     assert expected["book_ticker"] == 66089
     assert expected["trade"] == 21313
     data = tmp_path / "data"

@@ -163,7 +163,7 @@ def test_real_exchange_info_is_planned_completely(realdata: Path) -> None:
     assert len(matches) == 1
     match = matches[0]
     cs = parse_exchange_info(USDM.name, orjson.loads(match.group(3)))
-    assert len(cs) == 119  # PROVENANCE.md: 119 PERPETUAL (all TRADING in this capture)
+    assert len(cs) == 119  # tests/data/PROVENANCE.md: 119 PERPETUAL (all TRADING in this capture)
     chans = ["trade", "agg_trade", "book_ticker", "depth_diff", "depth_snapshot"]
     plans = plan_connections(USDM, cs, chans, settings())
     public = [p for p in plans if p.route == "/public"]

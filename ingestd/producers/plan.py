@@ -1,6 +1,6 @@
 """Connection planning (pure): which streams ride on which websocket.
 
-Rules (DESIGN.md "Routing", BINANCE.md §1.1):
+Rules (docs/binance.md §2.1, §2.2):
 
 * USDⓈ-M streams go to the route :func:`~ingestd.venues.binance.endpoints.route_for` names
   (``/public`` for book data, ``/market`` for the rest); one connection never mixes routes,

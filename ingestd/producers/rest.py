@@ -2,7 +2,7 @@
 
 Every request first takes its weight from the host's :class:`~ingestd.producers.budget.WeightBudget`
 (paced, priority-ordered, corrected by ``X-MBX-USED-WEIGHT-1M``). Failures are classified once,
-here (BINANCE.md §4):
+here (docs/binance.md §5):
 
 * 5xx, 408, timeouts and connection errors: retried with capped, jittered backoff up to
   ``max_retries``, then :class:`~ingestd.errors.RestError` (``retriable=True``);

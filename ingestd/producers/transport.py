@@ -2,7 +2,7 @@
 aiohttp implementation.
 
 The producer only needs "open a URL, read frames as bytes, know why it closed". aiohttp's
-``ws_connect`` receives about 3x faster than ``websockets`` (PERF.md), and with
+``ws_connect`` receives about 3x faster than ``websockets`` (docs/performance.md §2), and with
 ``decode_text=False`` it hands text frames over as the received ``bytes``: no UTF-8 decode here
 and no re-encode in the parser (orjson/msgspec read bytes directly).
 

@@ -5,7 +5,7 @@ symbol such as ``BTCUSD_211231`` is a ``CURRENT_QUARTER`` contract). Tick and st
 inferred from the decimals of the price and quantity strings the capture carries: Binance writes
 prices with the symbol's precision, and a column whose last decimal is always ``0`` means a
 coarser tick (fapi BTCUSDT writes ``61800.20``: two decimals, tick ``0.10``). The shape follows
-BINANCE.md §5 and the real responses in shared/realdata (nautilus_trader, cryptofeed).
+docs/binance.md §6 and the real responses in tests/data (nautilus_trader, cryptofeed).
 """
 
 from __future__ import annotations

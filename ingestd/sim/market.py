@@ -1,6 +1,6 @@
 """The sim's market-data REST endpoints beyond depth/exchangeInfo/time/ping (pure: no I/O, no clock).
 
-Every endpoint ``ingestd collect`` fetches (BINANCE.md §3) is answered here, with Binance's
+Every endpoint ``ingestd collect`` fetches (docs/binance.md §4) is answered here, with Binance's
 shapes, types and error bodies (``-1102`` missing parameter, ``-1121`` unknown symbol, ``-1120``
 bad interval, ``-2014`` missing API key …). Trades, aggregated trades, klines, tickers, average
 price and best bid/ask come from the capture's own trades and bookTickers; the rest is generated

@@ -4,7 +4,7 @@ Each connection owns two tasks, both owned by the venue's handler: a *pump* that
 frames of the subscribed streams in capture order, and a *reader* that answers Binance's live
 control messages (SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, SET/GET_PROPERTY). Frames are
 encoded here and written to the transport in bulk: aiohttp's per-frame ``send_*`` caps a replay
-far below what a client can read (PERF.md), and a chunk per drain keeps the loop responsive.
+far below what a client can read (docs/performance.md §2), and a chunk per drain keeps the loop responsive.
 """
 
 from __future__ import annotations

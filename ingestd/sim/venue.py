@@ -7,7 +7,8 @@ weights, per rolling minute and API family; past the limit a 429 with ``Retry-Af
 Websockets: ``/public/stream``, ``/market/stream`` (USDⓈ-M routes; a stream on the wrong route
 is acknowledged and silent),
 ``/stream`` (spot, or ``/public`` when the sim holds no spot capture; spot captures also serve the
-generated ``<symbol>@ticker_<1h|4h|1d>`` streams), ``/ws/<name>`` raw streams,
+generated ``<symbol>@ticker_<1h|4h|1d>`` streams, USDⓈ-M captures with trades but no aggTrades
+an aggregated ``<symbol>@aggTrade``: :mod:`ingestd.sim.agg_trades`), ``/ws/<name>`` raw streams,
 and the live control messages. ``POST /_sim/faults`` and ``GET /_sim/stats`` let tests drive a
 sim running in another process.
 
@@ -34,6 +35,7 @@ import orjson
 from aiohttp import web
 
 from ingestd.errors import ConfigError
+from ingestd.sim.agg_trades import with_agg_trades
 from ingestd.sim.books import DepthBooks
 from ingestd.sim.captures import Capture, CaptureError, Market, Timeline, load_capture
 from ingestd.sim.exchange_info import build_exchange_info
@@ -233,8 +235,9 @@ class SimVenue:
         ]
         if not captures:
             raise CaptureError("no capture given")
-        # Spot captures gain the generated <symbol>@ticker_<window> streams (no capture has them).
-        captures = [await asyncio.to_thread(with_window_tickers, c) for c in captures]
+        # Spot captures gain the generated <symbol>@ticker_<window> streams (no capture has them);
+        # USDⓈ-M ones that recorded only @trade gain <symbol>@aggTrade, the documented stream.
+        captures = [await asyncio.to_thread(_with_generated_streams, c) for c in captures]
         self.timeline = tl = await asyncio.to_thread(Timeline, captures)
         shift = await asyncio.to_thread(_loop_shift, tl) if self.loop and self.loop_shift else None
         self._state = ReplayState(
@@ -546,6 +549,11 @@ class SimVenue:
             used_weight={f: m.used(now) for f, m in self._meters.items()},
             connections=conns,
         )
+
+
+def _with_generated_streams(capture: Capture) -> Capture:
+    """The streams no capture has, generated from its trades (see :meth:`SimVenue.start`)."""
+    return with_window_tickers(with_agg_trades(capture))
 
 
 def _loop_shift(tl: Timeline) -> LoopShift:

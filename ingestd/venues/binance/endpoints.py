@@ -1,4 +1,4 @@
-"""Binance endpoint and stream tables (data, not code). Facts from shared/BINANCE.md.
+"""Binance endpoint and stream tables (data, not code). Facts: docs/binance.md.
 
 USDⓈ-M routing (since 2026-04-23): book streams (``@depth*``, ``@bookTicker``) on ``/public``,
 everything else on ``/market``. A stream on the wrong route is acked and then silent, so the
@@ -42,7 +42,7 @@ class VenueSpec:
         return table[-1][1]
 
 
-# (max limit, weight) rows, ascending. Spot: BINANCE.md §3.2; USDⓈ-M: §3.3.
+# (max limit, weight) rows, ascending. Spot: docs/binance.md §4.2; USDⓈ-M: §4.3.
 SPOT_DEPTH_WEIGHT: Final = ((100, 5), (500, 25), (1000, 50), (5000, 250))
 FUTURES_DEPTH_WEIGHT: Final = ((50, 2), (100, 5), (500, 10), (1000, 20))
 

@@ -112,7 +112,7 @@ _MS: Final = 1_000_000
 
 # -- per-channel builders ----------------------------------------------------------------------
 # Each takes (route, contract, wire struct, recv_ts) and returns one record. The docstring shows a
-# real payload, trimmed, from shared/realdata (source in brackets).
+# real payload, trimmed, from tests/data (source in brackets).
 
 
 def _trade(r: _Route, c: Contract, w: TradeWire, recv_ts: int) -> Trade:
@@ -310,7 +310,7 @@ def _ticker(r: _Route, c: Contract, w: TickerWire, recv_ts: int) -> Ticker:
 def _mini_ticker(r: _Route, c: Contract, w: MiniTickerWire, recv_ts: int) -> MiniTicker:
     """``<s>@miniTicker`` / ``!miniTicker@arr`` → :class:`MiniTicker`.
 
-    No capture exists in shared/realdata; the keys are the 24hrTicker's ``E,s,c,o,h,l,v,q``::
+    No genuine capture exists (docs/binance.md §8.4); the keys are the 24hrTicker's ``E,s,c,o,h,l,v,q``::
 
         {"e":"24hrMiniTicker","E":1653812650349,"s":"ETHUSDT","c":"1792.84000000",
          "o":"1764.61000000","h":"1808.98000000","l":"1748.94000000",
