@@ -23,6 +23,7 @@ import asyncio
 import itertools
 import logging
 import math
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -156,6 +157,8 @@ class SimVenue:
     on any earlier connection, and REST depth answers a book rolled forward to that point.
     ``loop_shift`` (with ``loop``): every pass after the first moves ids and times forward so it
     looks like new data to a client that drops repeated ids (:mod:`ingestd.sim.shift`).
+    ``ssl_context`` (a server context, :func:`ingestd.tls.server_context`) serves the same app
+    over TLS: ``https://`` and ``wss://``.
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class SimVenue:
         loop: bool = False,
         resume: ResumeMode = "restart",
         loop_shift: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not math.isfinite(speed) or speed < 0:
             raise ConfigError(f"speed must be a finite number >= 0, not {speed}")
@@ -177,6 +181,7 @@ class SimVenue:
         self.host, self.port = host, port
         self.speed, self.loop, self.resume = speed, loop, resume
         self.loop_shift = loop_shift
+        self.ssl_context = ssl_context
         self.faults = Faults()
         self.timeline: Timeline | None = None
         self._state: ReplayState | None = None
@@ -196,11 +201,13 @@ class SimVenue:
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self._host_in_url}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self._host_in_url}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self._host_in_url}:{self.port}"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self._host_in_url}:{self.port}"
 
     @property
     def _host_in_url(self) -> str:
@@ -240,7 +247,7 @@ class SimVenue:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_CLOSE_GRACE_S)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
+            site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()
