@@ -99,6 +99,11 @@ async def test_offline_demo_over_wss_and_https_with_ca_file_stores_the_capture(
         code = await run_until(daemon, lambda: daemon.bus.published >= total)
         conns = sim.stats().connections
     assert code == 0
+    # One context for everything: REST (discovery, snapshots, clock, pollers) and websockets.
+    assert daemon.rest is not None
+    assert daemon.rest.ssl_context is daemon.tls
+    assert daemon.streams is not None
+    assert daemon.streams._transport.ssl_context is daemon.tls  # type: ignore[attr-defined]
     assert {c.route for c in conns} == {"/public", "/market"}
     assert daemon.stats()["rest"]["errors"] == {}
     assert_stored_as_captured(data, frames, expected)
@@ -207,6 +212,9 @@ async def test_an_untrusted_websocket_certificate_is_one_line_then_backoff_no_tr
             assert daemon.streams is not None
             stats = daemon.streams.stats()["connections"]
             assert not ws.stats().connections  # no websocket was ever opened
+            ready, detail = daemon.readiness()  # /readyz names what has no data
+            assert not ready
+            assert "stream btcusdt@bookTicker: no frame yet" in detail["not_ready"]
         assert daemon.stats()["connection_events"].get("connected", 0) == 0
 
     origin = f"wss://127.0.0.1:{ws.port}"
