@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -43,6 +44,7 @@ from ingestd.producers.snapshots import SnapshotProducer
 from ingestd.producers.streams import StreamsProducer, plan_connections
 from ingestd.records import AnyRecord, Record
 from ingestd.shard import select_shard, shard_label
+from ingestd.tls import client_context, trust_source
 from ingestd.venues.binance.endpoints import VENUES, VenueSpec
 from ingestd.venues.binance.parse import FrameParser
 from ingestd.venues.binance.symbols import ContractSet
@@ -68,13 +70,20 @@ class _HookSpec:
 
 
 class Daemon:
-    """One run of ingestd. Create, optionally :meth:`add_hook`, then ``await run()``."""
+    """One run of ingestd. Create, optionally :meth:`add_hook`, then ``await run()``.
 
-    def __init__(self, settings: Settings) -> None:
+    ``ssl_context``: the verifying TLS context (:func:`ingestd.tls.client_context`), when the
+    caller built it already; else it is built here from ``settings.tls``.
+    """
+
+    def __init__(self, settings: Settings, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
         self.venue: VenueSpec = VENUES[settings.venue]
         self.rest_url = settings.rest_url or self.venue.rest_url
         self.ws_url = settings.ws_url or self.venue.ws_url
+        # One verifying TLS context for every REST call and websocket, built before the loop
+        # runs (it reads CA files); a bad tls.ca_file is a ConfigError here (exit 2).
+        self.tls = ssl_context if ssl_context is not None else client_context(settings.tls.ca_file)
         self.contracts: ContractSet | None = None
         self.bus = Bus()
         self.books: BookManager | None = None
@@ -266,6 +275,8 @@ class Daemon:
 
     async def _start(self) -> None:
         s = self.settings
+        if any(u.startswith(("https:", "wss:")) for u in (self.rest_url, self.ws_url)):
+            log.info("TLS: verifying certificates against %s", trust_source(s.tls.ca_file))
         state_file = s.snapshots.state_file or (s.storage.data_dir / ".ingestd-state.json")
         self.rest = RestClient(
             self.rest_url,
@@ -273,6 +284,7 @@ class Daemon:
             headroom=s.snapshots.weight_headroom,
             state_file=state_file if s.storage.enabled or s.snapshots.state_file else None,
             timeout_s=s.snapshots.request_timeout_s,
+            ssl_context=self.tls,
         )
         await self._wait_out_ban()
         discovered = await discover(self.rest, self.venue)
@@ -356,6 +368,7 @@ class Daemon:
                 s.streams,
                 raw=s.json_dump.raw,
                 on_event=self._on_connection_event,
+                ssl_context=self.tls,
             )
             self._spawn(self.streams.run(), "streams")
         else:

@@ -177,6 +177,14 @@ class ClockSettings(_Model):
     warn_offset_ms: PositiveFloat = 500.0
 
 
+class TlsSettings(_Model):
+    """Certificate verification of ``https://`` and ``wss://`` peers (always on)."""
+
+    ca_file: Path | None = None
+    """PEM bundle of the CAs to trust instead of the system store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
+    when set, else the OS bundle). Checked at start: missing or not PEM is a config error."""
+
+
 class Settings(_Model):
     """Everything a run needs. Built by :func:`load_settings`."""
 
@@ -202,6 +210,7 @@ class Settings(_Model):
     health: HealthSettings = HealthSettings()
     clock: ClockSettings = ClockSettings()
     nats: NatsSettings = NatsSettings()
+    tls: TlsSettings = TlsSettings()
     shard: ShardSpec | None = None
     """``K/N``: this instance ingests shard K of N of the contract set (1-based)."""
 

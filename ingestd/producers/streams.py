@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
@@ -78,7 +79,8 @@ class StreamsProducer:
 
     ``emit`` receives one batch per frame (it may wait: back-pressure reaches the socket).
     ``on_event`` receives :class:`~ingestd.producers.events.ConnectionEvent` transitions.
-    ``transport`` defaults to aiohttp with the venue's keepalive cadence.
+    ``transport`` defaults to aiohttp with the venue's keepalive cadence, verifying ``wss://``
+    peers with ``ssl_context`` (``None``: aiohttp's default context).
     """
 
     def __init__(  # noqa: PLR0917 - positional order is the daemon's call (app.py)
@@ -93,6 +95,7 @@ class StreamsProducer:
         raw: bool = False,
         on_event: OnConnectionEvent | None = None,
         transport: WsTransport | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         names = [p.name for p in plans]
         if len(set(names)) != len(names):
@@ -106,6 +109,7 @@ class StreamsProducer:
         self._transport: WsTransport = transport or AiohttpTransport(
             max_frame_bytes=settings.max_frame_bytes,
             ping_interval_s=settings.ping_interval_s or venue.ping_interval_s,
+            ssl_context=ssl_context,
         )
         self._slots = [Slot(p, ws_url, settings) for p in plans]
         self._streams: dict[str, StreamStats] = {s: StreamStats(p.name) for p in plans for s in p.streams}

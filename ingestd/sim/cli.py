@@ -4,7 +4,11 @@ When ready it prints exactly one line to stdout, flushed::
 
     rest=http://127.0.0.1:PORT ws=ws://127.0.0.1:PORT
 
-Exit codes: 0 clean stop, 2 missing/unreadable capture or bad flag, 3 could not listen.
+With ``--tls-cert FILE --tls-key FILE`` it serves the same venue over TLS and prints
+``rest=https://… ws=wss://…``.
+
+Exit codes: 0 clean stop, 2 missing/unreadable capture, certificate or key, or a bad flag,
+3 could not listen.
 ``python -m ingestd.sim.cli …`` runs it without the main CLI (tests start it that way).
 """
 
@@ -14,12 +18,14 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ingestd.errors import ConfigError
 from ingestd.sim.venue import BUNDLED_CAPTURE, SimVenue
+from ingestd.tls import server_context
 
 EXIT_OK, EXIT_USAGE, EXIT_STARTUP = 0, 2, 3
 
@@ -65,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--clock-skew-ms", type=int, default=0, help="added to serverTime")
     parser.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serve https/wss with this PEM certificate (chain)"
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="the PEM private key of --tls-cert")
+    parser.add_argument(
         "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log to stderr at this level"
     )
 
@@ -72,6 +82,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _fail(message: str) -> None:
     sys.stderr.write(f"ingestd sim: {message}\n")
     sys.stderr.flush()
+
+
+def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server context of ``--tls-cert``/``--tls-key``; ``None`` without them."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("--tls-cert and --tls-key go together")
+    return server_context(cert, key)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -82,6 +102,7 @@ async def run(args: argparse.Namespace) -> int:
         setup_logging("auto", args.log_level)
     captures = list(args.capture or [BUNDLED_CAPTURE])
     try:
+        tls = _server_tls(args)
         venue = SimVenue(
             captures,
             host=args.host,
@@ -90,10 +111,11 @@ async def run(args: argparse.Namespace) -> int:
             loop=args.loop,
             resume=args.resume,
             loop_shift=args.loop_shift,
+            ssl_context=tls,
         )
         venue.faults.clock_skew_ms = args.clock_skew_ms
         await venue.start()
-    except ConfigError as exc:  # CaptureError included: missing, unreadable or unknown capture
+    except ConfigError as exc:  # CaptureError included; a bad certificate or key too
         _fail(str(exc))
         return EXIT_USAGE
     except OSError as exc:

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import logging
 import math
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -168,6 +169,9 @@ class SimVenue:
     client that asks on its first diff. A client that buffers from its first diff then bridges
     on it and applies every later diff of the connection: tests that must exercise a book (and
     its bookTicker audit) get the whole capture, however far another connection ran ahead.
+
+    ``ssl_context`` (a server context, :func:`ingestd.tls.server_context`) serves the same app
+    over TLS: ``https://`` and ``wss://``.
     """
 
     def __init__(
@@ -181,6 +185,7 @@ class SimVenue:
         resume: ResumeMode = "restart",
         loop_shift: bool = False,
         snapshot_at: SnapshotAt = "now",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not math.isfinite(speed) or speed < 0:
             raise ConfigError(f"speed must be a finite number >= 0, not {speed}")
@@ -196,6 +201,7 @@ class SimVenue:
         self.speed, self.loop, self.resume = speed, loop, resume
         self.loop_shift = loop_shift
         self.snapshot_at: SnapshotAt = snapshot_at
+        self.ssl_context = ssl_context
         self.faults = Faults()
         self.timeline: Timeline | None = None
         self._state: ReplayState | None = None
@@ -215,11 +221,13 @@ class SimVenue:
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self._host_in_url}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self._host_in_url}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self._host_in_url}:{self.port}"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self._host_in_url}:{self.port}"
 
     @property
     def _host_in_url(self) -> str:
@@ -260,7 +268,7 @@ class SimVenue:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_CLOSE_GRACE_S)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
+            site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()
