@@ -123,7 +123,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     """The settings ``ingestd run`` builds, captured where it would construct the Daemon."""
     seen: list[Settings] = []
 
-    def fake_daemon(settings: Settings) -> Any:
+    def fake_daemon(settings: Settings, **_: Any) -> Any:
         seen.append(settings)
         raise _CapturedError
 
