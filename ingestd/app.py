@@ -23,6 +23,7 @@ from typing import Any
 from ingestd.book.manager import BookManager
 from ingestd.book.records import GapKind
 from ingestd.bus import Bus, OverflowPolicy
+from ingestd.channels import Cadence
 from ingestd.config import Settings
 from ingestd.consumers.console import ConsoleReporter
 from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook
@@ -214,10 +215,11 @@ class Daemon:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every stream is fresh and every book is synced; else name what is not.
 
-        Book streams (depth, bookTicker) and mark price tick several times a second on any listed
-        contract, so they must deliver within ``health.freshness_s``. Trade-driven streams (trades,
-        klines, tickers) can be quiet for minutes on a thin contract: they get
-        ``health.quiet_freshness_s``. Liquidations come only when they happen and are exempt.
+        How fresh a stream must be follows its channel's cadence (the channel table's). Book-driven
+        streams (depth, bookTicker, mark price) tick several times a second on any listed contract,
+        so they must deliver within ``health.freshness_s``. Trade-driven streams (trades, klines,
+        tickers) can be quiet for minutes on a thin contract: they get ``health.quiet_freshness_s``.
+        Event-driven ones (liquidations) come only when something happens and are exempt.
         """
         not_ready: list[str] = []
         if self.contracts is None:
@@ -226,9 +228,10 @@ class Daemon:
         uptime = time.monotonic() - self._started_at if self._started_at else 0.0
         if self.streams is not None:
             for name, st in self.streams.stats()["streams"].items():
-                if "@forceOrder" in name:
+                cadence = st["cadence"]
+                if cadence == Cadence.EVENT:
                     continue
-                quiet = not any(k in name for k in ("@depth", "@bookTicker", "@markPrice"))
+                quiet = cadence != Cadence.BOOK
                 limit = hs.quiet_freshness_s if quiet else hs.freshness_s
                 age = st.get("last_frame_age_s")
                 if not st.get("first_frame_seen"):

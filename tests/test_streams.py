@@ -663,11 +663,13 @@ def test_stale_deadline_depends_on_what_the_connection_carries() -> None:
     liquidations are quiet on a thin market: such a connection waits 10x longer (keepalive pings
     catch a dead TCP connection meanwhile)."""
     st = fast(stale_after_s=60.0)
-    assert stale_deadline(("btcusdt@depth@100ms", "btcusdt@aggTrade"), st) == 60.0
-    assert stale_deadline(("btcusdt@bookTicker",), st) == 60.0
-    assert stale_deadline(("!markPrice@arr@1s",), st) == 60.0
-    assert stale_deadline(("btcusdt@aggTrade", "btcusdt@kline_1m"), st) == 600.0
-    assert stale_deadline(("!forceOrder@arr",), st) == 600.0
+    v = USDM.name
+    assert stale_deadline(("btcusdt@depth@100ms", "btcusdt@aggTrade"), st, v) == 60.0
+    assert stale_deadline(("btcusdt@bookTicker",), st, v) == 60.0
+    assert stale_deadline(("!markPrice@arr@1s",), st, v) == 60.0
+    assert stale_deadline(("btcusdt@aggTrade", "btcusdt@kline_1m"), st, v) == 600.0
+    assert stale_deadline(("!forceOrder@arr",), st, v) == 600.0
+    assert stale_deadline(("btcusdt@depth20@100ms",), st, "binance-spot") == 60.0
 
 
 @pytest.mark.asyncio

@@ -15,26 +15,27 @@ from collections.abc import Sequence
 from typing import Any
 
 from ingestd.backoff import Backoff
+from ingestd.channels import Cadence, ChannelSpec
 from ingestd.config import StreamSettings
-from ingestd.producers.dedupe import Handover, KeyFn
+from ingestd.producers.dedupe import Handover
 from ingestd.producers.plan import ConnectionPlan
 from ingestd.producers.transport import WsConnection
-from ingestd.venues.binance.endpoints import stream_kind
+from ingestd.venues.binance.channels import cadence_of
 
 HANDOVER_MAX_HELD = 100_000
 """Records a rotation candidate may buffer before the switch is forced (bounds its memory)."""
 
-STEADY_KINDS = ("depth", "bookTicker", "markPrice", "rpiDepth")
-"""Stream kinds the venue pushes on a fixed cadence, trades or not: silence on them means a stall."""
 QUIET_STALE_FACTOR = 10
-"""A connection with only event-driven streams (trades, liquidations…) waits this many times
-``stale_after_s`` before it calls itself stale: a thin market is quiet, and the keepalive pings
-already catch a dead TCP connection."""
+"""A connection without a book-driven stream (only trades, klines, tickers, liquidations…) waits
+this many times ``stale_after_s`` before it calls itself stale: a thin market is quiet, and the
+keepalive pings already catch a dead TCP connection."""
 
 
-def stale_deadline(streams: Sequence[str], settings: StreamSettings) -> float:
-    """Seconds without any frame after which a connection carrying ``streams`` is stale."""
-    steady = any(stream_kind(s).lstrip("!").startswith(STEADY_KINDS) for s in streams)
+def stale_deadline(streams: Sequence[str], settings: StreamSettings, venue: str) -> float:
+    """Seconds without any frame after which a connection carrying ``streams`` on ``venue`` is
+    stale: ``stale_after_s`` when one of them is :attr:`~ingestd.channels.Cadence.BOOK` (pushed
+    on a cadence, trades or not: silence is a stall), else :data:`QUIET_STALE_FACTOR` times it."""
+    steady = any(cadence_of(venue, s) is Cadence.BOOK for s in streams)
     return settings.stale_after_s if steady else settings.stale_after_s * QUIET_STALE_FACTOR
 
 
@@ -59,12 +60,13 @@ class StreamStats:
     """Counters of one stream (across every socket that carried it)."""
 
     __slots__ = (
-        "connection", "duplicates", "errors_in_episode", "first_frame_ts", "frames",
-        "keyfn", "last_frame", "parse_errors", "records",
+        "cadence", "connection", "duplicates", "errors_in_episode", "first_frame_ts", "frames",
+        "last_frame", "parse_errors", "records", "spec",
     )  # fmt: skip
 
-    def __init__(self, connection: str) -> None:
+    def __init__(self, connection: str, cadence: Cadence) -> None:
         self.connection = connection
+        self.cadence = cadence
         self.frames = 0
         self.records = 0
         self.parse_errors = 0
@@ -72,12 +74,14 @@ class StreamStats:
         self.errors_in_episode = 0
         self.first_frame_ts: int | None = None
         self.last_frame = 0.0
-        self.keyfn: KeyFn | None = None
+        self.spec: ChannelSpec | None = None
+        """The channel of the stream's records (identity and order key for the duplicate filter)."""
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """The stream's part of ``stats()``."""
         return {
             "connection": self.connection,
+            "cadence": self.cadence.value,
             "frames": self.frames,
             "records": self.records,
             "parse_errors": self.parse_errors,
@@ -138,13 +142,13 @@ class Live:
 class Slot:
     """Everything about one planned connection that outlives its sockets."""
 
-    def __init__(self, plan: ConnectionPlan, ws_url: str, settings: StreamSettings) -> None:
+    def __init__(self, plan: ConnectionPlan, ws_url: str, settings: StreamSettings, venue: str) -> None:
         self.plan = plan
         self.url = plan.url(ws_url)
         self.source = plan.source(ws_url)
         self.backoff = Backoff.from_settings(settings)
         self.rotate_backoff = Backoff.from_settings(settings)
-        self.stale_after_s = stale_deadline(plan.streams, settings)
+        self.stale_after_s = stale_deadline(plan.streams, settings, venue)
         self.state = SlotState.IDLE
         self.primary: Live | None = None
         self.candidate: Live | None = None

@@ -1,8 +1,9 @@
 """Duplicate filtering across websocket connections (pure: no I/O, no clock).
 
-Every record has an id that grows along its stream: depth ``final_update_id``, bookTicker
-``update_id``, trade ``trade_id``, aggTrade ``agg_id``, kline ``(open_time, exchange_ts)`` and
-``exchange_ts`` for everything else. :class:`HighWaterMarks` keeps the highest id emitted per
+Every record has a key that grows along its stream: its channel's ordering key in the channel
+table (:class:`~ingestd.channels.ChannelSpec`: depth ``final_update_id``, bookTicker
+``update_id``, trade ``trade_id``, aggTrade ``agg_id``, kline ``(open_time, exchange_ts)``,
+``exchange_ts`` for the rest). :class:`HighWaterMarks` keeps the highest key emitted per
 ``(stream, native)`` — all-market array streams carry many symbols — and drops a record at or
 below it. The marks outlive connections, so overlap after a reconnect or a rotation, or a venue
 that replays from the start, adds no duplicates.
@@ -21,38 +22,22 @@ without proof (the hand-over deadline).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from operator import attrgetter
-from typing import Any, Final
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from ingestd.records import Record
+from ingestd.channels import ChannelSpec
+from ingestd.records import RECORD_TYPES, Record
+from ingestd.venues.binance.channels import channel_spec
+from ingestd.venues.binance.endpoints import USDM
 
 StreamKey = tuple[str, str]
 """``(stream, native)``."""
 
-KeyFn = Callable[[Any], Any]
 
-
-def _kline_key(r: Any) -> tuple[int, int] | None:
-    return None if r.exchange_ts is None else (r.open_time, r.exchange_ts)
-
-
-KEYS: Final[dict[str, KeyFn]] = {
-    "depth_diff": attrgetter("final_update_id"),
-    "partial_depth": attrgetter("final_update_id"),
-    "book_ticker": attrgetter("update_id"),
-    "trade": attrgetter("trade_id"),
-    "agg_trade": attrgetter("agg_id"),
-    "kline": _kline_key,
-}
-"""Channel → the id that orders its records; any other channel uses ``exchange_ts``."""
-
-EXCHANGE_TS: Final[KeyFn] = attrgetter("exchange_ts")
-
-
-def key_for(channel: str) -> KeyFn:
-    """The ordering key of records of ``channel``. ``None`` from it means "cannot be deduped"."""
-    return KEYS.get(channel, EXCHANGE_TS)
+def key_for(channel: str, venue: str = USDM.name) -> ChannelSpec:
+    """The spec whose ordering key orders records of ``channel`` (``None`` from
+    :attr:`~ingestd.channels.ChannelSpec.order_key` means "cannot be deduped")."""
+    return channel_spec(venue, RECORD_TYPES[channel])
 
 
 class Handover:
@@ -98,7 +83,7 @@ class HighWaterMarks:
         self,
         stream: str,
         records: Sequence[Record],
-        keyfn: KeyFn,
+        spec: ChannelSpec,
         *,
         candidate: Handover | None = None,
         rival: Handover | None = None,
@@ -110,6 +95,7 @@ class HighWaterMarks:
         candidate buffered may be released into the result.
         """
         marks = self._marks
+        keyfn = spec.order_key
         kept: list[Record] = []
         dropped = 0
         for r in records:
@@ -152,21 +138,23 @@ class HighWaterMarks:
                     rival.held -= len(entry[1])
                     rival.caught.add(hk)
                     rival.needed.discard(hk)
-                    dropped += self._through(hk, entry[1], keyfn, kept)
+                    dropped += self._through(hk, entry[1], spec, kept)
                 else:
                     rival.needed.add(hk)
         return kept, dropped
 
-    def release(self, handover: Handover, keyfns: Mapping[str, KeyFn]) -> tuple[list[Record], dict[str, int]]:
+    def release(
+        self, handover: Handover, specs: Mapping[str, ChannelSpec]
+    ) -> tuple[list[Record], dict[str, int]]:
         """Flush every buffer of ``handover`` through the marks (a switch without proof).
 
-        ``keyfns`` maps stream name to its key function. Returns the records to emit and the
-        number dropped per stream.
+        ``specs`` maps stream name to the spec of its records. Returns the records to emit and
+        the number dropped per stream.
         """
         kept: list[Record] = []
         dropped: dict[str, int] = {}
         for hk, (_, recs) in handover.buffered.items():
-            n = self._through(hk, recs, keyfns.get(hk[0], EXCHANGE_TS), kept)
+            n = self._through(hk, recs, specs[hk[0]], kept)
             if n:
                 dropped[hk[0]] = dropped.get(hk[0], 0) + n
             handover.caught.add(hk)
@@ -174,8 +162,9 @@ class HighWaterMarks:
         handover.held = 0
         return kept, dropped
 
-    def _through(self, hk: StreamKey, records: list[Record], keyfn: KeyFn, out: list[Record]) -> int:
+    def _through(self, hk: StreamKey, records: list[Record], spec: ChannelSpec, out: list[Record]) -> int:
         marks = self._marks
+        keyfn = spec.order_key
         dropped = 0
         for r in records:
             key = keyfn(r)
