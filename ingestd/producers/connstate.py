@@ -61,7 +61,7 @@ class StreamStats:
 
     __slots__ = (
         "cadence", "connection", "duplicates", "errors_in_episode", "first_frame_ts", "frames",
-        "last_frame", "parse_errors", "records", "spec",
+        "id_reset_at", "id_resets", "last_frame", "parse_errors", "records", "spec",
     )  # fmt: skip
 
     def __init__(self, connection: str, cadence: Cadence) -> None:
@@ -71,6 +71,9 @@ class StreamStats:
         self.records = 0
         self.parse_errors = 0
         self.duplicates = 0
+        self.id_resets = 0
+        """Times the stream's ids restarted lower (each wrote an ``id_reset`` gap record)."""
+        self.id_reset_at = float("-inf")
         self.errors_in_episode = 0
         self.first_frame_ts: int | None = None
         self.last_frame = 0.0
@@ -86,6 +89,7 @@ class StreamStats:
             "records": self.records,
             "parse_errors": self.parse_errors,
             "duplicates": self.duplicates,
+            "id_resets": self.id_resets,
             "first_frame_seen": self.first_frame_ts is not None,
             "first_frame_ts": self.first_frame_ts,
             "last_frame_age_s": _age(now, self.last_frame),
@@ -117,7 +121,7 @@ class Live:
         self.shutdown_notice = False
         """The venue announced ``serverShutdown`` on this socket; a rotation replaces it."""
         self.reader: asyncio.Task[None] | None = None
-        self.handover: Handover | None = Handover() if candidate else None
+        self.handover: Handover | None = Handover(self) if candidate else None
         """Set while this socket is a rotation candidate; ``None`` once it is the primary."""
 
     def heard_at(self) -> float:

@@ -10,9 +10,10 @@ Frames: ``recv_ts`` is read once per frame; with ``raw`` the exact bytes are emi
 :class:`~ingestd.records.RawFrame`; the parser's records are emitted as one batch per frame.
 Before emission every record passes a per-``(stream, native)`` high-water mark of its channel's
 ordering key (the channel table's: ``final_update_id``, ``update_id``, ``trade_id``, ``agg_id``,
-kline ``(open_time, exchange_ts)``, else ``exchange_ts``): a record at or below the mark is a
-duplicate, dropped and counted. The marks outlive connections, so a venue that replays after a
-reconnect adds no duplicates.
+kline ``(open_time, exchange_ts)``, else ``exchange_ts``; :mod:`ingestd.producers.dedupe` has the
+rule): a proven copy is dropped and counted, so a venue replaying the last records after a
+reconnect adds no duplicates; ids that restart lower are a new sequence, emitted behind an
+``id_reset`` gap record (counted per stream, logged).
 
 Rotation (make-before-break, before Binance's 24 h cut): a second socket is opened on the same
 streams while the primary keeps emitting. The new socket's records are buffered per key until
@@ -53,6 +54,8 @@ SERVER_SHUTDOWN_STREAM: Final = "!serverShutdown"
 ROTATION_POLL_S: Final = 0.05
 """How often the controller re-checks a rotation's hand-over conditions (only while rotating)."""
 
+ID_RESET_LOG_S: Final = 60.0
+"""An id restart is logged as a warning unless the same stream restarted less than this ago."""
 SHUTDOWN_REPEAT_S: Final = 10.0
 """A second serverShutdown within this many seconds reconnects with backoff, not at once."""
 RELEASE_BATCH: Final = 4096
@@ -122,6 +125,7 @@ class StreamsProducer:
         self._finished = asyncio.Event()
         self.parse_errors = 0
         self.duplicates = 0
+        self.id_resets = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -428,6 +432,8 @@ class StreamsProducer:
             for name, n in dropped.items():
                 self._streams[name].duplicates += n
                 self.duplicates += n
+            if self._marks.reset_log:
+                self._id_resets()
             new.handover = None
             slot.primary, slot.candidate = new, None
             for i in range(0, len(kept), RELEASE_BATCH):
@@ -595,11 +601,29 @@ class StreamsProducer:
             spec = st.spec = channel_spec(self._venue.name, type(records[0]))
         cand = slot.candidate
         rival = cand.handover if cand is not None and cand is not live else None
-        kept, dropped = self._marks.admit(stream, records, spec, candidate=live.handover, rival=rival)
+        marks = self._marks
+        kept, dropped = marks.admit(stream, records, spec, source=live, candidate=live.handover, rival=rival)
         if dropped:
             st.duplicates += dropped
             self.duplicates += dropped
+        if marks.reset_log:
+            self._id_resets()
         return kept
+
+    def _id_resets(self) -> None:
+        """Count and log the id restarts the marks just saw (their gap records are emitted)."""
+        now = time.monotonic()
+        for stream, gap in self._marks.reset_log:
+            st = self._streams.get(stream)
+            self.id_resets += 1
+            level = logging.WARNING
+            if st is not None:
+                st.id_resets += 1
+                if now - st.id_reset_at < ID_RESET_LOG_S:
+                    level = logging.DEBUG
+                st.id_reset_at = now
+            log.log(level, "%s: %s; records kept, id_reset gap written", gap.native, gap.reason)
+        self._marks.reset_log.clear()
 
     def _canonical(self, slot: Slot, stream: str) -> str:
         """The planned name of a stream the venue spells differently (same symbol and kind, another
@@ -734,6 +758,7 @@ class StreamsProducer:
             "reconnects": sum(s.reconnects for s in self._slots),
             "parse_errors": self.parse_errors,
             "duplicates": self.duplicates,
+            "id_resets": self.id_resets,
             "frames": sum(s.frames for s in self._slots),
         }
 
