@@ -478,9 +478,15 @@ def match_stream(venue: str, stream: str) -> StreamMatch:
 
 def _lookup(venue: str, stream: str) -> ChannelSpec | None:
     try:
-        return match_stream(venue, stream).spec
+        return match_stream(venue if venue in _INDEX else USDM.name, stream).spec
     except ParseError:
         return None
+
+
+def channel_of(venue: str, stream: str) -> str | None:
+    """The channel ``stream`` carries on ``venue``; ``None`` for a stream the table lacks."""
+    spec = _lookup(venue, stream)
+    return None if spec is None else spec.channel
 
 
 def route_for(stream: str, venue: str = USDM.name) -> str:
