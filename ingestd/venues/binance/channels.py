@@ -398,10 +398,13 @@ def _spot(spec: ChannelSpec) -> ChannelSpec:
 
 _SPOT_MISSING: Final = frozenset({"mark_price", "liquidation"})
 """Futures-only concepts: spot has no markPrice or forceOrder streams."""
+_SPOT_ONLY: Final[tuple[ChannelSpec, ...]] = ()
+"""Channels only spot has (none is ingested yet); a channel on both venues is listed once above."""
 
 USDM_CHANNELS: Final = ChannelTable(USDM.name, (*_USDM_STREAMS, *_POLLED, *_DERIVED_SPECS))
 SPOT_CHANNELS: Final = ChannelTable(
-    SPOT.name, (*(_spot(s) for s in _USDM_STREAMS if s.channel not in _SPOT_MISSING), *_DERIVED_SPECS)
+    SPOT.name,
+    (*(_spot(s) for s in _USDM_STREAMS if s.channel not in _SPOT_MISSING), *_SPOT_ONLY, *_DERIVED_SPECS),
 )
 TABLES: Final[dict[str, ChannelTable]] = {USDM.name: USDM_CHANNELS, SPOT.name: SPOT_CHANNELS}
 """Venue name → its channel table."""
