@@ -101,7 +101,7 @@ class Live:
 
     __slots__ = (
         "busy_at", "connected", "data_seen", "emitting", "end_reason", "handover", "last_frame",
-        "reader", "shutdown_notice", "silence_checked", "unseen", "ws",
+        "reader", "shutdown_notice", "silence_checked", "source", "unseen", "ws",
     )  # fmt: skip
 
     def __init__(self, ws: WsConnection, streams: Sequence[str], *, candidate: bool) -> None:
@@ -121,7 +121,10 @@ class Live:
         self.shutdown_notice = False
         """The venue announced ``serverShutdown`` on this socket; a rotation replaces it."""
         self.reader: asyncio.Task[None] | None = None
-        self.handover: Handover | None = Handover(self) if candidate else None
+        self.source = object()
+        """Names this socket to the duplicate filter (a token: the marks must not keep a closed
+        socket alive)."""
+        self.handover: Handover | None = Handover(self.source) if candidate else None
         """Set while this socket is a rotation candidate; ``None`` once it is the primary."""
 
     def heard_at(self) -> float:

@@ -602,7 +602,9 @@ class StreamsProducer:
         cand = slot.candidate
         rival = cand.handover if cand is not None and cand is not live else None
         marks = self._marks
-        kept, dropped = marks.admit(stream, records, spec, source=live, candidate=live.handover, rival=rival)
+        kept, dropped = marks.admit(
+            stream, records, spec, source=live.source, candidate=live.handover, rival=rival
+        )
         if dropped:
             st.duplicates += dropped
             self.duplicates += dropped
