@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
+from ingestd.venues.binance.channels import USDM_CHANNELS, stream_name
+
 VERSION: Final = 5
 """Bumped whenever the generator's output changes: the cache key includes it."""
 
@@ -69,18 +71,6 @@ MIX: Final = (
 )
 """Percent of frames per stream kind."""
 
-STREAM_SUFFIX: Final = {
-    "depth": "@depth@100ms",
-    "aggTrade": "@aggTrade",
-    "bookTicker": "@bookTicker",
-    "markPrice": "@markPrice@1s",
-    "kline": "@kline_1m",
-    "ticker": "@ticker",
-}
-"""Exactly the names ingestd subscribes (ingestd.venues.binance.endpoints.STREAM_TEMPLATES)."""
-
-ROUTE: Final = {k: "/public" if k in ("depth", "bookTicker") else "/market" for k in STREAM_SUFFIX}
-
 CHANNEL: Final = {
     "depth": "depth_diff",
     "aggTrade": "agg_trade",
@@ -90,6 +80,13 @@ CHANNEL: Final = {
     "ticker": "ticker",
 }
 """Stream kind → ingestd channel."""
+
+STREAM_SUFFIX: Final = {
+    k: stream_name(USDM_CHANNELS[ch], "", interval="1m", levels=20) for k, ch in CHANNEL.items()
+}
+"""Exactly the names ingestd subscribes (the channel table's templates), without the symbol."""
+
+ROUTE: Final = {k: USDM_CHANNELS[ch].route or "" for k, ch in CHANNEL.items()}
 
 # (symbol, price decimals, tick in units of the last price decimal, qty decimals, typical price).
 # Decimals and ticks: fapi exchangeInfo (tests/data/cryptofeed/2021-10_head/

@@ -24,7 +24,8 @@ from typing import Any
 from ingestd.book.manager import BookManager
 from ingestd.book.records import GapKind
 from ingestd.bus import Bus, OverflowPolicy
-from ingestd.config import UNDOCUMENTED_CHANNELS, Settings
+from ingestd.channels import Cadence
+from ingestd.config import Settings
 from ingestd.consumers.console import ConsoleReporter
 from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook
 from ingestd.consumers.jsonl import JsonDump
@@ -45,6 +46,7 @@ from ingestd.producers.streams import StreamsProducer, plan_connections
 from ingestd.records import AnyRecord, Record
 from ingestd.shard import select_shard, shard_label
 from ingestd.tls import client_context, trust_source
+from ingestd.venues.binance.channels import TABLES
 from ingestd.venues.binance.endpoints import VENUES, VenueSpec
 from ingestd.venues.binance.parse import FrameParser
 from ingestd.venues.binance.symbols import ContractSet
@@ -162,12 +164,13 @@ class Daemon:
             self._force = asyncio.Event()
         self._started_at = time.monotonic()
         self._install_signals()
-        for channel, instead in UNDOCUMENTED_CHANNELS.get(self.venue.name, {}).items():
-            if channel in self.channels:
+        for channel in self.channels:
+            spec = TABLES[self.venue.name].get(channel)
+            if spec is not None and not spec.documented:
                 log.warning(
                     "channel %s on %s: Binance does not document this stream on the venue's "
                     "websocket, it may stay silent; use %s (docs/binance.md §2.3)",
-                    channel, self.venue.name, instead,
+                    channel, self.venue.name, spec.instead or "another channel",
                 )  # fmt: skip
         try:
             await self._start()
@@ -230,10 +233,11 @@ class Daemon:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every stream is fresh and every book is synced; else name what is not.
 
-        Book streams (depth, bookTicker) and mark price tick several times a second on any listed
-        contract, so they must deliver within ``health.freshness_s``. Trade-driven streams (trades,
-        klines, tickers) can be quiet for minutes on a thin contract: they get
-        ``health.quiet_freshness_s``. Liquidations come only when they happen and are exempt.
+        How fresh a stream must be follows its channel's cadence (the channel table's). Book-driven
+        streams (depth, bookTicker, mark price) tick several times a second on any listed contract,
+        so they must deliver within ``health.freshness_s``. Trade-driven streams (trades, klines,
+        tickers) can be quiet for minutes on a thin contract: they get ``health.quiet_freshness_s``.
+        Event-driven ones (liquidations) come only when something happens and are exempt.
         """
         not_ready: list[str] = []
         if self.contracts is None:
@@ -242,9 +246,10 @@ class Daemon:
         uptime = time.monotonic() - self._started_at if self._started_at else 0.0
         if self.streams is not None:
             for name, st in self.streams.stats()["streams"].items():
-                if "@forceOrder" in name:
+                cadence = st["cadence"]
+                if cadence == Cadence.EVENT:
                     continue
-                quiet = not any(k in name for k in ("@depth", "@bookTicker", "@markPrice"))
+                quiet = cadence != Cadence.BOOK
                 limit = hs.quiet_freshness_s if quiet else hs.freshness_s
                 age = st.get("last_frame_age_s")
                 if not st.get("first_frame_seen"):

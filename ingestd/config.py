@@ -20,11 +20,12 @@ from typing import Annotated, Any, Final, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ingestd.channels import Source
 from ingestd.consumers.nats import NatsSettings
 from ingestd.errors import ConfigError
 from ingestd.producers.pollers import PollerSettings
-from ingestd.records import CHANNELS
 from ingestd.shard import ShardSpec
+from ingestd.venues.binance.channels import SELECTABLE, TABLES
 
 ENV_PREFIX = "INGESTD_"
 CONFIG_ENV = "INGESTD_CONFIG"
@@ -38,9 +39,6 @@ DEFAULT_CHANNELS: Final[Mapping[str, tuple[str, ...]]] = {
 }
 """The channels of a run that names none (``channels`` null), per venue. No ``trade`` on USDⓈ-M:
 Binance documents only aggregated trades on that websocket (docs/binance.md §2.3)."""
-UNDOCUMENTED_CHANNELS: Final[Mapping[str, Mapping[str, str]]] = {"binance-usdm": {"trade": "agg_trade"}}
-"""Per venue, channels its documentation does not list → the documented one to use instead.
-Asking for one is allowed (it may deliver), and the daemon warns once at start."""
 NATIVE_RE = re.compile(r"^[A-Z0-9_]{2,40}$")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -247,10 +245,10 @@ class Settings(_Model):
         if isinstance(v, str):
             v = [s.strip() for s in v.split(",") if s.strip()]
         if isinstance(v, (list, tuple)):
-            bad = [c for c in v if c not in CHANNELS]
+            bad = [c for c in v if c not in SELECTABLE]
             if bad:
                 raise ValueError(
-                    f"unknown channel {', '.join(map(repr, bad))}; allowed: {', '.join(CHANNELS)}"
+                    f"unknown channel {', '.join(map(repr, bad))}; allowed: {', '.join(SELECTABLE)}"
                 )
             if not v:
                 raise ValueError("at least one channel is needed")
@@ -268,12 +266,12 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _venue_channels(self) -> Settings:
-        if self.venue == "binance-spot":
-            bad = [c for c in self.channels if c in ("mark_price", "liquidation")]
-            if bad:
-                raise ValueError(f"channel {', '.join(bad)} does not exist on binance-spot")
-            if self.pollers.enabled:
-                raise ValueError("pollers are USDⓈ-M only (venue binance-usdm)")
+        table = TABLES[self.venue]
+        bad = [c for c in self.channels if c not in table.selectable]
+        if bad:
+            raise ValueError(f"channel {', '.join(bad)} does not exist on {self.venue}")
+        if self.pollers.enabled and not any(spec.source is Source.POLL for spec in table.values()):
+            raise ValueError("pollers are USDⓈ-M only (venue binance-usdm)")
         return self
 
 

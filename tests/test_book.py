@@ -176,6 +176,7 @@ def test_gap_and_book_records_are_registered() -> None:
         "buffer_overflow",
         "ban",
         "silent_stream",
+        "id_reset",
     }
 
 

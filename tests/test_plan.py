@@ -13,7 +13,8 @@ from ingestd.config import StreamSettings
 from ingestd.errors import ConfigError
 from ingestd.producers.plan import ConnectionPlan, plan_connections
 from ingestd.producers.streams import plan_connections as reexported
-from ingestd.venues.binance.endpoints import SPOT, USDM, route_for, stream_symbol
+from ingestd.venues.binance.channels import route_for
+from ingestd.venues.binance.endpoints import SPOT, USDM, stream_symbol
 from ingestd.venues.binance.symbols import Contract, ContractSet, parse_exchange_info
 
 ALL_USDM = ("trade", "agg_trade", "kline", "book_ticker", "depth_diff", "partial_depth", "mark_price",

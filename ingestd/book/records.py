@@ -9,7 +9,12 @@ of kind ``resync`` carrying the same ``started_ts`` and the ``ended_ts`` at whic
 synced. Mask ``[started_ts, ended_ts]`` of every ``resync`` record (and ``[started_ts, end of
 data]`` of a start record with no ``resync`` after it). Several start records may precede one
 ``resync`` (a disconnect, then a stale snapshot); the ``resync`` record spans all of them.
-``silent_stream`` records are notices: they open no episode and no ``resync`` follows them.
+``silent_stream`` and ``id_reset`` records are notices: they open no episode and no ``resync``
+follows them (ids restarting on depth data also break the diffs' continuity, so the book writes
+its own ``desync`` and ``resync``). On an ``id_reset`` record ``last_update_id`` is the stream's
+last key before the restart and ``first_update_id`` the first key after it (the channel's
+ordering key: update id, trade id, or event time in ns; ``None`` when that key is not one
+integer); ``reason`` names the stream.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ class GapKind(enum.StrEnum):
     """Snapshots cannot be fetched (HTTP 418/429 on the REST host)."""
     SILENT_STREAM = "silent_stream"
     """A subscribed stream delivered no first frame within its deadline (a notice)."""
+    ID_RESET = "id_reset"
+    """A stream's ids restarted below what was already emitted (venue maintenance, a looping
+    replay): the records after it are a new sequence, kept, not duplicates (a notice, written by
+    the duplicate filter for any channel, right before the first record of the new sequence)."""
 
 
 class Gap(Record, frozen=True, kw_only=True, gc=False):

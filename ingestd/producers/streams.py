@@ -8,10 +8,12 @@ first-frame deadline, rotation) and re-checks.
 
 Frames: ``recv_ts`` is read once per frame; with ``raw`` the exact bytes are emitted first as a
 :class:`~ingestd.records.RawFrame`; the parser's records are emitted as one batch per frame.
-Before emission every record passes a per-``(stream, native)`` high-water mark of its id
-(``final_update_id``, ``update_id``, ``trade_id``, ``agg_id``, kline ``(open_time, exchange_ts)``,
-else ``exchange_ts``): a record at or below the mark is a duplicate, dropped and counted. The
-marks outlive connections, so a venue that replays after a reconnect adds no duplicates.
+Before emission every record passes a per-``(stream, native)`` high-water mark of its channel's
+ordering key (the channel table's: ``final_update_id``, ``update_id``, ``trade_id``, ``agg_id``,
+kline ``(open_time, exchange_ts)``, else ``exchange_ts``; :mod:`ingestd.producers.dedupe` has the
+rule): a proven copy is dropped and counted, so a venue replaying the last records after a
+reconnect adds no duplicates; ids that restart lower are a new sequence, emitted behind an
+``id_reset`` gap record (counted per stream, logged).
 
 Rotation (make-before-break, before Binance's 24 h cut): a second socket is opened on the same
 streams while the primary keeps emitting. The new socket's records are buffered per key until
@@ -37,11 +39,12 @@ from ingestd.backoff import classify
 from ingestd.config import StreamSettings
 from ingestd.errors import ParseError, TransportError
 from ingestd.producers.connstate import Live, Slot, SlotState, StreamStats
-from ingestd.producers.dedupe import HighWaterMarks, key_for
+from ingestd.producers.dedupe import HighWaterMarks
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind, Emit, OnConnectionEvent
 from ingestd.producers.plan import ConnectionPlan, plan_connections
 from ingestd.producers.transport import AiohttpTransport, WsConnection, WsTransport
 from ingestd.records import AnyRecord, RawFrame, Record
+from ingestd.venues.binance.channels import cadence_of, channel_spec
 from ingestd.venues.binance.endpoints import VenueSpec, stream_kind, stream_symbol
 
 __all__ = ["ConnectionPlan", "FrameParserLike", "SlotState", "StreamsProducer", "plan_connections"]
@@ -52,6 +55,8 @@ SERVER_SHUTDOWN_STREAM: Final = "!serverShutdown"
 ROTATION_POLL_S: Final = 0.05
 """How often the controller re-checks a rotation's hand-over conditions (only while rotating)."""
 
+ID_RESET_LOG_S: Final = 60.0
+"""An id restart is logged as a warning unless the same stream restarted less than this ago."""
 SHUTDOWN_REPEAT_S: Final = 10.0
 """A second serverShutdown within this many seconds reconnects with backoff, not at once."""
 RELEASE_BATCH: Final = 4096
@@ -111,8 +116,10 @@ class StreamsProducer:
             ping_interval_s=settings.ping_interval_s or venue.ping_interval_s,
             ssl_context=ssl_context,
         )
-        self._slots = [Slot(p, ws_url, settings) for p in plans]
-        self._streams: dict[str, StreamStats] = {s: StreamStats(p.name) for p in plans for s in p.streams}
+        self._slots = [Slot(p, ws_url, settings, venue.name) for p in plans]
+        self._streams: dict[str, StreamStats] = {
+            s: StreamStats(p.name, cadence_of(venue.name, s)) for p in plans for s in p.streams
+        }
         self._aliases: dict[str, str] = {}
         """Received stream name → planned name, when the venue's spelling differs."""
         self._marks = HighWaterMarks()
@@ -122,6 +129,7 @@ class StreamsProducer:
         self._finished = asyncio.Event()
         self.parse_errors = 0
         self.duplicates = 0
+        self.id_resets = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -423,11 +431,13 @@ class StreamsProducer:
                 log.warning("%s disconnected (%s) mid-rotation; the new socket takes over, %d key(s) "
                             "without proven overlap", slot.plan.name, old_ended, unproven)  # fmt: skip
                 self._event(Kind.DISCONNECTED, slot, reason=old_ended)
-            keyfns = {name: st.keyfn for name, st in self._streams.items() if st.keyfn is not None}
-            kept, dropped = self._marks.release(handover, keyfns)
+            specs = {name: st.spec for name, st in self._streams.items() if st.spec is not None}
+            kept, dropped = self._marks.release(handover, specs)
             for name, n in dropped.items():
                 self._streams[name].duplicates += n
                 self.duplicates += n
+            if self._marks.reset_log:
+                self._id_resets()
             new.handover = None
             slot.primary, slot.candidate = new, None
             for i in range(0, len(kept), RELEASE_BATCH):
@@ -590,16 +600,36 @@ class StreamsProducer:
         self, slot: Slot, live: Live, stream: str, st: StreamStats, records: list[Record]
     ) -> list[Record]:
         """Drop records at or below their (stream, native) high-water mark; advance the marks."""
-        keyfn = st.keyfn
-        if keyfn is None:
-            keyfn = st.keyfn = key_for(records[0].channel)
+        spec = st.spec
+        if spec is None:
+            spec = st.spec = channel_spec(self._venue.name, type(records[0]))
         cand = slot.candidate
         rival = cand.handover if cand is not None and cand is not live else None
-        kept, dropped = self._marks.admit(stream, records, keyfn, candidate=live.handover, rival=rival)
+        marks = self._marks
+        kept, dropped = marks.admit(
+            stream, records, spec, source=live.source, candidate=live.handover, rival=rival
+        )
         if dropped:
             st.duplicates += dropped
             self.duplicates += dropped
+        if marks.reset_log:
+            self._id_resets()
         return kept
+
+    def _id_resets(self) -> None:
+        """Count and log the id restarts the marks just saw (their gap records are emitted)."""
+        now = time.monotonic()
+        for stream, gap in self._marks.reset_log:
+            st = self._streams.get(stream)
+            self.id_resets += 1
+            level = logging.WARNING
+            if st is not None:
+                st.id_resets += 1
+                if now - st.id_reset_at < ID_RESET_LOG_S:
+                    level = logging.DEBUG
+                st.id_reset_at = now
+            log.log(level, "%s: %s; records kept, id_reset gap written", gap.native, gap.reason)
+        self._marks.reset_log.clear()
 
     def _canonical(self, slot: Slot, stream: str) -> str:
         """The planned name of a stream the venue spells differently (same symbol and kind, another
@@ -616,7 +646,7 @@ class StreamsProducer:
 
     def _new_stream(self, slot: Slot, stream: str) -> StreamStats:
         # A stream the plan did not name (the venue's spelling differs): counted, still emitted.
-        st = self._streams[stream] = StreamStats(slot.plan.name)
+        st = self._streams[stream] = StreamStats(slot.plan.name, cadence_of(self._venue.name, stream))
         return st
 
     def _data_transitions(self, slot: Slot, live: Live, stream: str, st: StreamStats) -> None:
@@ -734,6 +764,7 @@ class StreamsProducer:
             "reconnects": sum(s.reconnects for s in self._slots),
             "parse_errors": self.parse_errors,
             "duplicates": self.duplicates,
+            "id_resets": self.id_resets,
             "frames": sum(s.frames for s in self._slots),
         }
 

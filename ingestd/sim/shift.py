@@ -1,9 +1,10 @@
 """Fresh ids for looped replays (pure: no I/O, no clock).
 
 A looping replay sends the same capture again and again. A client that drops records at or below
-the highest id it has seen (as ingestd does) would drop every pass after the first, so a long
-soak run would only exercise the first few minutes. With ``loop_shift`` the sim moves every id
-and time of pass ``n`` forward by ``n`` strides, so each pass looks like new live data:
+the highest id it has seen would drop every pass after the first (ingestd takes each pass for
+ids that restarted: it stores it behind an ``id_reset`` gap record, and its books resync). With
+``loop_shift`` the sim moves every id and time of pass ``n`` forward by ``n`` strides, so each
+pass looks like new live data, as a long soak run wants:
 
 * times (``E``, ``T``, kline ``t``/``T``) by a whole number of minutes covering the capture,
   so kline open times stay on minute boundaries;

@@ -23,7 +23,8 @@ from aiohttp import web
 from ingestd.sim.captures import Market, Timeline
 from ingestd.sim.faults import ABORT, Close, Command, Faults, Inject, Resume, Stall
 from ingestd.sim.shift import LoopShift
-from ingestd.venues.binance.endpoints import MARKET_ROUTE, PUBLIC_ROUTE, SPOT, USDM, route_for
+from ingestd.venues.binance.channels import MARKET_ROUTE, PUBLIC_ROUTE, route_for
+from ingestd.venues.binance.endpoints import SPOT, USDM
 
 log = logging.getLogger("ingestd.sim")
 
@@ -94,7 +95,8 @@ class ReplayState:
 
     def serves(self, route: str, requested: str) -> int | None:
         """The timeline stream a subscription gets on ``route``; ``None``: silent, like Binance
-        on a wrong route (a ``/market`` stream on ``/public`` or on an unrouted connection)."""
+        on a wrong route (a ``/market`` stream on ``/public`` or on an unrouted connection). The
+        route a stream belongs on is its channel's, from the channel table."""
         market = self.market_for(route)
         if market == "futures" and route_for(requested) != (route or PUBLIC_ROUTE):
             return None
