@@ -574,12 +574,10 @@ class Daemon:
 
         # systemd: STOPPING=1 as shutdown begins (TimeoutStopSec runs from here); no WATCHDOG after.
         await self.service.stopping()
-        # The clock emits records too (channel clock): it stops with the other producers.
-        if self.clock is not None:
-            with contextlib.suppress(Exception):
-                await self.clock.close()
-        # Phase 1: stop intake. Producers close their sockets; nothing new enters the bus.
+        # Phase 1: stop intake. Producers close their sockets; nothing new enters the bus. Each
+        # finishes the batch it is emitting (within the deadline): the clock emits records too.
         for name, part in (
+            ("clock", self.clock),
             ("streams", self.streams),
             ("snapshots", self.snapshots),
             ("pollers", self.pollers),

@@ -127,6 +127,20 @@ class BoundedQueue:
         self.high_water = max(self.high_water, self._size)
         self._not_empty.set()
 
+    def force(self, batch: Sequence[AnyRecord]) -> None:
+        """Enqueue ``batch`` now, over the bound if need be (a ``block`` queue) or under the
+        drop policies. Only for a publish that was stopped part-way (:meth:`Bus.publish`)."""
+        if self.policy is not OverflowPolicy.BLOCK and self._size + len(batch) > self.maxsize:
+            if self.policy is OverflowPolicy.DROP_NEWEST:
+                self._drop(len(batch))
+                return
+            self._evict(self._size + len(batch) - self.maxsize)
+        self._batches.append(list(batch))
+        self._size += len(batch)
+        self.put_records += len(batch)
+        self.high_water = max(self.high_water, self._size)
+        self._not_empty.set()
+
     def _evict(self, need: int) -> None:
         dropped = 0
         while need > 0 and self._batches:
@@ -276,14 +290,49 @@ class Bus:
                     plain = [r for r in batch if r.channel != "raw"] if has_raw else batch
                 sel: Sequence[AnyRecord] = plain
             else:
-                sel = [
-                    r
-                    for r in batch
-                    if (r.channel in chans if chans is not None else r.channel != "raw")
-                    and (syms is None or getattr(r, "symbol", None) in syms)
-                ]
+                sel = self._select(a, batch)
             if sel:
-                await a.queue.put(sel)
+                try:
+                    await a.queue.put(sel)
+                except BaseException:
+                    self._cut(a, sel, batch)
+                    raise
+
+    def _cut(self, at: _Attachment, sel: Sequence[AnyRecord], batch: Sequence[AnyRecord]) -> None:
+        """A publish stopped while ``at``'s queue was blocking (its task cancelled, or the queue
+        closed by :meth:`close`): the consumers before ``at`` have the batch already.
+
+        Every consumer from ``at`` on still gets it where its queue is open: admitted over the
+        bound (once per stopped publisher, so the bound is exceeded by one batch at most), since
+        the batch may already be in the books and the hooks; storage must not miss it. Where the
+        queue is closed, the records are counted in that consumer's ``lost_at_close``.
+        """
+        rest = self._offer[self._offer.index(at) :]
+        for a in rest:
+            part = sel if a is at else self._select(a, batch)
+            if not part:
+                continue
+            if a.queue.closed:
+                a.lost_at_close += len(part)
+                log.error(
+                    "consumer %s: %d record(s) of a batch cut at shutdown were not delivered",
+                    a.consumer.name,
+                    len(part),
+                )
+            else:
+                a.queue.force(part)
+
+    @staticmethod
+    def _select(a: _Attachment, batch: Sequence[AnyRecord]) -> list[AnyRecord]:
+        """The records of ``batch`` that ``a`` subscribed to."""
+        chans = a.consumer.channels
+        syms = a.symbols
+        return [
+            r
+            for r in batch
+            if (r.channel in chans if chans is not None else r.channel != "raw")
+            and (syms is None or getattr(r, "symbol", None) in syms)
+        ]
 
     async def _run(self, a: _Attachment) -> None:
         while True:

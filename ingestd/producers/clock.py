@@ -12,7 +12,6 @@ is measured on the monotonic clock so a wall-clock step during a sample cannot d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from typing import Any
 import orjson
 
 from ingestd.errors import BannedError, IngestError, ParseError
+from ingestd.producers.inflight import EmitGuard
 from ingestd.producers.rest import RestClient
 from ingestd.venues.binance.endpoints import TIME_WEIGHT, VenueSpec
 
@@ -84,6 +84,7 @@ class ClockSync:
         """Awaited with each estimate the refresh task makes (the daemon stores and checks it)."""
         self.last_estimate: ClockEstimate | None = None
         self._task: asyncio.Task[None] | None = None
+        self._guard = EmitGuard()
         self._closed = False
         self._failing = 0
         self.measurements = 0
@@ -159,7 +160,8 @@ class ClockSync:
                 log.debug("clock offset %.1f ms (rtt %.1f ms)", est.offset_ms, est.rtt_ms)
                 if self.on_estimate is not None:
                     try:
-                        await self.on_estimate(est)
+                        # Guarded: close() lets the sample being emitted finish.
+                        await self._guard.run(self.on_estimate, est)
                     except Exception:
                         # A handler bug must not end the refresh task (metrics keep the offset).
                         log.exception("clock estimate handler failed")
@@ -179,13 +181,12 @@ class ClockSync:
         self._task = asyncio.create_task(self._loop(), name=f"clock:{self.venue.name}")
 
     async def close(self) -> None:
-        """Stop the refresh task and wait for it. Idempotent."""
+        """Stop the refresh task and wait for it. Idempotent. A sample already handed to
+        ``on_estimate`` is finished first (the caller's deadline bounds the wait)."""
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await self._guard.stop([task])
 
     def stats(self) -> dict[str, Any]:
         """Counters and the latest estimate."""

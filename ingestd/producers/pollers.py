@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ingestd.errors import BannedError, ConfigError, IngestError, RateLimitedError
+from ingestd.producers.inflight import EmitGuard
 from ingestd.producers.poller_records import (
     RatioKind,
     parse_funding_rates,
@@ -211,7 +212,7 @@ class PollerSet:
         self.venue = venue
         self.contracts = contracts
         self.settings = settings
-        self._emit = emit
+        self._guard = EmitGuard(emit)
         self._polls = [p for p in POLLS if p.key in enabled]
         self._check_buckets(enabled, len(contracts))
         self._buckets = {
@@ -279,8 +280,9 @@ class PollerSet:
         counters.duplicates += len(records) - len(fresh)
         if not fresh:
             return 0
+        if not await self._guard.emit(fresh):
+            return 0  # closing: nothing emitted, the watermark stays
         self._last[where] = max(r.exchange_ts or 0 for r in fresh)
-        await self._emit(fresh)
         counters.records += len(fresh)
         return len(fresh)
 
@@ -328,9 +330,10 @@ class PollerSet:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        """Stop polling; no task left when it returns. Idempotent."""
+        """Stop polling; no task left when it returns. Idempotent. A batch already handed to
+        ``emit`` is finished first (the caller's deadline bounds the wait)."""
         self._closed = True
-        await self._stop_tasks()
+        await self._guard.stop(self._tasks)
 
     def stats(self) -> dict[str, Any]:
         """Counters per endpoint and in total."""

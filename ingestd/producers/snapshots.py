@@ -24,6 +24,7 @@ from typing import Any
 from ingestd.backoff import Backoff
 from ingestd.errors import BannedError, ConfigError, IngestError, RateLimitedError
 from ingestd.producers.events import Emit
+from ingestd.producers.inflight import EmitGuard
 from ingestd.producers.rest import RestClient
 from ingestd.records import AnyRecord, RawFrame
 from ingestd.venues.binance.endpoints import VenueSpec
@@ -90,7 +91,7 @@ class SnapshotProducer:
         self.concurrency = concurrency
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
-        self._emit = emit
+        self._guard = EmitGuard(emit)
         self._on_ban = on_ban
         """Told ``(native, ban_end_epoch_s)`` when a fetch meets a 418 ban (for the gap log)."""
         self._ban_told: dict[str, float] = {}
@@ -249,8 +250,8 @@ class SnapshotProducer:
             source = f"{path}?symbol={native}&limit={self.limit}"
             batch.append(RawFrame(venue=self.venue.name, source=source, recv_ts=resp.recv_ts, data=resp.body))
         batch.append(snapshot)
-        await self._emit(batch)
-        self.emitted += 1
+        if await self._guard.emit(batch):
+            self.emitted += 1
 
     def _note_failure(self, native: str, exc: Exception) -> None:
         self.failed += 1
@@ -294,14 +295,19 @@ class SnapshotProducer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        """Stop fetching; drop the queue and scheduled retries. Idempotent; no task left."""
+        """Stop fetching; drop the queue and scheduled retries. Idempotent; no task left.
+
+        A snapshot already handed to ``emit`` (applied to its book, given to some consumers) is
+        finished first; fetches still waiting for the venue are cancelled. The caller bounds the
+        wait with its shutdown deadline (see :class:`~ingestd.producers.inflight.EmitGuard`).
+        """
         self._closed = True
         for h in self._retry_timers.values():
             h.cancel()
         self._retry_timers.clear()
         self._urgent.clear()
         self._normal.clear()
-        await self._stop_tasks()
+        await self._guard.stop(self._tasks)
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and the status line."""
