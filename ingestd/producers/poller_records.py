@@ -14,6 +14,7 @@ number live, so both are read; numbers may be strings or JSON numbers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -114,20 +115,29 @@ def _float(row: Mapping[str, Any], key: str, where: str) -> float:
     value = row.get(key)
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         try:
-            return float(value)
+            out = float(value)
         except ValueError:
             pass
+        else:
+            if math.isfinite(out):
+                return out
+            raise ParseError(f"{key}: non-finite number {value!r}", stream=where)
     raise ParseError(f"{key}: not a number: {value!r}", stream=where)
 
 
-def _opt_float(row: Mapping[str, Any], *keys: str) -> float | None:
+def _opt_float(row: Mapping[str, Any], *keys: str, where: str = "") -> float | None:
+    """The first of ``keys`` that holds a number; ``None`` when none does. ``"NaN"``/``"inf"``
+    are not "no value": the body is malformed (:class:`ParseError`), like any non-finite number."""
     for key in keys:
         value = row.get(key)
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             try:
-                return float(value)
+                out = float(value)
             except ValueError:
                 return None
+            if not math.isfinite(out):
+                raise ParseError(f"{key}: non-finite number {value!r}", stream=where or None)
+            return out
     return None
 
 
@@ -166,10 +176,11 @@ def parse_premium_index(venue: str, contract: Contract, body: Any, recv_ts: int)
             PremiumIndex(
                 venue=venue, symbol=contract.symbol, native=contract.native,
                 exchange_ts=_ms(row, "time", where) * _MS, recv_ts=recv_ts,
-                mark_price=_float(row, "markPrice", where), index_price=_opt_float(row, "indexPrice"),
-                estimated_settle_price=_opt_float(row, "estimatedSettlePrice"),
-                last_funding_rate=_opt_float(row, "lastFundingRate"),
-                interest_rate=_opt_float(row, "interestRate"),
+                mark_price=_float(row, "markPrice", where),
+                index_price=_opt_float(row, "indexPrice", where=where),
+                estimated_settle_price=_opt_float(row, "estimatedSettlePrice", where=where),
+                last_funding_rate=_opt_float(row, "lastFundingRate", where=where),
+                interest_rate=_opt_float(row, "interestRate", where=where),
                 next_funding_time=nft * _MS if isinstance(nft, int) and nft > 0 else None,
             )
         )  # fmt: skip
@@ -191,7 +202,8 @@ def parse_funding_rates(venue: str, contract: Contract, body: Any, recv_ts: int)
             FundingRate(
                 venue=venue, symbol=contract.symbol, native=contract.native,
                 exchange_ts=_ms(row, "fundingTime", where) * _MS, recv_ts=recv_ts,
-                funding_rate=_float(row, "fundingRate", where), mark_price=_opt_float(row, "markPrice"),
+                funding_rate=_float(row, "fundingRate", where),
+                mark_price=_opt_float(row, "markPrice", where=where),
                 rate_type=rate_type if isinstance(rate_type, str) else None,
             )
         )  # fmt: skip
@@ -219,8 +231,8 @@ def parse_open_interest(
                 venue=venue, symbol=contract.symbol, native=contract.native,
                 exchange_ts=_ms(row, "timestamp" if hist else "time", where) * _MS, recv_ts=recv_ts,
                 open_interest=_float(row, "sumOpenInterest" if hist else "openInterest", where),
-                open_interest_value=_opt_float(row, "sumOpenInterestValue"),
-                circulating_supply=_opt_float(row, "CMCCirculatingSupply"), period=period,
+                open_interest_value=_opt_float(row, "sumOpenInterestValue", where=where),
+                circulating_supply=_opt_float(row, "CMCCirculatingSupply", where=where), period=period,
             )
         )  # fmt: skip
     return out
@@ -240,8 +252,8 @@ def parse_long_short(
     out = []
     for row in _rows(body, where):
         _check_symbol(row, contract, where)
-        long_share = _opt_float(row, "longAccount", "longPosition")
-        short_share = _opt_float(row, "shortAccount", "shortPosition")
+        long_share = _opt_float(row, "longAccount", "longPosition", where=where)
+        short_share = _opt_float(row, "shortAccount", "shortPosition", where=where)
         if long_share is None or short_share is None:
             raise ParseError("no longAccount/shortAccount shares", stream=where)
         out.append(

@@ -34,11 +34,21 @@ BTCUSDT file (93,953 frames) 2.5 µs per frame, about 400k frames/s on one core.
 one-pass fast path (generic envelope, then ``data``) it was 1.5-1.9x slower on every channel.
 msgspec's string-to-float conversion is correctly rounded: every price and quantity of the
 recorded captures equals ``float(text)`` exactly (checked in ``tests/test_parse.py``).
+
+Non-finite numbers (``"NaN"``, ``"inf"``, ``"Infinity"``, which lax decoding accepts) are
+malformed input: every number of every wire shape is a :data:`~.wire.Num`, bounded to the
+finite floats, so msgspec refuses them while it parses and the frame or REST body is a counted
+:class:`~ingestd.errors.ParseError` ("non-finite number"). Checking the bound in C cost, on the
+bundled capture (same machine, load ~2.3, best of 25 interleaved decodes, bounded vs plain
+wire types): ``depth@0ms`` 6.18 → 6.76 µs per frame (4.7 ns per level number), ``bookTicker``
+0.42 → 0.45, ``trade`` 0.40 → 0.41; about 0.06 µs per frame over the whole file. The Python
+alternative, one ``math.isfinite(sum(chain(levels)))`` per depth record, cost 2.9 µs per frame.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -154,6 +164,16 @@ def _emit_many(r: _Route, payload: Any, recv_ts: int) -> list[Record]:
     return out
 
 
+_NON_FINITE: Final = re.compile(r"Expected `float` [<>]= -?1\.7976931348623157e\+308")
+"""msgspec's words for a :data:`~ingestd.venues.binance.wire.Num` out of bounds: NaN or infinity."""
+
+
+def _decode_error(exc: msgspec.DecodeError) -> str:
+    """The decoder's message, a non-finite number called so (error path only)."""
+    text = str(exc)
+    return _NON_FINITE.sub("non-finite number (NaN or infinity)", text) if "e+308" in text else text
+
+
 def _sniff_stream(frame: bytes) -> str | None:
     """The stream name of a frame too broken to decode, for the error message only."""
     if not frame.startswith(_PREFIX):
@@ -170,8 +190,8 @@ def _frame_error(route: _Route, frame: bytes, exc: msgspec.DecodeError) -> str:
     try:
         route.frame_decoder.decode(frame)
     except msgspec.DecodeError as whole:
-        return str(whole)
-    return str(exc)
+        return _decode_error(whole)
+    return _decode_error(exc)
 
 
 def _error_text(code: object, msg: object, error: object) -> str | None:
@@ -222,7 +242,7 @@ class FrameParser:
                 try:
                     payload = route.frame_decoder.decode(frame).data
                 except msgspec.DecodeError as exc:
-                    raise ParseError(f"bad payload: {exc}", stream=route.stream) from exc
+                    raise ParseError(f"bad payload: {_decode_error(exc)}", stream=route.stream) from exc
                 return route.stream, route.emit(route, payload, recv_ts)
         return self._parse_slow(frame, recv_ts)
 
@@ -323,7 +343,7 @@ def parse_depth_snapshot(venue: str, contract: Contract, body: bytes | str, recv
             err = _error_text(e.code, e.msg, None)
         except msgspec.DecodeError:
             pass
-        raise ParseError(err or f"bad depth snapshot: {exc}", stream=where) from exc
+        raise ParseError(err or f"bad depth snapshot: {_decode_error(exc)}", stream=where) from exc
     if w.symbol is not None and w.symbol != contract.native:
         raise ParseError(f"snapshot is for {w.symbol!r}, not {contract.native}", stream=where)
     e_ms, t_ms = w.event_time, w.trade_time

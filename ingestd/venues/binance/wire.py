@@ -11,18 +11,29 @@ Shapes differ per market (docs/binance.md §8.3), so there is one Struct per sha
 - required fields are the ones a record cannot do without (ids, prices, the futures ``pu``);
 - fields a market does not send default to ``None`` (spot bookTicker has no ``E``/``T``, futures
   tickers have no best bid/ask, COIN-M markPrice has no index price ``i``);
-- unknown keys are ignored, because Binance adds fields without notice (``nq``, ``ap``, ``st``).
+- unknown keys are ignored, because Binance adds fields without notice (``nq``, ``ap``, ``st``);
+- every number is a :data:`Num`: non-finite values are malformed input.
 """
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import sys
+from typing import Annotated, Final, Generic, TypeVar
 
 import msgspec
 
-from ingestd.records import Level
-
 W = TypeVar("W")
+
+FLOAT_MAX: Final = sys.float_info.max
+Num = Annotated[float, msgspec.Meta(ge=-FLOAT_MAX, le=FLOAT_MAX)]
+"""Every price, quantity and rate: a *finite* float64. Lax decoding turns ``"NaN"``, ``"inf"`` and
+``"Infinity"`` into floats; a NaN price could never be deleted from a book (``nan != nan``) and
+``max()`` over it is undefined, so the decoder refuses them: the bound fails for NaN and for
+either infinity (``"1e999"`` is already out of range). msgspec checks the bound in C while it
+parses, at no measurable cost (``ingestd.venues.binance.parse`` has the figures); the error reads
+``Expected `float` >= ...`` and the parser reports it as a non-finite number."""
+NumLevel = tuple[Num, Num]
+"""One book level as decoded: ``(price, qty)``, both finite."""
 
 
 class Frame(msgspec.Struct, Generic[W], gc=False):
@@ -68,8 +79,8 @@ class TradeWire(msgspec.Struct, kw_only=True, gc=False):
     trade_time: int = msgspec.field(name="T")
     symbol: str = msgspec.field(name="s")
     trade_id: int = msgspec.field(name="t")
-    price: float = msgspec.field(name="p")
-    qty: float = msgspec.field(name="q")
+    price: Num = msgspec.field(name="p")
+    qty: Num = msgspec.field(name="q")
     buyer_is_maker: bool = msgspec.field(name="m")
     trade_type: str | None = msgspec.field(default=None, name="X")
 
@@ -81,12 +92,12 @@ class AggTradeWire(msgspec.Struct, kw_only=True, gc=False):
     trade_time: int = msgspec.field(name="T")
     symbol: str = msgspec.field(name="s")
     agg_id: int = msgspec.field(name="a")
-    price: float = msgspec.field(name="p")
-    qty: float = msgspec.field(name="q")
+    price: Num = msgspec.field(name="p")
+    qty: Num = msgspec.field(name="q")
     first_trade_id: int = msgspec.field(name="f")
     last_trade_id: int = msgspec.field(name="l")
     buyer_is_maker: bool = msgspec.field(name="m")
-    normal_qty: float | None = msgspec.field(default=None, name="nq")
+    normal_qty: Num | None = msgspec.field(default=None, name="nq")
 
 
 # -- book --------------------------------------------------------------------------------------
@@ -97,10 +108,10 @@ class SpotBookTickerWire(msgspec.Struct, kw_only=True, gc=False):
 
     update_id: int = msgspec.field(name="u")
     symbol: str = msgspec.field(name="s")
-    bid_price: float = msgspec.field(name="b")
-    bid_qty: float = msgspec.field(name="B")
-    ask_price: float = msgspec.field(name="a")
-    ask_qty: float = msgspec.field(name="A")
+    bid_price: Num = msgspec.field(name="b")
+    bid_qty: Num = msgspec.field(name="B")
+    ask_price: Num = msgspec.field(name="a")
+    ask_qty: Num = msgspec.field(name="A")
     event_time: int | None = msgspec.field(default=None, name="E")
     trade_time: int | None = msgspec.field(default=None, name="T")
 
@@ -110,10 +121,10 @@ class FuturesBookTickerWire(msgspec.Struct, kw_only=True, gc=False):
 
     update_id: int = msgspec.field(name="u")
     symbol: str = msgspec.field(name="s")
-    bid_price: float = msgspec.field(name="b")
-    bid_qty: float = msgspec.field(name="B")
-    ask_price: float = msgspec.field(name="a")
-    ask_qty: float = msgspec.field(name="A")
+    bid_price: Num = msgspec.field(name="b")
+    bid_qty: Num = msgspec.field(name="B")
+    ask_price: Num = msgspec.field(name="a")
+    ask_qty: Num = msgspec.field(name="A")
     event_time: int = msgspec.field(name="E")
     trade_time: int | None = msgspec.field(default=None, name="T")
 
@@ -125,8 +136,8 @@ class SpotDepthWire(msgspec.Struct, kw_only=True, gc=False):
     symbol: str = msgspec.field(name="s")
     first_update_id: int = msgspec.field(name="U")
     final_update_id: int = msgspec.field(name="u")
-    bids: list[Level] = msgspec.field(name="b")
-    asks: list[Level] = msgspec.field(name="a")
+    bids: list[NumLevel] = msgspec.field(name="b")
+    asks: list[NumLevel] = msgspec.field(name="a")
     trade_time: int | None = msgspec.field(default=None, name="T")
     prev_final_update_id: int | None = msgspec.field(default=None, name="pu")
 
@@ -142,8 +153,8 @@ class FuturesDepthWire(msgspec.Struct, kw_only=True, gc=False):
     first_update_id: int = msgspec.field(name="U")
     final_update_id: int = msgspec.field(name="u")
     prev_final_update_id: int = msgspec.field(name="pu")
-    bids: list[Level] = msgspec.field(name="b")
-    asks: list[Level] = msgspec.field(name="a")
+    bids: list[NumLevel] = msgspec.field(name="b")
+    asks: list[NumLevel] = msgspec.field(name="a")
     trade_time: int | None = msgspec.field(default=None, name="T")
 
 
@@ -151,16 +162,16 @@ class SpotPartialDepthWire(msgspec.Struct, kw_only=True, gc=False):
     """Spot ``depth<N>``: ``{lastUpdateId,bids,asks}``, no symbol and no event time."""
 
     last_update_id: int = msgspec.field(name="lastUpdateId")
-    bids: list[Level]
-    asks: list[Level]
+    bids: list[NumLevel]
+    asks: list[NumLevel]
 
 
 class DepthSnapshotWire(msgspec.Struct, kw_only=True, gc=False):
     """REST depth: spot ``{lastUpdateId,bids,asks}``; fapi adds ``E,T``; dapi ``symbol,pair``."""
 
     last_update_id: int = msgspec.field(name="lastUpdateId")
-    bids: list[Level]
-    asks: list[Level]
+    bids: list[NumLevel]
+    asks: list[NumLevel]
     event_time: int | None = msgspec.field(default=None, name="E")
     trade_time: int | None = msgspec.field(default=None, name="T")
     symbol: str | None = None
@@ -175,16 +186,16 @@ class KlineBodyWire(msgspec.Struct, kw_only=True, gc=False):
     open_time: int = msgspec.field(name="t")
     close_time: int = msgspec.field(name="T")
     interval: str = msgspec.field(name="i")
-    open: float = msgspec.field(name="o")
-    close: float = msgspec.field(name="c")
-    high: float = msgspec.field(name="h")
-    low: float = msgspec.field(name="l")
-    volume: float = msgspec.field(name="v")
+    open: Num = msgspec.field(name="o")
+    close: Num = msgspec.field(name="c")
+    high: Num = msgspec.field(name="h")
+    low: Num = msgspec.field(name="l")
+    volume: Num = msgspec.field(name="v")
     trades: int = msgspec.field(name="n")
     closed: bool = msgspec.field(name="x")
-    quote_volume: float = msgspec.field(name="q")
-    taker_buy_volume: float = msgspec.field(name="V")
-    taker_buy_quote_volume: float = msgspec.field(name="Q")
+    quote_volume: Num = msgspec.field(name="q")
+    taker_buy_volume: Num = msgspec.field(name="V")
+    taker_buy_quote_volume: Num = msgspec.field(name="Q")
 
 
 class KlineWire(msgspec.Struct, kw_only=True, gc=False):
@@ -200,26 +211,26 @@ class TickerWire(msgspec.Struct, kw_only=True, gc=False):
 
     event_time: int = msgspec.field(name="E")
     symbol: str = msgspec.field(name="s")
-    price_change: float = msgspec.field(name="p")
-    price_change_pct: float = msgspec.field(name="P")
-    weighted_avg_price: float = msgspec.field(name="w")
-    last_price: float = msgspec.field(name="c")
-    last_qty: float = msgspec.field(name="Q")
-    open: float = msgspec.field(name="o")
-    high: float = msgspec.field(name="h")
-    low: float = msgspec.field(name="l")
-    volume: float = msgspec.field(name="v")
-    quote_volume: float = msgspec.field(name="q")
+    price_change: Num = msgspec.field(name="p")
+    price_change_pct: Num = msgspec.field(name="P")
+    weighted_avg_price: Num = msgspec.field(name="w")
+    last_price: Num = msgspec.field(name="c")
+    last_qty: Num = msgspec.field(name="Q")
+    open: Num = msgspec.field(name="o")
+    high: Num = msgspec.field(name="h")
+    low: Num = msgspec.field(name="l")
+    volume: Num = msgspec.field(name="v")
+    quote_volume: Num = msgspec.field(name="q")
     open_time: int = msgspec.field(name="O")
     close_time: int = msgspec.field(name="C")
     first_trade_id: int = msgspec.field(name="F")
     last_trade_id: int = msgspec.field(name="L")
     trades: int = msgspec.field(name="n")
-    prev_close: float | None = msgspec.field(default=None, name="x")
-    bid_price: float | None = msgspec.field(default=None, name="b")
-    bid_qty: float | None = msgspec.field(default=None, name="B")
-    ask_price: float | None = msgspec.field(default=None, name="a")
-    ask_qty: float | None = msgspec.field(default=None, name="A")
+    prev_close: Num | None = msgspec.field(default=None, name="x")
+    bid_price: Num | None = msgspec.field(default=None, name="b")
+    bid_qty: Num | None = msgspec.field(default=None, name="B")
+    ask_price: Num | None = msgspec.field(default=None, name="a")
+    ask_qty: Num | None = msgspec.field(default=None, name="A")
 
 
 class MiniTickerWire(msgspec.Struct, kw_only=True, gc=False):
@@ -227,12 +238,12 @@ class MiniTickerWire(msgspec.Struct, kw_only=True, gc=False):
 
     event_time: int = msgspec.field(name="E")
     symbol: str = msgspec.field(name="s")
-    close: float = msgspec.field(name="c")
-    open: float = msgspec.field(name="o")
-    high: float = msgspec.field(name="h")
-    low: float = msgspec.field(name="l")
-    volume: float = msgspec.field(name="v")
-    quote_volume: float = msgspec.field(name="q")
+    close: Num = msgspec.field(name="c")
+    open: Num = msgspec.field(name="o")
+    high: Num = msgspec.field(name="h")
+    low: Num = msgspec.field(name="l")
+    volume: Num = msgspec.field(name="v")
+    quote_volume: Num = msgspec.field(name="q")
 
 
 # -- futures only ------------------------------------------------------------------------------
@@ -243,12 +254,12 @@ class MarkPriceWire(msgspec.Struct, kw_only=True, gc=False):
 
     event_time: int = msgspec.field(name="E")
     symbol: str = msgspec.field(name="s")
-    mark_price: float = msgspec.field(name="p")
-    estimated_settle_price: float | None = msgspec.field(default=None, name="P")
-    index_price: float | None = msgspec.field(default=None, name="i")
-    funding_rate: float | None = msgspec.field(default=None, name="r")
+    mark_price: Num = msgspec.field(name="p")
+    estimated_settle_price: Num | None = msgspec.field(default=None, name="P")
+    index_price: Num | None = msgspec.field(default=None, name="i")
+    funding_rate: Num | None = msgspec.field(default=None, name="r")
     next_funding_time: int | None = msgspec.field(default=None, name="T")
-    mark_price_avg: float | None = msgspec.field(default=None, name="ap")
+    mark_price_avg: Num | None = msgspec.field(default=None, name="ap")
 
 
 class ForceOrderBodyWire(msgspec.Struct, kw_only=True, gc=False):
@@ -258,12 +269,12 @@ class ForceOrderBodyWire(msgspec.Struct, kw_only=True, gc=False):
     side: str = msgspec.field(name="S")
     order_type: str = msgspec.field(name="o")
     time_in_force: str = msgspec.field(name="f")
-    qty: float = msgspec.field(name="q")
-    price: float = msgspec.field(name="p")
-    avg_price: float = msgspec.field(name="ap")
+    qty: Num = msgspec.field(name="q")
+    price: Num = msgspec.field(name="p")
+    avg_price: Num = msgspec.field(name="ap")
     status: str = msgspec.field(name="X")
-    last_filled_qty: float = msgspec.field(name="l")
-    filled_qty: float = msgspec.field(name="z")
+    last_filled_qty: Num = msgspec.field(name="l")
+    filled_qty: Num = msgspec.field(name="z")
     trade_time: int = msgspec.field(name="T")
 
 
