@@ -2,7 +2,8 @@
 
 Books ask for a snapshot with :meth:`SnapshotProducer.request` (non-blocking). A symbol is
 queued at most once — asking again while it waits is a no-op, or moves it ahead when the new
-request is urgent — so the queue is bounded by the number of contracts by construction. Urgent
+request is urgent, and asking while its fetch is in flight joins that fetch (weight is spent
+once) — so the queue is bounded by the number of contracts by construction. Urgent
 requests (a book out of sync) go first, and also carry a higher priority into the weight
 budget. A few workers fetch concurrently, but the budget sets the pace: at USDⓈ-M's 2400 x
 0.5 weight/min, 1000-level snapshots (weight 20) go out one per second.
@@ -131,6 +132,12 @@ class SnapshotProducer:
         self._enqueue(native, urgent)
 
     def _enqueue(self, native: str, urgent: bool) -> None:
+        if native in self._in_flight:
+            # Its fetch is under way: that answer serves this request too, and the weight is
+            # spent once. (A book that finds the answer stale asks again once it has it: by
+            # then the fetch is over, see _fetch, and the request is a new one.)
+            self.coalesced += 1
+            return
         if native in self._retry_timers:
             # A retry is already scheduled; joining it keeps the backoff honest.
             self.coalesced += 1
@@ -237,6 +244,9 @@ class SnapshotProducer:
             delay = self._schedule_retry(native, urgent)
             log.debug("snapshot %s failed (%s), retry in %.1f s", native, exc, delay)
             return
+        # The answer is in: from here a request for this symbol is a new one (the book may ask
+        # again inside the emit below, finding the snapshot stale), not a join of this fetch.
+        self._in_flight.discard(native)
         self.fetched += 1
         self.last_latency_s = resp.elapsed_s
         self._backoffs.pop(native, None)
