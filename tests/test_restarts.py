@@ -9,12 +9,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
+from ingestd.config import StorageSettings
+from ingestd.consumers.parquet import FLUSHER_RESTART_MIN_S, ParquetWriter
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
 from ingestd.records import AnyRecord, DepthSnapshot
@@ -89,3 +93,36 @@ async def test_a_request_made_while_the_snapshot_is_emitted_is_a_new_one(usdm_co
     finally:
         await fake.close()
     assert [s.query["symbol"] for s in fake.seen] == ["KEEPUSDT", "KEEPUSDT"]
+
+
+async def test_a_flusher_that_keeps_dying_is_restarted_with_a_growing_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deterministic flusher failure (here: sealing raises) must not restart the flusher at the
+    pace of its own tick: each restart waits longer than the one before."""
+    restarts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def broken(self: ParquetWriter, now: float) -> None:
+        raise RuntimeError("a bug in the flusher")
+
+    monkeypatch.setattr(ParquetWriter, "_seal_aged", broken)
+    # A tick of 10 ms: without a backoff the flusher would die and restart 100 times a second.
+    writer = ParquetWriter(StorageSettings(data_dir=tmp_path, rotate_seconds=0.04), retry_interval_s=0.01)
+    start = ParquetWriter._start_flusher
+
+    def counted(self: ParquetWriter) -> None:
+        restarts.append(loop.time())
+        start(self)
+
+    monkeypatch.setattr(ParquetWriter, "_start_flusher", counted)
+    await writer.start()
+    await until(lambda: len(restarts) >= 5, timeout=20, what="four restarts")
+    await writer.close()
+    gaps = [b - a for a, b in itertools.pairwise(restarts)][:4]
+    shown = [round(g, 3) for g in gaps]
+    # The first restart comes at once; then each waits at least the minimum, doubling.
+    assert gaps[1] >= FLUSHER_RESTART_MIN_S, f"restarts {shown} s apart"
+    assert gaps[2] >= 2 * FLUSHER_RESTART_MIN_S, f"restarts {shown} s apart"
+    assert gaps[3] >= 4 * FLUSHER_RESTART_MIN_S, f"restarts {shown} s apart"
+    assert writer.stats()["flusher_restarts"] == writer.flusher_restarts >= 4

@@ -72,6 +72,9 @@ _SAFE_PREFIX: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,39}$")
 
 CONVERT_AFTER_S: Final = 2.0
 """Records wait at most about this long as Python objects before they are converted to Arrow."""
+FLUSHER_RESTART_MIN_S: Final = 0.25
+FLUSHER_RESTART_MAX_S: Final = 10.0
+"""Bounds of the delay before restarting a flusher that died again (see ``_flusher_done``)."""
 MAX_ARROW_BYTES: Final = 64 * 1024 * 1024
 """Converted rows held in open buffers; past this the largest buffers are sealed (written)."""
 
@@ -175,6 +178,9 @@ class ParquetWriter:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._restart_timer: asyncio.TimerHandle | None = None
+        self._restart_delay = 0.0
+        """Wait before the next flusher restart (0: at once); doubles per death, reset by a write."""
         self._closing = False
         self._closed = False
         self._failing = False
@@ -216,14 +222,31 @@ class ParquetWriter:
 
     def _flusher_done(self, task: asyncio.Task[None]) -> None:
         """A flusher that dies before close is noticed at once: logged and restarted (it only
-        writes what is sealed, so a new one goes on where it stopped)."""
+        writes what is sealed, so a new one goes on where it stopped).
+
+        A failure that repeats (a bug hit on every pass) must not restart it at the pace of its
+        own tick: the first restart is immediate, each next one waits twice as long as the one
+        before (:data:`FLUSHER_RESTART_MIN_S` up to :data:`FLUSHER_RESTART_MAX_S`), and a file
+        written resets the delay.
+        """
         if self._closing or task.cancelled():
             return
         exc = task.exception()
         self.flusher_restarts += 1
+        delay = self._restart_delay
+        self._restart_delay = min(FLUSHER_RESTART_MAX_S, max(FLUSHER_RESTART_MIN_S, delay * 2))
         if self.flusher_restarts == 1 or self.flusher_restarts % 100 == 0:
-            log.error("parquet flusher died (%d time(s)); restarting it", self.flusher_restarts, exc_info=exc)
-        self._start_flusher()
+            log.error("parquet flusher died (%d time(s)); restarting it in %.1f s", self.flusher_restarts,
+                      delay, exc_info=exc)  # fmt: skip
+        if delay <= 0:
+            self._start_flusher()
+        else:
+            self._restart_timer = asyncio.get_running_loop().call_later(delay, self._restart_flusher)
+
+    def _restart_flusher(self) -> None:
+        self._restart_timer = None
+        if not self._closing:
+            self._start_flusher()
 
     async def close(self) -> None:
         """Write every buffered record, then stop. Idempotent.
@@ -235,6 +258,10 @@ class ParquetWriter:
             return
         self._closed = True
         self._closing = True
+        if self._restart_timer is not None:
+            # A dead flusher waiting for its restart: close writes what is left itself (below).
+            self._restart_timer.cancel()
+            self._restart_timer = None
         if self._task is None:
             self._seal_all()
             await self._drain(final=True)
@@ -483,6 +510,7 @@ class ParquetWriter:
             )
 
     def _on_written(self, channel: str, n: int, size: int, latency: float, path: Path) -> None:
+        self._restart_delay = 0.0  # the flusher works: a later death restarts it at once
         self.files += 1
         self.rows += n
         self.bytes += size
