@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from ingestd.book.manager import BookManager
+from ingestd.book.manager import REPLAY_CHUNK, BookManager
 from ingestd.book.records import GapKind
 from ingestd.bus import Bus, OverflowPolicy
 from ingestd.channels import Cadence
@@ -112,6 +112,7 @@ class Daemon:
         self.book_errors = 0
         """Batches the order books failed on (stored anyway)."""
         self._book_errors_in_episode = 0
+        self._replay_driven = False
         self._force = asyncio.Event() if _has_loop() else None
 
     # -- public API ---------------------------------------------------------------------------
@@ -351,6 +352,7 @@ class Daemon:
                 max_buffered=s.snapshots.max_buffered_diffs,
                 book_depth=s.books.depth,
                 book_every=s.books.every,
+                replay_chunk=REPLAY_CHUNK,
             )
             self.hook_context.books = self.books
         elif self.snapshots is not None:
@@ -434,14 +436,40 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - a book bug must not cost the batch or the daemon
                 self._book_failed(exc)
             else:
-                if self._book_errors_in_episode:
-                    log.info(
-                        "order books process again after %d failed batch(es)", self._book_errors_in_episode
-                    )
-                    self._book_errors_in_episode = 0
+                self._books_ok()
                 if extra:
                     batch = [*batch, *extra]
         await self.bus.publish(batch)
+        if books is not None and books.replaying and not self._replay_driven:
+            await self._drive_replays(books)
+
+    async def _drive_replays(self, books: BookManager) -> None:
+        """Finish the snapshot replays under way, one chunk per turn of the event loop.
+
+        Driven by one emit at a time (the one that saw the replay start, usually the snapshot's):
+        between chunks the other producers run, and their diffs for a book being replayed wait
+        behind its buffer. The emit returns once every replay is done (back-pressure on the
+        snapshot worker, not on the sockets).
+        """
+        self._replay_driven = True
+        try:
+            while books.replaying:
+                await asyncio.sleep(0)
+                try:
+                    extra = books.continue_replays()
+                except Exception as exc:  # noqa: BLE001 - as in _emit: counted, the daemon goes on
+                    self._book_failed(exc)
+                    return
+                self._books_ok()
+                if extra:
+                    await self.bus.publish(extra)
+        finally:
+            self._replay_driven = False
+
+    def _books_ok(self) -> None:
+        if self._book_errors_in_episode:
+            log.info("order books process again after %d failed batch(es)", self._book_errors_in_episode)
+            self._book_errors_in_episode = 0
 
     def _book_failed(self, exc: Exception) -> None:
         """Count a BookManager failure; the traceback is logged once per episode."""

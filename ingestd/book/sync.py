@@ -3,7 +3,7 @@
 States::
 
     IDLE ──first diff──► BUFFERING ──snapshot──► BRIDGING ──diff spanning L──► SYNCED
-      ▲                    ▲   │ stale snapshot: ask again                        │
+      ▲                    ▲   │ stale snapshot: ask again   (REPLAYING)           │
       │                    └───┴──────────── desync / crossed / audit ◄───────────┘
       └──────────────────────────── disconnect (any state)
 
@@ -14,6 +14,10 @@ States::
 * **BRIDGING**: diffs already in the snapshot are dropped (spot ``u <= L``, futures ``u < L``;
   the real USDⓈ-M ETHUSDT capture has a first valid event with ``u == L``). The first diff
   applied must span it: spot ``U <= L + 1 <= u``, futures ``U <= L <= u``.
+* **REPLAYING** (with ``replay_chunk``): the buffered diffs are applied to the snapshot at most
+  ``replay_chunk`` per call (:meth:`BookSync.continue_replay`), so a caller on an event loop can
+  let other work run in between; diffs arriving meanwhile are buffered behind them. The book is
+  not exact until the buffer is empty.
 * **SYNCED**: spot ``U == prev_u + 1``; futures ``pu == prev_u`` (futures ids are a global
   sequence: ``U`` jumps, so ``U == prev_u + 1`` would be wrong there). A diff with
   ``u <= prev_u`` was already applied (a duplicate across a connection rotation): ignored. A
@@ -48,6 +52,8 @@ class SyncState(enum.StrEnum):
     """Diffs are buffered; a snapshot was requested."""
     BRIDGING = "bridging"
     """A snapshot is loaded; waiting for the diff that spans its ``lastUpdateId``."""
+    REPLAYING = "replaying"
+    """A snapshot is loaded and the buffered diffs are being applied, a chunk at a time."""
     SYNCED = "synced"
     """The book is exact at :attr:`BookSync.last_update_id`."""
 
@@ -81,6 +87,8 @@ class SyncResult:
     """Set when the book was discarded, a snapshot was rejected or buffered diffs were dropped."""
     already_in_snapshot: int = 0
     """Buffered diffs discarded because the snapshot already contains them."""
+    more: bool = False
+    """The replay stopped after a chunk: call :meth:`BookSync.continue_replay` again."""
 
 
 NOTHING: Final = SyncResult()
@@ -98,6 +106,8 @@ class BookSync:
         "_gap_open",
         "_last_good",
         "_overflowed",
+        "_replay_state",
+        "_replay_synced",
         "already_in_snapshot",
         "applied",
         "awaiting_snapshot",
@@ -107,6 +117,7 @@ class BookSync:
         "market",
         "max_buffered",
         "overflow_dropped",
+        "replay_chunk",
         "snapshot_id",
         "spot",
         "stale_snapshots",
@@ -114,11 +125,19 @@ class BookSync:
         "syncs",
     )
 
-    def __init__(self, market: Market, max_buffered: int) -> None:
+    def __init__(self, market: Market, max_buffered: int, replay_chunk: int | None = None) -> None:
+        """``replay_chunk``: diffs applied per call when a snapshot is replayed (``None``: all)."""
         if market not in ("spot", "futures"):
             raise ValueError(f"market must be 'spot' or 'futures', not {market!r}")
         if max_buffered < 1:
             raise ValueError(f"max_buffered must be >= 1, not {max_buffered}")
+        if replay_chunk is not None and replay_chunk < 1:
+            raise ValueError(f"replay_chunk must be >= 1 or None, not {replay_chunk}")
+        self.replay_chunk = replay_chunk
+        self._replay_state = SyncState.BRIDGING
+        """What the state is between two chunks of a replay (BRIDGING until the diff spanning
+        the snapshot, then SYNCED)."""
+        self._replay_synced = False
         self.market: Market = market
         self.spot = market == "spot"
         self.max_buffered = max_buffered
@@ -171,6 +190,7 @@ class BookSync:
             self._buffer.append(diff)
             self.awaiting_snapshot = True
             return _NEED_URGENT if self._gap_open else _NEED_FIRST
+        # BUFFERING, or REPLAYING: a new diff waits behind the ones being replayed.
         return self._buffer_diff(diff)
 
     def on_snapshot(self, snap: DepthSnapshot, after_each: Callable[[], None] | None = None) -> SyncResult:
@@ -181,7 +201,8 @@ class BookSync:
         intermediate state, not just the last). It must not change this object's state.
         """
         state = self.state
-        if state is SyncState.SYNCED:
+        if state is SyncState.SYNCED or state is SyncState.REPLAYING:
+            # Synced (periodic polling), or a replay under way finishes with its own snapshot.
             self.ignored_snapshots += 1
             return NOTHING
         self.awaiting_snapshot = False
@@ -218,6 +239,18 @@ class BookSync:
                 ),
             )
         self._load(snap)
+        self._replay_state = SyncState.BRIDGING
+        self._replay_synced = False
+        return self._replay(after_each)
+
+    def continue_replay(self, after_each: Callable[[], None] | None = None) -> SyncResult:
+        """Apply the next chunk of a replay (``REPLAYING``); :data:`NOTHING` in any other state.
+
+        ``after_each`` as for :meth:`on_snapshot`. ``result.more`` says whether to call again.
+        """
+        if self.state is not SyncState.REPLAYING:
+            return NOTHING
+        self.state = self._replay_state
         return self._replay(after_each)
 
     def resync(self, kind: GapKind, reason: str, *, stream_alive: bool) -> SyncResult:
@@ -328,11 +361,19 @@ class BookSync:
         )
 
     def _replay(self, after_each: Callable[[], None] | None = None) -> SyncResult:
-        """Feed the buffered diffs to a freshly loaded snapshot."""
+        """Feed the buffered diffs to a freshly loaded snapshot (at most ``replay_chunk`` of them:
+        then the state is REPLAYING and ``more`` is set)."""
         buf = self._buffer
         applied = contained = 0
         synced = False
+        left = self.replay_chunk if self.replay_chunk is not None else len(buf)
         while buf:
+            if left <= 0:
+                self._replay_state = self.state
+                self._replay_synced = self._replay_synced or synced
+                self.state = SyncState.REPLAYING
+                return SyncResult(applied=applied, already_in_snapshot=contained, more=True)
+            left -= 1
             diff = buf.popleft()
             res = self._bridge(diff) if self.state is SyncState.BRIDGING else self._apply_synced(diff)
             if after_each is not None and res.applied and self.state is SyncState.SYNCED:
@@ -343,6 +384,7 @@ class BookSync:
             if res.gap is not None:
                 # The book was discarded part-way: what is left of the buffer stays buffered
                 # (the offending diff was already put back in front by _break).
+                self._replay_synced = False
                 return SyncResult(
                     applied=applied,
                     need_snapshot=res.need_snapshot,
@@ -350,6 +392,9 @@ class BookSync:
                     gap=res.gap,
                     already_in_snapshot=contained,
                 )
+        # Synced is reported once, when the whole buffer is in (the book is exact only then).
+        synced = synced or self._replay_synced
+        self._replay_synced = False
         return SyncResult(applied=applied, synced=synced, already_in_snapshot=contained)
 
     def _load(self, snap: DepthSnapshot) -> None:
