@@ -353,6 +353,7 @@ class Daemon:
                 book_depth=s.books.depth,
                 book_every=s.books.every,
                 replay_chunk=REPLAY_CHUNK,
+                max_buffered_bytes=int(s.books.max_buffered_mb * 2**20),
             )
             self.hook_context.books = self.books
         elif self.snapshots is not None:

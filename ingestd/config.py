@@ -151,6 +151,10 @@ class BookSettings(_Model):
     """Publish ``book`` records (top-N levels) with this many levels per side; 0 = none."""
     every: Annotated[int, Field(ge=0)] = 0
     """A ``book`` record every N applied diffs (0 or 1 = on every change)."""
+    max_buffered_mb: PositiveFloat = 128.0
+    """Bound on the diffs and bookTickers held across all symbols while their books wait for a
+    snapshot (estimated bytes of the Python objects). Past it the book that waited longest drops
+    its buffer, writes a ``memory_bound`` gap and starts its sync again."""
 
 
 class HealthSettings(_Model):

@@ -174,6 +174,7 @@ def test_gap_and_book_records_are_registered() -> None:
         "audit_mismatch",
         "stale_snapshot",
         "buffer_overflow",
+        "memory_bound",
         "ban",
         "silent_stream",
         "id_reset",

@@ -49,6 +49,14 @@ REPLAY_CHUNK: Final = 128
 2-3 ms at the 15-18 µs a diff costs on a 5,000-level book, so a 10,000-diff replay lets the event
 loop run ~80 times instead of holding it ~150-200 ms (tests/test_loop_stalls.py measures both)."""
 
+DIFF_BYTES: Final = 400
+LEVEL_BYTES: Final = 120
+TICKER_BYTES: Final = 320
+"""What one buffered record holds as Python objects, rounded up: a diff ``DIFF_BYTES`` plus
+``LEVEL_BYTES`` per level row, a bookTicker ``TICKER_BYTES`` (tracemalloc on the real USDⓈ-M
+BTCUSDT capture: 7,365 bytes per 62-level diff, 119 per level; 313 per bookTicker). The memory
+bound (``books.max_buffered_mb``) counts with these."""
+
 RequestSnapshot = Callable[[str, bool], None]
 """``request_snapshot(native, urgent)``: queue a REST depth snapshot (must not block)."""
 
@@ -77,6 +85,8 @@ class _Symbol:
     """The snapshot being replayed in chunks (its times stamp the records the replay makes)."""
     replay_held: list[BookTicker] = field(default_factory=list)
     """A ticker that disagreed with the book during that replay (checked once it is done)."""
+    held: int = 0
+    """Bytes of buffered diffs and held tickers counted towards the memory bound (0 once synced)."""
 
 
 class BookView:
@@ -139,9 +149,13 @@ class BookManager:
         book_depth: int = 0,
         book_every: int = 0,
         replay_chunk: int | None = None,
+        max_buffered_bytes: int | None = None,
     ) -> None:
         if book_depth < 0 or book_every < 0:
             raise ValueError("book_depth and book_every must be >= 0")
+        if max_buffered_bytes is not None and max_buffered_bytes <= 0:
+            raise ValueError(f"max_buffered_bytes must be positive, not {max_buffered_bytes}")
+        self.max_buffered_bytes = max_buffered_bytes
         self.venue = venue
         self.market: Market = market
         self._request = request_snapshot
@@ -163,6 +177,13 @@ class BookManager:
         self._first_synced = 0
         self._replaying: dict[str, None] = {}
         """Natives whose snapshot replay goes on in chunks (see :meth:`continue_replays`)."""
+        self._held = 0
+        """Bytes buffered across all symbols (the sum of their ``held``)."""
+        self._waiting: dict[str, None] = {}
+        """Natives waiting for a snapshot, longest-waiting first (the memory bound sheds those)."""
+        self.shed = 0
+        """Times a book's buffer was dropped to keep within ``max_buffered_bytes``."""
+        self._shed_in_episode = 0
 
     # -- data path --------------------------------------------------------------------------
 
@@ -188,8 +209,10 @@ class BookManager:
                     # After the BookTop: a failed audit discards the book this diff built.
                     if sym.ahead:
                         self._audit_ahead(sym, out)
-                elif res is not NOTHING:
-                    self._handle(sym, res, rec, out)
+                else:
+                    if res is not NOTHING:
+                        self._handle(sym, res, rec, out)
+                    self._settle(sym, rec.recv_ts, out)
             elif cls is BookTicker:
                 assert isinstance(rec, BookTicker)
                 sym = books.get(rec.native)
@@ -206,6 +229,7 @@ class BookManager:
                     rec, partial(self._audit_replayed, sym, held) if sym.ahead else None
                 )
                 self._replayed(sym, res, rec, held, out)
+                self._settle(sym, rec.recv_ts, out)
         return out
 
     @property
@@ -226,6 +250,7 @@ class BookManager:
             held = sym.replay_held
             res = sym.sync.continue_replay(partial(self._audit_replayed, sym, held) if sym.ahead else None)
             self._replayed(sym, res, rec, held, out)
+            self._settle(sym, rec.recv_ts, out)
         return out
 
     def _replayed(
@@ -272,6 +297,7 @@ class BookManager:
                 )
                 assert res.gap is not None
                 out.append(self._gap(sym, res.gap, ev.ts, None))
+                self._settle(sym, ev.ts, out)
             if natives:
                 log.warning("%s disconnected: %d book(s) will resync", ev.connection, len(natives))
         elif ev.kind is ConnectionEventKind.STREAM_SILENT:
@@ -332,6 +358,8 @@ class BookManager:
             "audit_mismatches": 0,
             "stale_snapshots": 0,
             "overflow_dropped": 0,
+            "buffered_bytes": self._held,
+            "shed": self.shed,
             "gaps": {},
             "unknown_symbols": self.unknown_symbols,
             "snapshot_requests": self.snapshot_requests,
@@ -350,6 +378,8 @@ class BookManager:
                 "already_in_snapshot": s.already_in_snapshot,
                 "stale_snapshots": s.stale_snapshots,
                 "overflow_dropped": s.overflow_dropped,
+                "buffered_bytes": sym.held,
+                "shed_dropped": s.shed_dropped,
                 "ignored_duplicates": s.ignored_duplicates,
                 "ignored_snapshots": s.ignored_snapshots,
                 "audit_checks": sym.audit_checks,
@@ -486,10 +516,15 @@ class BookManager:
             if t.update_id == last:
                 self._check(sym, t, out)
             elif t.update_id > last:
-                sym.ahead.append(t)
+                ahead = sym.ahead
+                ahead.append(t)
+                # A synced book is at most a few diffs behind its tickers: a fixed few are held.
+                if len(ahead) > AUDIT_AHEAD:
+                    ahead.popleft()
         elif s.state is not SyncState.IDLE:
             # Not synced yet: the ticker may match a diff the coming snapshot makes applicable.
             sym.ahead.append(t)
+            self._settle(sym, t.recv_ts, out)
 
     def _audit_ahead(self, sym: _Symbol, out: list[Record]) -> None:
         """The book moved to a new id: drop held tickers it passed, check one it reached."""
@@ -546,6 +581,74 @@ class BookManager:
         out.append(self._gap(sym, gap, t.recv_ts, t.exchange_ts))
         self.snapshot_requests += 1
         self._request(sym.contract.native, True)
+        self._settle(sym, t.recv_ts, out)
+
+    # -- the memory bound -------------------------------------------------------------------
+
+    def _settle(self, sym: _Symbol, ts: int, out: list[Record]) -> None:
+        """Recount what ``sym`` holds after its buffer or held tickers changed; shed past the bound.
+
+        Only books waiting for a snapshot count: a synced book holds no diffs and at most
+        :data:`AUDIT_AHEAD` tickers (a fixed few per symbol).
+        """
+        s = sym.sync
+        state = s.state
+        native = sym.contract.native
+        if state is SyncState.SYNCED or state is SyncState.IDLE:
+            new = 0
+            if self._waiting:
+                self._waiting.pop(native, None)
+            if state is SyncState.SYNCED and len(sym.ahead) > AUDIT_AHEAD:
+                for _ in range(len(sym.ahead) - AUDIT_AHEAD):
+                    sym.ahead.popleft()
+        else:
+            new = s.buffered * DIFF_BYTES + s.buffered_levels * LEVEL_BYTES + len(sym.ahead) * TICKER_BYTES
+            if native not in self._waiting:
+                self._waiting[native] = None
+        self._held += new - sym.held
+        sym.held = new
+        bound = self.max_buffered_bytes
+        if bound is None:
+            return
+        if self._held > bound:
+            self._shed(bound, ts, out)
+        elif self._shed_in_episode and self._held <= bound // 2:
+            log.info("book buffers back under half of books.max_buffered_mb after %d shed buffer(s)",
+                     self._shed_in_episode)  # fmt: skip
+            self._shed_in_episode = 0
+
+    def _shed(self, bound: int, ts: int, out: list[Record]) -> None:
+        """Drop the buffers of the books that have waited longest until the total fits again."""
+        for native in list(self._waiting):
+            if self._held <= bound:
+                return
+            sym = self._by_native[native]
+            if not sym.held:
+                continue
+            s = sym.sync
+            reason = (
+                f"books.max_buffered_mb ({bound / 2**20:g} MB) reached with {len(self._waiting)} book(s) "
+                f"waiting for snapshots: dropped the {s.buffered} diff(s) and {len(sym.ahead)} bookTicker(s) "
+                f"({sym.held / 2**20:.2f} MB) of the one waiting longest; its sync starts again"
+            )
+            ask = s.state is not SyncState.BUFFERING  # a book being built consumed its snapshot
+            sym.ahead.clear()
+            res = s.shed(reason)
+            self._end_replay(sym)
+            self.shed += 1
+            self._shed_in_episode += 1
+            if self._shed_in_episode == 1:
+                log.warning("%s: %s (logged once until the buffers shrink)", native, reason)
+            assert res.gap is not None
+            out.append(self._gap(sym, res.gap, ts, None))
+            if ask:
+                self.snapshot_requests += 1
+                self._request(native, True)
+            self._held -= sym.held
+            sym.held = 0
+            # Its wait starts again: to the back of the line.
+            del self._waiting[native]
+            self._waiting[native] = None
 
     def _depth_natives(self, ev: ConnectionEvent) -> list[str]:
         """Natives whose diff-depth stream ``ev``'s connection carried (all of ``ev.natives``

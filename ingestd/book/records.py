@@ -42,6 +42,10 @@ class GapKind(enum.StrEnum):
     """The REST snapshot is older than the first diff we hold; another one was requested."""
     BUFFER_OVERFLOW = "buffer_overflow"
     """Too many diffs buffered while waiting for a snapshot; the oldest were dropped."""
+    MEMORY_BOUND = "memory_bound"
+    """The diffs and bookTickers buffered across all symbols passed ``books.max_buffered_mb``:
+    this symbol had waited longest for its snapshot; its buffer was dropped and its sync restarted
+    (the snapshot it asked for bridges from the diffs after it)."""
     BAN = "ban"
     """Snapshots cannot be fetched (HTTP 418/429 on the REST host)."""
     SILENT_STREAM = "silent_stream"

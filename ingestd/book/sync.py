@@ -112,12 +112,14 @@ class BookSync:
         "applied",
         "awaiting_snapshot",
         "book",
+        "buffered_levels",
         "ignored_duplicates",
         "ignored_snapshots",
         "market",
         "max_buffered",
         "overflow_dropped",
         "replay_chunk",
+        "shed_dropped",
         "snapshot_id",
         "spot",
         "stale_snapshots",
@@ -144,6 +146,8 @@ class BookSync:
         self.book = OrderBook()
         self.state = SyncState.IDLE
         self._buffer: deque[DepthDiff] = deque()
+        self.buffered_levels = 0
+        """Level rows (bids + asks) of the buffered diffs: what they hold in memory."""
         self.snapshot_id: int | None = None
         """``lastUpdateId`` of the snapshot the current book was built from."""
         self.awaiting_snapshot = False
@@ -158,6 +162,8 @@ class BookSync:
         self.stale_snapshots = 0
         self.ignored_duplicates = 0
         self.ignored_snapshots = 0
+        self.shed_dropped = 0
+        """Buffered diffs dropped by :meth:`shed` (the manager's memory bound)."""
 
     # -- reading --------------------------------------------------------------------------
 
@@ -188,6 +194,7 @@ class BookSync:
         if state is SyncState.IDLE:
             self.state = SyncState.BUFFERING
             self._buffer.append(diff)
+            self.buffered_levels += len(diff.bids) + len(diff.asks)
             self.awaiting_snapshot = True
             return _NEED_URGENT if self._gap_open else _NEED_FIRST
         # BUFFERING, or REPLAYING: a new diff waits behind the ones being replayed.
@@ -270,9 +277,25 @@ class BookSync:
             self.awaiting_snapshot = True
             return SyncResult(need_snapshot=True, urgent=True, gap=gap)
         self._buffer.clear()
+        self.buffered_levels = 0
         self.state = SyncState.IDLE
         self.awaiting_snapshot = False
         return SyncResult(gap=gap)
+
+    def shed(self, reason: str) -> SyncResult:
+        """Drop the buffer (and the book, if one is being built) to free memory, and start the
+        sync again: the snapshot already asked for (``need_snapshot`` asks again; the producer
+        coalesces) bridges from the diffs that come next. Returns the ``memory_bound`` gap."""
+        last = self._last_good
+        self.shed_dropped += len(self._buffer)
+        self._discard()
+        self._buffer.clear()
+        self.buffered_levels = 0
+        self.state = SyncState.BUFFERING
+        self.awaiting_snapshot = True
+        self._gap_open = True
+        self._overflowed = False
+        return SyncResult(need_snapshot=True, urgent=True, gap=GapInfo(GapKind.MEMORY_BOUND, reason, last))
 
     # -- internals --------------------------------------------------------------------------
 
@@ -341,9 +364,11 @@ class BookSync:
     def _buffer_diff(self, diff: DepthDiff) -> SyncResult:
         buf = self._buffer
         buf.append(diff)
+        self.buffered_levels += len(diff.bids) + len(diff.asks)
         if len(buf) <= self.max_buffered:
             return NOTHING
-        buf.popleft()
+        old = buf.popleft()
+        self.buffered_levels -= len(old.bids) + len(old.asks)
         self.overflow_dropped += 1
         if self._overflowed:
             return NOTHING
@@ -375,6 +400,7 @@ class BookSync:
                 return SyncResult(applied=applied, already_in_snapshot=contained, more=True)
             left -= 1
             diff = buf.popleft()
+            self.buffered_levels -= len(diff.bids) + len(diff.asks)
             res = self._bridge(diff) if self.state is SyncState.BRIDGING else self._apply_synced(diff)
             if after_each is not None and res.applied and self.state is SyncState.SYNCED:
                 after_each()
@@ -413,6 +439,7 @@ class BookSync:
         last = self._last_good
         self._discard()
         self._buffer.appendleft(diff)
+        self.buffered_levels += len(diff.bids) + len(diff.asks)
         self.state = SyncState.BUFFERING
         self.awaiting_snapshot = True
         self._gap_open = True
