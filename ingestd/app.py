@@ -461,7 +461,6 @@ class Daemon:
                 except Exception as exc:  # noqa: BLE001 - as in _emit: counted, the daemon goes on
                     self._book_failed(exc)
                     return
-                self._books_ok()
                 if extra:
                     await self.bus.publish(extra)
         finally:
