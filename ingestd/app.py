@@ -95,7 +95,8 @@ class Daemon:
         self.clock: ClockSync | None = None
         self.pollers: PollerSet | None = None
         self.health: HealthServer | None = None
-        self.metrics = MetricsTap(self._clock_offset_ns)
+        self.metrics = MetricsTap(self._clock_offset_ns, counts=self.bus.counts)
+        self.console: ConsoleReporter | None = None
         self.notifier = SdNotifier()
         self.service = ServiceNotifier(self.notifier, self.readiness)
         self._clock_skewed = False
@@ -227,6 +228,8 @@ class Daemon:
             out["clock"] = self.clock.stats()
         if self.pollers is not None:
             out["pollers"] = self.pollers.stats()
+        if self.console is not None:
+            out["console"] = self.console.stats()
         if self.health is not None:
             out["health_url"] = self.health.url
         return out
@@ -326,8 +329,7 @@ class Daemon:
         self.hook_context.contracts = self.contracts
         self.hook_context.price_precision = self.contracts.price_precision()
         self.hook_context.min_qty = self.contracts.min_qty()
-        self._attach_consumers()
-        await self.bus.start()
+        await self._start_consumers()
 
         chans = self.channels
         if "depth_snapshot" in chans:
@@ -382,6 +384,12 @@ class Daemon:
         else:
             self.service.ready("running: no websocket streams to wait for")
 
+    async def _start_consumers(self) -> None:
+        self._attach_consumers()
+        await self.bus.start()
+        if self.console is not None:
+            await self.console.start()
+
     def _attach_consumers(self) -> None:
         s = self.settings
         if s.storage.enabled:
@@ -414,10 +422,9 @@ class Daemon:
                 consumer, maxsize=s.hooks.queue_size, policy=OverflowPolicy(s.hooks.policy), symbols=h.symbols
             )
         if s.console.enabled:
-            self.bus.attach(
-                ConsoleReporter(s.console.interval_s, stats=self._console_stats),
-                maxsize=100_000,
-                policy=OverflowPolicy.DROP_OLDEST,
+            # Not a bus consumer: the line is made from the bus's count of what was published.
+            self.console = ConsoleReporter(
+                s.console.interval_s, stats=self._console_stats, counts=self.bus.counts.per_channel
             )
 
     def _console_stats(self) -> dict[str, Any]:
@@ -631,7 +638,10 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await drain
             log.error("%s: some records were not flushed", PhaseTimeoutError("shutdown.drain", deadline))
-        # Phase 3: release the clock task, health endpoint and REST session.
+        # Phase 3: release the clock task, console line, health endpoint and REST session.
+        if self.console is not None:
+            with contextlib.suppress(Exception):
+                await self.console.close()
         if self.clock is not None:
             with contextlib.suppress(Exception):
                 await self.clock.close()

@@ -11,18 +11,28 @@ in records, and one runner task that hands it batches. Policies:
 
 Drops are counted per consumer and logged once per episode (when dropping starts and when it
 ends, with the count), never per record.
+
+Stats are typed namespaces (:meth:`Bus.snapshot`): the bus's own figures per consumer
+(:class:`ConsumerStats`: its queue's :class:`QueueStats`, failed batches, losses at close) sit
+beside, never under, what the consumer reports about itself, and a consumer whose ``stats()``
+names one of the bus's keys is refused at :meth:`Bus.attach`. :meth:`Bus.stats` is the flat JSON
+view of ``/status``. The records published are counted once, here (:class:`RecordCounts`, per
+venue, channel and symbol); the metrics and the console line read that count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
+import operator
 import time
-from collections import deque
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, runtime_checkable
 
 from ingestd.records import AnyRecord, RawFrame
 
@@ -56,7 +66,8 @@ class Consumer(Protocol):
         """Flush and release everything. Idempotent."""
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of counters for metrics and the status line."""
+        """A snapshot of the consumer's own counters for metrics and the status line. Never a
+        key the bus reports itself (:data:`BUS_KEYS`: ``dropped``, ``errors`` …)."""
 
 
 CLOSE_GRACE_S = 1.0
@@ -65,6 +76,99 @@ CLOSE_GRACE_S = 1.0
 
 class QueueClosedError(RuntimeError):
     """``put`` on a closed queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One consumer queue's counters."""
+
+    depth: int
+    """Records queued now."""
+    maxsize: int
+    high_water: int
+    policy: str
+    put: int
+    """Records admitted (ever)."""
+    got: int
+    """Records handed to the consumer (ever)."""
+    dropped: int
+    """Records dropped by the overflow policy."""
+    blocked_seconds: float
+    """Time publishers waited for room (``block``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStats:
+    """What the bus knows about one consumer, and (separately) what the consumer says."""
+
+    queue: QueueStats
+    errors: int
+    """Batches the consumer's ``consume`` raised on (caught and counted by the bus)."""
+    lost_at_close: int
+    """Records it never got: still queued when the drain was cut, or refused by a closed queue."""
+    inflight: int
+    """Records of the batch inside ``consume`` now (0 between batches)."""
+    consumer: Mapping[str, Any]
+    """The consumer's own ``stats()``; its keys never overlap the bus's (:data:`BUS_KEYS`)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flat ``/status`` row: the bus's keys, then the consumer's own (which cannot
+        overwrite them: the bus's are written last)."""
+        own = {k: v for k, v in self.consumer.items() if k not in BUS_KEYS}
+        return {**own, **dataclasses.asdict(self.queue), "errors": self.errors,
+                "lost_at_close": self.lost_at_close, "inflight": self.inflight}  # fmt: skip
+
+
+BUS_KEYS: Final = frozenset(
+    {f.name for f in dataclasses.fields(QueueStats)} | {"errors", "lost_at_close", "inflight"}
+)
+"""Keys of a consumer's ``/status`` row that are the bus's: a consumer must not report them."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusStats:
+    """The bus: records published and each consumer's :class:`ConsumerStats`."""
+
+    published: int
+    consumers: dict[str, ConsumerStats]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``bus`` part of ``/status``."""
+        return {"published": self.published, "consumers": {n: c.as_dict() for n, c in self.consumers.items()}}
+
+
+_KEY: Final = operator.attrgetter("venue", "channel", "symbol")
+
+
+class RecordCounts:
+    """Records published per ``(venue, channel, symbol)``: counted once, as they enter the bus.
+
+    One C-level pass per batch (``Counter.update``); the metrics tap (``ingestd_records``) and
+    the console line read these instead of counting each record again in their own consumers.
+    """
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+
+    def add(self, records: Sequence[AnyRecord]) -> None:
+        """Count ``records`` (market, gap, book and clock records; never raw frames)."""
+        self._counts.update(map(_KEY, records))
+
+    def items(self) -> Mapping[tuple[str, str, str], int]:
+        """``(venue, channel, symbol) -> records`` (live: read, do not change)."""
+        return self._counts
+
+    def per_channel(self) -> dict[str, int]:
+        """Records per channel."""
+        out: dict[str, int] = {}
+        for (_, channel, _), n in self._counts.items():
+            out[channel] = out.get(channel, 0) + n
+        return out
+
+    def total(self) -> int:
+        return self._counts.total()
 
 
 class BoundedQueue:
@@ -201,17 +305,17 @@ class BoundedQueue:
         self._not_empty.set()
         self._not_full.set()
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "depth": self._size,
-            "maxsize": self.maxsize,
-            "high_water": self.high_water,
-            "policy": self.policy.value,
-            "put": self.put_records,
-            "got": self.got_records,
-            "dropped": self.dropped,
-            "blocked_seconds": round(self.blocked_seconds, 3),
-        }
+    def stats(self) -> QueueStats:
+        return QueueStats(
+            depth=self._size,
+            maxsize=self.maxsize,
+            high_water=self.high_water,
+            policy=self.policy.value,
+            put=self.put_records,
+            got=self.got_records,
+            dropped=self.dropped,
+            blocked_seconds=round(self.blocked_seconds, 3),
+        )
 
 
 class _Attachment:
@@ -238,6 +342,8 @@ class Bus:
         self._started = False
         self._closed = False
         self.published = 0
+        self.counts = RecordCounts()
+        """Records published per venue, channel and symbol (the one count of them)."""
 
     def attach(
         self,
@@ -251,6 +357,13 @@ class Bus:
         """Give ``consumer`` its own queue. ``symbols`` (normalized) filters what it receives."""
         if self._started:
             raise RuntimeError("attach consumers before the bus starts")
+        shadowed = sorted(BUS_KEYS & set(consumer.stats()))
+        if shadowed:
+            # Two counters under one name: the metrics would report the consumer's as the bus's.
+            raise ValueError(
+                f"consumer {consumer.name}: its stats() name {', '.join(map(repr, shadowed))}, which the bus "
+                "reports itself; rename them"
+            )
         q = BoundedQueue(consumer.name, maxsize, policy, max_batch)
         self._attached.append(_Attachment(consumer, q, symbols))
         # Offer batches to consumers that never wait first: a blocking queue that is full (storage
@@ -279,15 +392,14 @@ class Bus:
         if self._closed or not batch:
             return
         self.published += len(batch)
-        plain: Sequence[AnyRecord] | None = None
+        # Raw frames only exist with --raw; one scan per batch tells.
+        has_raw = any(type(r) is RawFrame for r in batch)
+        plain = [r for r in batch if r.channel != "raw"] if has_raw else batch
+        self.counts.add(plain)
         for a in self._offer:
             chans = a.consumer.channels
             syms = a.symbols
             if chans is None and syms is None:
-                if plain is None:
-                    # Raw frames only exist with --raw; one scan per batch tells.
-                    has_raw = any(type(r) is RawFrame for r in batch)
-                    plain = [r for r in batch if r.channel != "raw"] if has_raw else batch
                 sel: Sequence[AnyRecord] = plain
             else:
                 sel = self._select(a, batch)
@@ -403,17 +515,22 @@ class Bus:
             log.exception("consumer %s failed to close", a.consumer.name)
         return False
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "published": self.published,
-            "consumers": {
-                a.consumer.name: {
-                    **a.queue.stats(),
-                    "errors": a.errors,
-                    "lost_at_close": a.lost_at_close,
-                    "inflight": a.inflight,
-                    **a.consumer.stats(),
-                }
+    def snapshot(self) -> BusStats:
+        """Typed stats: the bus's figures per consumer, and the consumer's own beside them."""
+        return BusStats(
+            published=self.published,
+            consumers={
+                a.consumer.name: ConsumerStats(
+                    queue=a.queue.stats(),
+                    errors=a.errors,
+                    lost_at_close=a.lost_at_close,
+                    inflight=a.inflight,
+                    consumer=a.consumer.stats(),
+                )
                 for a in self._attached
             },
-        }
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """The JSON view of :meth:`snapshot` (``/status``: one flat row per consumer)."""
+        return self.snapshot().as_dict()

@@ -58,7 +58,7 @@ async def test_drop_oldest_keeps_newest_and_counts() -> None:
     assert q.dropped == 3
     got = await q.get()
     assert [r.trade_id for r in got if isinstance(r, Trade)] == [3, 4, 5, 6, 7]
-    assert q.stats()["high_water"] == 5
+    assert q.stats().high_water == 5
 
 
 @pytest.mark.asyncio

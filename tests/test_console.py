@@ -1,4 +1,5 @@
-"""The console reporter: the line format, rates per channel, the stats-callable contract, lifecycle."""
+"""The console reporter: the line format, rates per channel from the bus's record counts, the
+stats-callable contract, lifecycle."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from ingestd.bus import RecordCounts
 from ingestd.consumers.console import ConsoleReporter
 from ingestd.records import AnyRecord, Record
 from tests.test_parquet import all_records
@@ -46,10 +48,11 @@ async def test_line_format_rates_and_health(realdata: Path) -> None:
     out = io.StringIO()
     stats = FakeStats()
     clock = [1000.0]
-    c = ConsoleReporter(60.0, stats=stats, out=out, clock=lambda: clock[0])
+    counts = RecordCounts()  # the bus's count of what it published
+    c = ConsoleReporter(60.0, stats=stats, out=out, counts=counts.per_channel, clock=lambda: clock[0])
     await c.start()
-    await c.consume(list[AnyRecord](chans["trade"][:40] + chans["depth_diff"][:10]))
-    await c.consume(list[AnyRecord](chans["book_ticker"][:50]))
+    counts.add(list[AnyRecord](chans["trade"][:40] + chans["depth_diff"][:10]))
+    counts.add(list[AnyRecord](chans["book_ticker"][:50]))
     stats.reconnects, stats.drops = 2, 7
     clock[0] += 2.0
     line = c.report()
@@ -57,7 +60,7 @@ async def test_line_format_rates_and_health(realdata: Path) -> None:
         "ingestd: 50.0 rec/s | trade 20.0 book_ticker 25.0 depth_diff 5.0 | reconnects 2 (+2) | drops 7 (+7)"
     )
     # Next interval: trades only; channels seen before stay on the line at 0.0; no change in health.
-    await c.consume(list[AnyRecord](chans["trade"][40:70]))
+    counts.add(list[AnyRecord](chans["trade"][40:70]))
     clock[0] += 3.0
     line2 = c.report()
     assert line2 == "ingestd: 10.0 rec/s | trade 10.0 book_ticker 0.0 depth_diff 0.0 | reconnects 2 | drops 7"
@@ -73,10 +76,11 @@ async def test_background_lines_on_stderr_and_close_is_idempotent(
     realdata: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     recs = all_records(realdata)[:100]
-    c = ConsoleReporter(0.05, stats=FakeStats())
+    counts = RecordCounts()
+    c = ConsoleReporter(0.05, stats=FakeStats(), counts=counts.per_channel)
     await c.start()
     for _ in range(3):
-        await c.consume(list[AnyRecord](recs))
+        counts.add(list[AnyRecord](recs))
     await asyncio.sleep(0.18)
     await c.close()
     await c.close()

@@ -91,10 +91,10 @@ async def test_slow_blocking_and_failing_hooks_leave_storage_whole(
         assert s["depth"] == 0
         assert s["policy"] == "drop_oldest"
     assert slow_s["timeouts"] == slow_s["calls"] == calls["slow"]
-    assert failing_s["errors"] == failing_s["calls"] == calls["failing"]
+    assert failing_s["call_errors"] == failing_s["calls"] == calls["failing"]
     assert failing_s["last_error"] == "ValueError: strategy bug"
     assert blocking_s["overruns"] == calls["blocking"] // 50
-    assert blocking_s["errors"] == blocking_s["timeouts"] == 0
+    assert blocking_s["call_errors"] == blocking_s["timeouts"] == 0
 
 
 def _failing_writes(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:

@@ -126,7 +126,7 @@ async def test_one_and_two_argument_hooks_get_every_record_in_order(realdata: Pa
     assert ctx.price_precision["BTC-USDT-PERP"] == 1
     assert ctx.min_qty["BTC-USDT-PERP"] == 0.001
     st = h2.stats()
-    assert (st["calls"], st["errors"], st["timeouts"]) == (50, 0, 0)
+    assert (st["calls"], st["call_errors"], st["timeouts"]) == (50, 0, 0)
     assert 0 < st["latency_p50_ms"] <= st["latency_p99_ms"] <= st["latency_max_ms"]
 
 
@@ -177,7 +177,7 @@ async def test_exceptions_and_timeouts_are_counted_logged_once_per_episode_and_i
     assert time.monotonic() - started < 1.0  # two timeouts of 0.05 s, not 20 s of sleeping
     assert done == [0, 4, 7, 9, 11]  # every later call still happened, in order
     st = h.stats()
-    assert (st["calls"], st["errors"], st["timeouts"]) == (12, 5, 2)
+    assert (st["calls"], st["call_errors"], st["timeouts"]) == (12, 5, 2)
     assert st["last_error"] == "ValueError: again"
     failed = [r for r in caplog.records if "failed:" in r.getMessage()]
     # Episodes: 1-3, 5-6, 8, 10 -> four lines; a traceback only the first time each type is seen.
@@ -269,7 +269,8 @@ async def test_a_misbehaving_hook_does_not_slow_storage_on_the_bus(
     assert st["storage"]["seen"] == len(recs)
     hs = st[f"hook:{hook.__name__}"]
     assert hs["calls"] > 0
-    assert hs["errors"] + hs["timeouts"] == hs["calls"]  # every call failed, none propagated
+    assert hs["call_errors"] + hs["timeouts"] == hs["calls"]  # every call failed, none propagated
+    assert hs["errors"] == 0  # the bus saw no batch fail: the hook consumer caught each call
     assert hs["dropped"] + hs["calls"] == len(recs)
     assert len([r for r in caplog.records if "failed:" in r.getMessage()]) == 1  # one episode
 

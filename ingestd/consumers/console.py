@@ -1,6 +1,8 @@
 """The console reporter: one summary line every ``interval_s``, to stderr by default.
 
-It consumes every market channel only to count records, then writes one line such as::
+It reads the records published so far per channel from the ``counts`` callable (the bus's one
+count, :class:`ingestd.bus.RecordCounts`: the reporter is not a bus consumer and counts nothing
+itself) and writes one line such as::
 
     ingestd: 1234.5 rec/s | trade 120.0 agg_trade 300.2 depth_diff 14.2 | reconnects 1 (+1) | drops 0
 
@@ -22,21 +24,21 @@ import contextlib
 import logging
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable
-from operator import attrgetter
+from collections.abc import Callable, Mapping
 from typing import Any, Final, TextIO
 
-from ingestd.records import CHANNELS, AnyRecord
+from ingestd.records import CHANNELS
 
 log = logging.getLogger("ingestd.console")
 
-_CHANNEL: Final = attrgetter("channel")
 _ORDER: Final = {c: i for i, c in enumerate(CHANNELS)}
+
+Counts = Callable[[], Mapping[str, int]]
+"""Records published since start, per channel (cumulative)."""
 
 
 class ConsoleReporter:
-    """Consumer that counts records per channel and prints one rate line per interval."""
+    """Prints one rate line per interval from the cumulative per-channel ``counts``."""
 
     name = "console"
 
@@ -46,16 +48,17 @@ class ConsoleReporter:
         stats: Callable[[], dict[str, Any]] | None = None,
         out: TextIO | None = None,
         *,
+        counts: Counts | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"console interval must be positive, got {interval_s}")
-        self.channels: frozenset[str] | None = None
         self.interval_s = interval_s
         self._stats = stats
         self._out = out
+        self._counts_of = counts
         self._clock = clock
-        self._counts: Counter[str] = Counter()
+        self._last_counts: dict[str, int] = {}
         self._seen: set[str] = set()
         self._last_at = clock()
         self._last_reconnects = 0
@@ -72,10 +75,6 @@ class ConsoleReporter:
         self._last_at = self._clock()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="console:reporter")
-
-    async def consume(self, batch: list[AnyRecord]) -> None:
-        """Count only (one C-level pass per batch)."""
-        self._counts.update(map(_CHANNEL, batch))
 
     async def close(self) -> None:
         """Stop the reporting task. Idempotent."""
@@ -98,8 +97,10 @@ class ConsoleReporter:
         now = self._clock()
         elapsed = max(now - self._last_at, 1e-9)
         self._last_at = now
-        counts, self._counts = self._counts, Counter()
-        self._seen.update(counts)
+        cumulative = dict(self._counts_of()) if self._counts_of is not None else {}
+        counts = {c: n - self._last_counts.get(c, 0) for c, n in cumulative.items()}
+        self._last_counts = cumulative
+        self._seen.update(cumulative)
         total = sum(counts.values())
         self.records += total
         chans = sorted(self._seen, key=lambda c: (_ORDER.get(c, len(_ORDER)), c))
@@ -144,5 +145,6 @@ class ConsoleReporter:
         return out
 
     def stats(self) -> dict[str, Any]:
-        """Lines written and records counted."""
-        return {"lines": self.lines, "records": self.records + sum(self._counts.values())}
+        """Lines written and the records they covered (published since start, per the counts)."""
+        pending = sum(self._counts_of().values()) - sum(self._last_counts.values()) if self._counts_of else 0
+        return {"lines": self.lines, "records": self.records + pending}

@@ -130,7 +130,8 @@ def load_hook(spec: str) -> HookFunc:
 class HookConsumer:
     """Feeds records to one hook, in order, one call per record, each under a timeout.
 
-    ``stats()`` keys: ``calls``, ``errors`` (exceptions raised by the hook), ``timeouts``,
+    ``stats()`` keys: ``calls``, ``call_errors`` (exceptions raised by the hook; the bus's
+    ``errors`` beside it counts batches this consumer itself failed on), ``timeouts``,
     ``overruns`` (calls that held the event loop past the timeout), ``latency_p50_ms`` /
     ``latency_p99_ms`` / ``latency_max_ms`` over the last 2,048 calls, and ``last_error``.
     """
@@ -304,7 +305,7 @@ class HookConsumer:
             )
 
     def stats(self) -> dict[str, Any]:
-        """Calls, errors, timeouts, overruns, latency percentiles (ms) and the last error."""
+        """Calls, call errors, timeouts, overruns, latency percentiles (ms) and the last error."""
         window = sorted(self._latencies)
 
         def pct(q: float) -> float:
@@ -314,7 +315,7 @@ class HookConsumer:
 
         return {
             "calls": self.calls,
-            "errors": self.errors,
+            "call_errors": self.errors,
             "timeouts": self.timeouts,
             "overruns": self.overruns,
             "latency_p50_ms": pct(0.50),

@@ -85,7 +85,7 @@ def bus(bus_stats: Mapping[str, Any]) -> Iterator[Metric]:
         cerr.add_metric([name], c.get("errors", 0))
         if name.startswith("hook:"):
             hook_calls.add_metric([name], c.get("calls", 0))
-            hook_err.add_metric([name], c.get("errors", 0))
+            hook_err.add_metric([name], c.get("call_errors", 0))
             hook_to.add_metric([name], c.get("timeouts", 0))
             for q, key in (("0.5", "latency_p50_ms"), ("0.99", "latency_p99_ms"), ("1", "latency_max_ms")):
                 hook_lat.add_metric([name, q], float(c.get(key, 0.0)) / 1e3)

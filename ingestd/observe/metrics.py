@@ -1,10 +1,12 @@
 """Prometheus metrics, read from each component's ``stats()`` and from a tap on the bus.
 
-:class:`MetricsTap` is a bus consumer (``drop_oldest``: metrics never slow data) that counts
-records per venue/channel/symbol, observes the exchange→receive latency per channel (corrected by
-the measured clock offset) and runs the validation counters (non-positive or non-finite prices
+:class:`MetricsTap` is a bus consumer (``drop_oldest``: metrics never slow data) that observes
+the exchange→receive latency per channel (corrected by the measured clock offset) and runs the
+validation counters (non-positive or non-finite prices
 and sizes, crossed or locked book tickers, a missing event time where the venue always sends
-one), warning once per episode. :func:`render` turns a daemon's stats plus the tap into the
+one), warning once per episode. It does not count records: ``ingestd_records`` is the bus's one
+count of what was published (:class:`ingestd.bus.RecordCounts`), so it holds even when the tap's
+own queue drops. :func:`render` turns a daemon's stats plus the tap into the
 Prometheus text format with ``prometheus_client``'s own encoder; the per-component families live
 in :mod:`ingestd.observe.families`.
 """
@@ -14,13 +16,14 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ingestd.bus import RecordCounts
 from ingestd.channels import Source
 from ingestd.observe import families
 from ingestd.records import AnyRecord, BookTicker, Record
@@ -87,10 +90,12 @@ class MetricsTap:
     name = "metrics"
     channels: frozenset[str] | None = None
 
-    def __init__(self, clock_offset_ns: OffsetSource = lambda: 0) -> None:
+    def __init__(
+        self, clock_offset_ns: OffsetSource = lambda: 0, *, counts: RecordCounts | None = None
+    ) -> None:
         self._offset = clock_offset_ns
-        self.records: dict[tuple[str, str, str], int] = {}
-        """(venue, channel, symbol) → records seen."""
+        self.counts = counts if counts is not None else RecordCounts()
+        """Records published per (venue, channel, symbol): the bus's count (``Bus.counts``)."""
         self.latency: dict[str, LatencyHistogram] = {}
         self.latency_unobserved = 0
         """Records with an event time that arrived before the first clock estimate."""
@@ -104,15 +109,17 @@ class MetricsTap:
     async def start(self) -> None:
         return None
 
+    @property
+    def records(self) -> Mapping[tuple[str, str, str], int]:
+        """(venue, channel, symbol) → records published (read from :attr:`counts`)."""
+        return self.counts.items()
+
     async def consume(self, batch: list[AnyRecord]) -> None:
         offset = self._offset()
-        counts = self.records
         for r in batch:
             if not isinstance(r, Record):
                 continue
             channel = r.channel
-            key = (r.venue, channel, r.symbol)
-            counts[key] = counts.get(key, 0) + 1
             ck = (r.venue, type(r))
             checks = self._checks.get(ck)
             if checks is None:
@@ -189,9 +196,7 @@ class MetricsTap:
 
     def stats(self) -> dict[str, Any]:
         """Totals per channel, validation failures and latency quantile bounds (for ``/status``)."""
-        per_channel: dict[str, int] = {}
-        for (_, channel, _), n in self.records.items():
-            per_channel[channel] = per_channel.get(channel, 0) + n
+        per_channel = self.counts.per_channel()
         return {
             "records": sum(per_channel.values()),
             "records_per_channel": per_channel,
