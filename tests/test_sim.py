@@ -193,7 +193,8 @@ async def test_routed_replay_is_exact_and_complete(cap: Capture) -> None:
             await silent(public)
             await silent(market, 0.05)
         stats = sim.stats()
-    assert stats.frames_sent == {DEPTH: 6551, TICKER: 66089, TRADE: 21313}
+    # The derived btcusdt@aggTrade stream (ingestd.sim.agg_trades) exists, and nobody asked for it.
+    assert stats.frames_sent == {DEPTH: 6551, TICKER: 66089, TRADE: 21313, "btcusdt@aggTrade": 0}
     assert stats.connections_total == 2
     by_route = {c.route: c for c in stats.connections}
     assert by_route["/public"].frames_sent == {DEPTH: 6551, TICKER: 66089}
