@@ -10,6 +10,13 @@ synced. Mask ``[started_ts, ended_ts]`` of every ``resync`` record (and ``[start
 data]`` of a start record with no ``resync`` after it). Several start records may precede one
 ``resync`` (a disconnect, then a stale snapshot); the ``resync`` record spans all of them.
 ``silent_stream`` records are notices: they open no episode and no ``resync`` follows them.
+
+Trade holes (``data_channel`` ``agg_trade`` or ``trade``) are delimited by ids, not by time: a
+``trade_gap`` record names the ids the stream skipped (``first_update_id`` … ``final_update_id``,
+``count`` of them, ``last_update_id`` the id before the hole) and ``started_ts`` / ``ended_ts``,
+the receive times of the records on either side. A ``backfill`` record with the same
+``started_ts`` says the ids were fetched from REST and stored (``count`` of them, marked
+``source="rest"``); an ``unfilled`` record says why ``count`` of them could not be.
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ class GapKind(enum.StrEnum):
     """Snapshots cannot be fetched (HTTP 418/429 on the REST host)."""
     SILENT_STREAM = "silent_stream"
     """A subscribed stream delivered no first frame within its deadline (a notice)."""
+    TRADE_GAP = "trade_gap"
+    """Trade or aggregate ids the stream skipped (a reconnect, a restart): a hole to backfill."""
+    BACKFILL = "backfill"
+    """A ``trade_gap`` filled from REST (``count`` records stored with ``source="rest"``)."""
+    UNFILLED = "unfilled"
+    """Ids of a ``trade_gap`` that could not be filled (``count``; ``reason`` says why)."""
 
 
 class Gap(Record, frozen=True, kw_only=True, gc=False):
@@ -67,6 +80,10 @@ class Gap(Record, frozen=True, kw_only=True, gc=False):
     started_ts: int
     ended_ts: int | None = None
     prev_final_update_id: int | None = None
+    count: int | None = None
+    """Trade holes: ids missing (``trade_gap``), stored (``backfill``), given up (``unfilled``)."""
+    data_channel: str | None = None
+    """The channel a trade-hole entry is about (``agg_trade``, ``trade``); ``None``: the book."""
 
 
 class BookTop(Record, frozen=True, kw_only=True, gc=False):

@@ -141,7 +141,8 @@ class MetricsTap:
                 problems.append("crossed_spread")
             elif r.bid_price == r.ask_price:
                 problems.append("locked_spread")
-        if r.exchange_ts is None and r.venue in _EVENT_TIME_VENUES:
+        # REST history rows (backfill, source "rest") have no event time by nature.
+        if r.exchange_ts is None and r.venue in _EVENT_TIME_VENUES and getattr(r, "source", "ws") == "ws":
             problems.append("missing_event_time")
         if problems:
             self._bad(r, problems)
