@@ -217,6 +217,7 @@ class _DaemonCollector(Collector):
         yield from families.rest(s.get("rest") or {}, s.get("snapshots") or {})
         yield from families.books(s.get("books") or {})
         yield from families.clock(s.get("clock") or {})
+        yield from families.backfill(s.get("backfill") or {})
         up = GaugeMetricFamily("ingestd_uptime_seconds", "Seconds since the daemon started")
         up.add_metric([], float(s.get("uptime_s", 0.0)))
         yield up
