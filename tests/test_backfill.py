@@ -33,7 +33,7 @@ from ingestd.sim import BUNDLED_CAPTURE, SimVenue, load_capture
 from ingestd.sim.agg_trades import with_agg_trades
 from ingestd.sim.schedule import ListingChange
 from ingestd.venues.binance.endpoints import SPOT, USDM, VenueSpec
-from ingestd.venues.binance.history import parse_agg_trades
+from ingestd.venues.binance.history import parse_agg_trades, parse_historical_trades
 from ingestd.venues.binance.symbols import Contract, ContractSet
 from tests.e2e import capture_lines
 
@@ -397,3 +397,34 @@ def test_rest_rows_parse_to_records(aggs: list[tuple[int, dict[str, Any]]]) -> N
         parse_agg_trades("binance-usdm", contract, b'{"code":-1121,"msg":"Invalid symbol."}', 7)
     with pytest.raises(ParseError, match="aggTrades"):
         parse_agg_trades("binance-usdm", contract, b'[{"a":1}]', 7)
+
+
+def test_real_rest_bodies_parse_field_by_field(realdata: Path) -> None:
+    """Real spot REST bodies (nautilus_trader, BTCUSDT 2021-10-22) → REST records."""
+    spot_btc = Contract("binance-spot", "BTCUSDT", "BTC-USDT", "BTC", "USDT", 0.01, 2, 0.00001, 0.00001)
+    folder = realdata / "nautilus_trader"
+    body = (folder / "http_spot_market_agg_trades.json").read_bytes()
+    records = parse_agg_trades("binance-spot", spot_btc, body, 11)
+    rows = orjson.loads(body)
+    assert len(records) == len(rows) > 0
+    for r, p in zip(records, rows, strict=True):
+        assert (r.agg_id, r.first_trade_id, r.last_trade_id, r.is_buyer_maker) == (
+            p["a"],
+            p["f"],
+            p["l"],
+            p["m"],
+        )
+        assert (r.price, r.qty, r.transaction_ts) == (float(p["p"]), float(p["q"]), p["T"] * MS)
+        assert (r.exchange_ts, r.recv_ts, r.source, r.normal_qty) == (None, 11, "rest", None)
+    body = (folder / "http_spot_market_historical_trades.json").read_bytes()
+    trades = parse_historical_trades("binance-spot", spot_btc, body, 12)
+    rows = orjson.loads(body)
+    assert len(trades) == len(rows) > 0
+    for t, p in zip(trades, rows, strict=True):
+        assert (t.trade_id, t.price, t.qty) == (p["id"], float(p["price"]), float(p["qty"]))
+        assert (t.is_buyer_maker, t.transaction_ts, t.exchange_ts, t.source) == (
+            p["isBuyerMaker"],
+            p["time"] * MS,
+            None,
+            "rest",
+        )
