@@ -180,6 +180,9 @@ def test_gap_and_book_records_are_registered() -> None:
         "buffer_overflow",
         "ban",
         "silent_stream",
+        "trade_gap",  # trade holes (ingestd.producers.backfill)
+        "backfill",
+        "unfilled",
     }
 
 
