@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
@@ -44,6 +45,7 @@ from ingestd.venues.binance.endpoints import stream_kind, stream_symbol
 MAX_LIMIT: Final = 1000
 """Most rows one ``aggTrades`` request returns (both venues)."""
 DEFAULT_LIMIT: Final = 500
+HOUR_MS: Final = 3_600_000
 
 
 def _trade(data: Any) -> tuple[int, int, int, str, str, bool, str | None] | None:
@@ -266,3 +268,41 @@ class AggTradeIndex:
                 if len(out) >= limit:
                     break
         return out
+
+    def request(
+        self, market: Market, query: Mapping[str, str], window_of: Callable[[int], tuple[int, int]]
+    ) -> tuple[int, bytes]:
+        """``(status, body)`` of ``GET aggTrades?query``, with Binance's errors (``-1102`` no
+        symbol, ``-1121`` unknown symbol, ``-1100`` bad number, ``-1127`` USDⓈ-M window of an
+        hour or more). ``window_of(stream id)`` is the published range of that stream."""
+        symbol = query.get("symbol", "").upper()
+        if not symbol:
+            msg = "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
+            return 400, orjson.dumps({"code": -1102, "msg": msg})
+        if symbol not in self._tl.symbols(market):
+            return 400, b'{"code":-1121,"msg":"Invalid symbol."}'
+        values: dict[str, int | None] = {}
+        for key in ("fromId", "startTime", "endTime", "limit"):
+            raw = query.get(key)
+            if raw is None or raw == "":
+                values[key] = None
+            elif not raw.isdigit():
+                msg = f"Illegal characters found in parameter '{key}'; legal range is '^[0-9]{{1,20}}$'."
+                return 400, orjson.dumps({"code": -1100, "msg": msg})
+            else:
+                values[key] = int(raw)
+        start, end = values["startTime"], values["endTime"]
+        if market == "futures" and start is not None and end is not None and end - start >= HOUR_MS:
+            return 400, b'{"code":-1127,"msg":"More than 1 hours between startTime and endTime."}'
+        tl = self._tl
+        sids = [s for s in tl.symbol_sids(market, symbol) if tl.streams[s].kind == "aggTrade"]
+        rows = self.answer(
+            market,
+            symbol,
+            from_id=values["fromId"],
+            start_ms=start,
+            end_ms=end,
+            limit=values["limit"] or DEFAULT_LIMIT,
+            window=window_of(sids[0]) if sids else None,
+        )
+        return 200, orjson.dumps(rows)

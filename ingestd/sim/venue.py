@@ -39,7 +39,7 @@ from aiohttp import web
 
 from ingestd.collect.endpoints import request_weight
 from ingestd.errors import ConfigError
-from ingestd.sim.agg_trades import DEFAULT_LIMIT, AggTradeIndex, with_agg_trades
+from ingestd.sim.agg_trades import AggTradeIndex, with_agg_trades
 from ingestd.sim.books import DepthBooks
 from ingestd.sim.captures import Capture, CaptureError, Market, Timeline, load_capture
 from ingestd.sim.exchange_info import build_exchange_info, with_statuses
@@ -450,46 +450,12 @@ class SimVenue:
     def _agg_trades(self, request: web.Request, family: str) -> tuple[int, int, bytes]:
         """``aggTrades``: from the symbol's aggTrade stream, only what the venue has published."""
         assert self._aggs is not None
-        assert self.timeline is not None
         assert self.schedule is not None
-        _, market = _FAMILIES[family]
-        q = request.query
-        weight = request_weight(request.path, q)
-        symbol = q.get("symbol", "")
-        if not symbol:
-            msg = "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
-            return 400, weight, orjson.dumps({"code": -1102, "msg": msg})
-        symbol = symbol.upper()
-        if symbol not in self.timeline.symbols(market):
-            return 400, weight, b'{"code":-1121,"msg":"Invalid symbol."}'
-        values: dict[str, int | None] = {}
-        for key in ("fromId", "startTime", "endTime", "limit"):
-            raw = q.get(key)
-            if raw is None or raw == "":
-                values[key] = None
-            elif not raw.isdigit():
-                msg = f"Illegal characters found in parameter '{key}'; legal range is '^[0-9]{{1,20}}$'."
-                return 400, weight, orjson.dumps({"code": -1100, "msg": msg})
-            else:
-                values[key] = int(raw)
-        start, end = values["startTime"], values["endTime"]
-        if family == "fapi" and start is not None and end is not None and end - start >= 3_600_000:
-            msg = "More than 1 hours between startTime and endTime."
-            return 400, weight, orjson.dumps({"code": -1127, "msg": msg})
-        tl = self.timeline
-        sids = [s for s in tl.symbol_sids(market, symbol) if tl.streams[s].kind == "aggTrade"]
-        loop_now = asyncio.get_running_loop().time()
-        window = self.schedule.window(sids[0], loop_now) if sids else None
-        rows = self._aggs.answer(
-            market,
-            symbol,
-            from_id=values["fromId"],
-            start_ms=start,
-            end_ms=end,
-            limit=values["limit"] or DEFAULT_LIMIT,
-            window=window,
+        schedule, loop_now = self.schedule, asyncio.get_running_loop().time()
+        status, body = self._aggs.request(
+            _FAMILIES[family][1], request.query, lambda sid: schedule.window(sid, loop_now)
         )
-        return 200, weight, orjson.dumps(rows)
+        return status, request_weight(request.path, request.query), body
 
     def _time(self, _request: web.Request, _family: str) -> tuple[int, int, bytes]:
         return 200, TIME_WEIGHT, orjson.dumps({"serverTime": self._server_time()})
