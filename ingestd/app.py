@@ -35,6 +35,7 @@ from ingestd.observe.metrics import MetricsTap, render
 from ingestd.observe.records import clock_sample
 from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
 from ingestd.producers.clock import ClockEstimate, ClockSync
+from ingestd.producers.contract_records import contract_records
 from ingestd.producers.discovery import discover
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.producers.pollers import PollerSet
@@ -269,6 +270,7 @@ class Daemon:
         )
         await self._wait_out_ban()
         discovered = await discover(self.rest, self.venue)
+        discovered_at = time.time_ns()
         if discovered.skipped_unsafe:
             log.warning(
                 "skipped %d symbols with unsafe names: %s",
@@ -303,6 +305,9 @@ class Daemon:
         self.hook_context.min_qty = self.contracts.min_qty()
         self._attach_consumers()
         await self.bus.start()
+        # The run's contract definitions go first (channel contract): replay and exports read
+        # the definition valid at each moment from them.
+        await self._emit(contract_records(None, self.contracts, discovered_at))
 
         chans = self.channels
         if "depth_snapshot" in chans:
