@@ -18,8 +18,11 @@ handing each record on, feeds it to the same machinery the daemon runs:
 
 The window ``[start, end)`` selects by event time, ``exchange_ts`` (``recv_ts`` where the venue
 sends none), which is also what names the ``date`` partitions, so whole days are pruned by path.
-Book channels are read from ``warmup_s`` before ``start`` so the book is synced when the window
-opens; those records feed the book only.
+The merge order stays ``recv_ts``. So that a book is exact when the window opens, its book data
+is read from ``warmup_s`` before the latest stored snapshot before ``start`` (the diffs a live
+book buffered while that snapshot was fetched come with it); those records feed the book only.
+A book that ran for days without a gap therefore costs days of diffs to warm up: that is what
+its state depends on.
 
 Bad input raises :class:`~ingestd.errors.ConfigError` with one line saying what is wrong, before
 anything is read. Unreadable files are reported, skipped and counted (:attr:`Replay.losses`).
@@ -42,7 +45,7 @@ from ingestd.producers.contract_records import ContractRecord, contract_from_rec
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.records import RECORD_TYPES, BookTicker, DepthDiff, DepthSnapshot, Record
 from ingestd.replay.merge import merge
-from ingestd.replay.source import Losses, PartReader, list_parts
+from ingestd.replay.source import Losses, PartReader, latest_event_before, list_parts
 from ingestd.venues.binance.endpoints import VENUES
 from ingestd.venues.binance.symbols import Contract, ContractSet
 
@@ -177,6 +180,7 @@ class Replay:
         self.contract_rows: dict[str, ContractRecord] = {}
         """Per native, the stored row of the definition valid at the start."""
         self._contracts: dict[str, Contract] = {}
+        self._book_contracts: tuple[Contract, ...] = ()
         self._started = False
         with_books = books and "depth_diff" in stored_channels
         self._read = self.channels | {"contract"} | (BOOK_CHANNELS if with_books else frozenset())
@@ -239,9 +243,12 @@ class Replay:
             raise ConfigError("--symbols names no symbol")
         return frozenset(chosen)
 
-    def _readers(self, channels: frozenset[str], lo: int | None, hi: int | None) -> list[PartReader]:
+    def _readers(
+        self, channels: frozenset[str], lo: int | None, hi: int | None, *, symbol: str | None = None
+    ) -> list[PartReader]:
+        symbols = self.symbols if symbol is None else frozenset({symbol})
         parts = list_parts(
-            self.root, venues=frozenset({self.venue}), channels=channels, symbols=self.symbols, lo=lo, hi=hi
+            self.root, venues=frozenset({self.venue}), channels=channels, symbols=symbols, lo=lo, hi=hi
         )
         return [PartReader(p, self.losses, lo=lo, hi=hi) for p in parts]
 
@@ -280,9 +287,10 @@ class Replay:
                 base, _, rest = symbol.partition("-")
                 c = Contract(self.venue, native, symbol, base, rest.removesuffix("-PERP"), 0.0, 8, 0.0, 0.0)
             contracts.append(c)
+        self._book_contracts = tuple(contracts)
         return BookManager(
             self.venue,
-            ContractSet(self.venue, tuple(contracts)),
+            ContractSet(self.venue, self._book_contracts),
             market="futures" if VENUES[self.venue].routed else "spot",
             request_snapshot=self._snapshot_requested,
             max_buffered=max_buffered,
@@ -299,11 +307,35 @@ class Replay:
             raise RuntimeError("a Replay runs once; make a new one to replay again")
         self._started = True
         lo, hi = self.start, self.end
-        readers = self._readers(self._read - BOOK_CHANNELS, lo, hi)
-        if self.books is not None:
-            warm = None if lo is None else lo - self.warmup_ns
-            readers += self._readers(self._read & BOOK_CHANNELS, warm, hi)
+        if self.books is None or lo is None:
+            return self._records(merge(self._readers(self._read, lo, hi)))
+        # Book data of the books' symbols is read from before the window (warm-up).
+        book_symbols = {c.symbol for c in self._book_contracts}
+        readers = [
+            r
+            for r in self._readers(self._read, lo, hi)
+            if not (r.part.channel in BOOK_CHANNELS and r.part.symbol in book_symbols)
+        ]
+        for symbol in sorted(book_symbols):
+            readers += self._readers(
+                self._read & BOOK_CHANNELS, self._warm_start(symbol, lo), hi, symbol=symbol
+            )
         return self._records(merge(readers))
+
+    def _warm_start(self, symbol: str, lo: int) -> int:
+        """Where ``symbol``'s book data is read from so its book is exact when the window opens:
+        ``warmup_s`` before the latest snapshot before ``lo`` (the diffs a live book held while
+        that snapshot was fetched come with it), or before ``lo`` when there is none."""
+        parts = list_parts(
+            self.root,
+            venues=frozenset({self.venue}),
+            channels=frozenset({"depth_snapshot"}),
+            symbols=frozenset({symbol}),
+            lo=None,
+            hi=lo,
+        )
+        snap = latest_event_before(parts, lo)
+        return (lo if snap is None else snap) - self.warmup_ns
 
     def _records(self, merged: Iterator[Record]) -> Iterator[Record]:
         wanted = self.channels

@@ -133,6 +133,24 @@ def list_parts(
     return parts
 
 
+def latest_event_before(parts: list[Part], before: int) -> int | None:
+    """The latest event time (``exchange_ts``, else ``recv_ts``) before ``before`` in ``parts``,
+    reading only the two time columns. An unreadable file is passed over here (the replay
+    reports it if it reads it)."""
+    best: int | None = None
+    for part in parts:
+        for path in part.files:
+            try:
+                table = pq.read_table(path, columns=["exchange_ts", "recv_ts"])
+            except _ERRORS:
+                continue
+            ts = pc.coalesce(table.column("exchange_ts"), table.column("recv_ts"))
+            top = pc.max(ts.filter(pc.less(ts, before))).as_py()
+            if top is not None and (best is None or top > best):
+                best = top
+    return best
+
+
 def _stat_range(meta: pq.RowGroupMetaData, index: int | None) -> tuple[int, int, int] | None:
     """``(min, max, nulls)`` of an int column in a row group, when the writer kept statistics."""
     if index is None:
