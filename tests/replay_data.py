@@ -27,13 +27,24 @@ class Recorded:
     """Records per channel in the capture (plus the REST snapshot)."""
 
 
-def record(capture: Path, data: Path, *, venue: str = "binance-usdm", channels: str) -> Recorded:
-    """Run the sim (speed 0) on ``capture`` into ``data`` with a hook recording every record."""
-    frames = capture_frames(capture)
+def record(
+    capture: Path,
+    data: Path,
+    *,
+    venue: str = "binance-usdm",
+    channels: str,
+    symbols: str = "BTCUSDT",
+    expected: dict[str, int] | None = None,
+) -> Recorded:
+    """Run the sim (speed 0) on ``capture`` into ``data`` with a hook recording every record,
+    until the hook saw ``expected`` records per channel (default: counted from an hftbacktest
+    capture) and the contract rows."""
     wanted = set(channels.split(","))
-    expected = {ch: len(frames.get(kind, ())) for kind, ch in BOOK_KINDS.items() if ch in wanted}
-    if "depth_diff" in wanted:
-        expected["depth_snapshot"] = len(frames.get("snapshot", ()))
+    if expected is None:
+        frames = capture_frames(capture)
+        expected = {ch: len(frames.get(kind, ())) for kind, ch in BOOK_KINDS.items() if ch in wanted}
+        if "depth_diff" in wanted:
+            expected["depth_snapshot"] = len(frames.get("snapshot", ()))
     live: list[Record] = []
     books: list[tuple[str, int | None, Any, Any]] = []
 
@@ -51,14 +62,14 @@ def record(capture: Path, data: Path, *, venue: str = "binance-usdm", channels: 
                 sim.ws_url,
                 data,
                 venue=venue,
-                symbols="BTCUSDT",
+                symbols=symbols,
                 channels=channels,
                 hooks={"policy": "block", "queue_size": 1_000_000},
                 snapshots={"max_buffered_diffs": 100_000},
             )
             daemon = Daemon(settings)
             daemon.add_hook(hook)
-            total = sum(expected.values()) + 1  # + the contract row
+            total = sum(expected.values()) + len(symbols.split(","))  # + the contract rows
             code = await run_until(
                 daemon, lambda: daemon.bus.published >= total and len(live) >= total, timeout=120
             )

@@ -7,7 +7,6 @@ Exit codes: 0 done, 2 bad arguments (including a missing optional extra: one lin
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -35,10 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _nautilus(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("nautilus_trader") is None:
+    try:
+        from ingestd.export.nautilus import NautilusExport  # noqa: PLC0415 - optional, heavy
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] != "nautilus_trader":
+            raise
         sys.stderr.write("ingestd export nautilus: needs nautilus_trader: pip install 'ingestd[nautilus]'\n")
         return EXIT_USAGE
-    from ingestd.export.nautilus import NautilusExport  # noqa: PLC0415 - optional, heavy
 
     began = time.monotonic()
     try:

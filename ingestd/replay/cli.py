@@ -65,7 +65,7 @@ def add_selection(parser: argparse.ArgumentParser, *, channels: bool = True) -> 
         "--from",
         dest="start",
         metavar="TIME",
-        help="start, inclusive: YYYY-MM-DD (UTC) or an ISO 8601 time with a zone",
+        help="start, inclusive: YYYY-MM-DD (UTC), an ISO 8601 time with a zone, or ns since the epoch",
     )
     parser.add_argument("--to", dest="end", metavar="TIME", help="end, exclusive (same forms as --from)")
 

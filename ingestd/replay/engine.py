@@ -62,9 +62,10 @@ BookFactory = Callable[[Contract], OrderBook]
 
 
 def parse_time(value: TimeLike, what: str = "time") -> int | None:
-    """A window bound → ns since the epoch (UTC). ISO text: a date (``2024-08-08``, 00:00 UTC)
-    or a time with a zone (``2024-08-08T23:55:00Z``); a time without a zone is refused rather
-    than guessed. Raises :class:`ConfigError` naming ``what`` and the bad value."""
+    """A window bound → ns since the epoch (UTC). Text: a date (``2024-08-08``, 00:00 UTC), a
+    time with a zone (``2024-08-08T23:55:00Z``; a time without a zone is refused rather than
+    guessed), or ns since the epoch (``1723161398847000000``, as stored). Raises
+    :class:`ConfigError` naming ``what`` and the bad value."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -78,6 +79,8 @@ def parse_time(value: TimeLike, what: str = "time") -> int | None:
     if isinstance(value, date):
         return _ns(datetime(value.year, value.month, value.day, tzinfo=UTC))
     text = value.strip()
+    if text.isdigit():
+        return int(text)  # ns since the epoch, as stored
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
@@ -258,7 +261,9 @@ class Replay:
 
     def _load_contracts(self) -> None:
         """The definitions valid at ``start`` (the first stored, where none is older)."""
-        for reader in self._readers(frozenset({"contract"}), None, self.end):
+        # Read them all: with captures replayed by the sim, definitions (stamped at the run) can
+        # be later than the data's event times.
+        for reader in self._readers(frozenset({"contract"}), None, None):
             for batch in reader.batches():
                 for rec in batch:
                     assert isinstance(rec, ContractRecord)
