@@ -2,8 +2,8 @@
 one record at a time in the merged order, after the books took it in.
 
 Live, each hook has its own bounded queue and task, so a slow hook loses its oldest records and
-its ``ctx.books`` may be ahead of the record it handles. In replay nothing waits for a hook: the
-replay waits for it, so no record is dropped and ``ctx.books`` is the book as of each record.
+its ``ctx.books`` may be ahead of the record it handles. In replay the replay waits for each
+hook, so no record is dropped and ``ctx.books`` is the book as of each record.
 Each call still runs under the hook's timeout, and its errors are counted and logged the same
 way (``HookConsumer.stats()``).
 """
@@ -22,6 +22,8 @@ from ingestd.replay.engine import Replay
 
 PACE_SLACK_S: Final = 0.001
 """At ``speed > 0``, a record less than this early is not waited for."""
+BATCH: Final = 512
+"""Records per call batch for a hook without the context parameter."""
 PROGRESS_EVERY: Final = 1024
 """Records between two looks at the clock for the progress callback."""
 
@@ -54,6 +56,17 @@ async def run_hooks(
     first_ts: int | None = None
     started = 0.0
     next_progress = time.monotonic() + progress_every_s
+    # A hook without the context parameter cannot read books, so the state of the books when
+    # it runs does not matter: its records go in batches (one timeout scope per batch, as
+    # live). A context hook gets each record alone, before the books take in the next one.
+    pending: list[list[AnyRecord]] = [[] for _ in targets]
+
+    async def flush() -> None:
+        for t, batch in zip(targets, pending, strict=True):
+            if batch:
+                await t.consumer.consume(batch.copy())
+                batch.clear()
+
     for n, rec in enumerate(replay, 1):
         if speed > 0:
             if first_ts is None:
@@ -61,15 +74,22 @@ async def run_hooks(
             else:
                 wait = started + (rec.recv_ts - first_ts) / 1e9 / speed - loop.time()
                 if wait > PACE_SLACK_S:
+                    await flush()
                     await asyncio.sleep(wait)
-        batch: list[AnyRecord] = [rec]
         channel, symbol = rec.channel, rec.symbol
-        for t in targets:
+        for t, batch in zip(targets, pending, strict=True):
             c = t.consumer
             if (c.channels is None or channel in c.channels) and (t.symbols is None or symbol in t.symbols):
-                await c.consume(batch)
+                if c.passes_context:
+                    await c.consume([rec])
+                else:
+                    batch.append(rec)
+                    if len(batch) >= BATCH:
+                        await c.consume(batch.copy())
+                        batch.clear()
         if progress is not None and n % PROGRESS_EVERY == 0 and time.monotonic() >= next_progress:
             next_progress = time.monotonic() + progress_every_s
             progress(replay)
+    await flush()
     if progress is not None:
         progress(replay)
