@@ -39,6 +39,7 @@ from ingestd.observe.records import clock_sample
 from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
 from ingestd.producers.backfill import Backfiller
 from ingestd.producers.clock import ClockEstimate, ClockSync
+from ingestd.producers.contract_records import contract_records
 from ingestd.producers.discovery import discover
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.producers.pollers import PollerSet
@@ -299,6 +300,7 @@ class Daemon:
         )
         await self._wait_out_ban()
         self.contracts = await self._discover()
+        discovered_at = time.time_ns()
         if s.health.port:
             self.health = HealthServer(
                 s.health.host, s.health.port, stats=self.stats, ready=self.readiness, metrics=self._metrics
@@ -318,6 +320,9 @@ class Daemon:
         self.hook_context.min_qty = self.contracts.min_qty()
         self._attach_consumers()
         await self.bus.start()
+        # The run's contract definitions go first (channel contract): replay and exports read
+        # the definition valid at each moment from them.
+        await self._emit(contract_records(None, self.contracts, discovered_at))
 
         chans = self.channels
         if "depth_snapshot" in chans:

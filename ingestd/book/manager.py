@@ -117,6 +117,7 @@ class BookManager:
 
     ``book_depth > 0`` adds a :class:`BookTop` of that many levels every ``book_every`` applied
     diffs (``1`` or ``0`` = after every diff) and whenever a book becomes synced.
+    ``book_factory(contract)`` makes each symbol's :class:`OrderBook` (default: a plain one).
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class BookManager:
         max_buffered: int = 10_000,
         book_depth: int = 0,
         book_every: int = 0,
+        book_factory: Callable[[Contract], OrderBook] | None = None,
     ) -> None:
         if book_depth < 0 or book_every < 0:
             raise ValueError("book_depth and book_every must be >= 0")
@@ -140,7 +142,8 @@ class BookManager:
         self._by_native: dict[str, _Symbol] = {}
         self._views: dict[str, BookView] = {}
         for c in contracts:
-            sym = _Symbol(c, BookSync(market, max_buffered))
+            book = book_factory(c) if book_factory is not None else None
+            sym = _Symbol(c, BookSync(market, max_buffered, book))
             # Tickers wait while the book is behind them: as many as diffs may wait for a
             # snapshot, so a slow snapshot (or a burst replay) does not thin out the audit.
             sym.ahead = deque(maxlen=max(AUDIT_AHEAD, max_buffered))
