@@ -46,6 +46,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hook", action="append", metavar="MODULE:FUNC", help="async hook, repeatable")
     p.add_argument("--rest-url", help="REST base URL override (sim, testnet)")
     p.add_argument("--ws-url", help="websocket base URL override (sim, testnet)")
+    p.add_argument(
+        "--ca-file", type=Path, metavar="FILE", help="PEM CAs to trust for https/wss (default: system store)"
+    )
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after N s (0 = forever)")
     p.add_argument("--depth-limit", type=int, help="levels per REST depth snapshot")
     p.add_argument("--snapshot-interval", type=float, metavar="SECONDS", help="also poll snapshots every N s")
@@ -110,6 +113,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("hooks.specs", args.hook)
     put("rest_url", args.rest_url)
     put("ws_url", args.ws_url)
+    put("tls.ca_file", args.ca_file)
     put("duration_s", args.duration)
     put("snapshots.limit", args.depth_limit)
     put("snapshots.poll_interval_s", args.snapshot_interval)
@@ -139,18 +143,19 @@ def _check_combinations(settings: Any, *, raw: bool) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ingestd.app import Daemon  # noqa: PLC0415 - import cost only for the run command
-    from ingestd.config import load_settings  # noqa: PLC0415
+    from ingestd.config import CONFIG_ENV, load_settings  # noqa: PLC0415
     from ingestd.loop import loop_factory, tune_gc  # noqa: PLC0415
     from ingestd.observe.logging import setup_logging  # noqa: PLC0415
+    from ingestd.tls import client_context  # noqa: PLC0415
 
-    config_path = args.config or (
-        Path(os.environ["INGESTD_CONFIG"]) if os.environ.get("INGESTD_CONFIG") else None
-    )
+    config_path = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     try:
         settings = load_settings(config_path=config_path, cli=cli_overrides(args))
         _check_combinations(settings, raw=args.raw)
+        # Before logging starts: a bad tls.ca_file is an error before anything is opened.
+        tls = client_context(settings.tls.ca_file)
         setup_logging(settings.log.format, settings.log.level, settings.log.file)
-        daemon = Daemon(settings)
+        daemon = Daemon(settings, ssl_context=tls)
     except ConfigError as exc:
         print(f"ingestd: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -58,6 +58,18 @@ def value(families: Mapping[str, list[Sample]], sample: str, **labels: str) -> f
     return found[0]
 
 
+def consumers_idle(daemon: Daemon) -> bool:
+    """Every consumer has taken and finished all it was given, and Parquet writes nothing now.
+
+    Queues empty, no batch inside a consumer (``inflight``), no sealed Parquet chunk waiting
+    for or inside the off-loop writer: files on disk and every counter agree until more comes.
+    """
+    consumers = daemon.bus.stats()["consumers"]
+    return all(
+        c["depth"] == 0 and c["inflight"] == 0 and not c.get("sealed_rows") for c in consumers.values()
+    )
+
+
 @contextlib.asynccontextmanager
 async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[int]]:
     """Run ``daemon`` in a task; on exit ask it to stop and wait for its exit code."""

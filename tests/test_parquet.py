@@ -1,12 +1,12 @@
 """The Parquet writer: layout, schemas, read-back with pyarrow and DuckDB, rotation, crash safety,
 disk errors.
 
-Records come from real recorded Binance traffic (``shared/realdata``) through the venue parser:
+Records come from real recorded Binance traffic (``tests/data``) through the venue parser:
 the hftbacktest USDⓈ-M BTCUSDT capture (trades, bookTickers, depth diffs, the REST snapshot; it
 crosses midnight UTC, so two date partitions) and crypto-msg-parser's single messages (aggTrade,
 markPrice, depth20, tickers, kline). No genuine miniTicker or forceOrder capture exists: the
 miniTicker is projected out of a real 24hrTicker, the forceOrder is the real IOTXUSDT one quoted in
-tiagosiebler/binance (kept in ``tests/data/parse_frames.ndjson``, see ``tests/data/ORIGIN.md``).
+tiagosiebler/binance (kept in ``tests/data/parse_frames.ndjson``, see ``tests/data/PROVENANCE.md``).
 """
 
 from __future__ import annotations

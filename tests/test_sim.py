@@ -2,7 +2,7 @@
 every fault, REST endpoints and headers, and the ``ingestd sim`` command line.
 
 Ground truth is the real capture bundled with the package (hftbacktest USDⓈ-M BTCUSDT, 2024-08-08)
-and, where present, the other real captures in shared/realdata.
+and the other real captures in tests/data.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import aiohttp
 import orjson
 import pytest
 
+from ingestd.errors import ConfigError
 from ingestd.sim import ABORT, BUNDLED_CAPTURE, Capture, CaptureError, SimVenue, load_capture
 from ingestd.sim.cli import main as sim_main
 from ingestd.venues.binance.symbols import parse_exchange_info
+from tests.realdata import DATA, need
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 DEPTH, TICKER, TRADE = "btcusdt@depth@0ms", "btcusdt@bookTicker", "btcusdt@trade"
 PUBLIC = "/public/stream?streams=btcusdt@depth@100ms/btcusdt@bookTicker"
 
@@ -43,10 +44,7 @@ def frames_of(cap: Capture, *names: str) -> list[bytes]:
 
 
 def real(*parts: str) -> Path:
-    path = REALDATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real capture not found: {path}")
-    return path
+    return need(DATA.joinpath(*parts))
 
 
 @asynccontextmanager
@@ -193,7 +191,8 @@ async def test_routed_replay_is_exact_and_complete(cap: Capture) -> None:
             await silent(public)
             await silent(market, 0.05)
         stats = sim.stats()
-    assert stats.frames_sent == {DEPTH: 6551, TICKER: 66089, TRADE: 21313}
+    # The derived btcusdt@aggTrade stream (ingestd.sim.agg_trades) exists, and nobody asked for it.
+    assert stats.frames_sent == {DEPTH: 6551, TICKER: 66089, TRADE: 21313, "btcusdt@aggTrade": 0}
     assert stats.connections_total == 2
     by_route = {c.route: c for c in stats.connections}
     assert by_route["/public"].frames_sent == {DEPTH: 6551, TICKER: 66089}
@@ -586,7 +585,7 @@ async def test_depth_endpoint(cap: Capture) -> None:
 @pytest.mark.asyncio
 async def test_continue_mode_depth_is_rolled_forward_to_the_replay_position(cap: Capture) -> None:
     """After diff k was sent, /depth is the book at k: lastUpdateId == u_k, and its top equals the
-    real bookTicker carrying the same update id (the capture's own oracle, NOTES.md §1)."""
+    real bookTicker carrying the same update id (the capture's own oracle, docs/binance.md §8.2)."""
     diffs = [orjson.loads(f)["data"] for f in frames_of(cap, DEPTH)]
     tickers = {d["u"]: d for d in (orjson.loads(f)["data"] for f in frames_of(cap, TICKER))}
     snap_id = orjson.loads(cap.snapshots[0].body)["lastUpdateId"]
@@ -602,6 +601,36 @@ async def test_continue_mode_depth_is_rolled_forward_to_the_replay_position(cap:
     assert (book["E"], book["T"]) == (diffs[k]["E"], diffs[k]["T"])
     assert book["bids"][0] == [top["b"], top["B"]]
     assert book["asks"][0] == [top["a"], top["A"]]
+
+
+@pytest.mark.asyncio
+async def test_snapshot_at_subscribed_answers_each_connections_first_diff(cap: Capture) -> None:
+    """``snapshot_at="subscribed"``: /depth is the book after the first diff the newest open
+    connection sent, however far that connection (or another one) got since; a connection that
+    continues mid-capture gets the book at its own first diff."""
+    diffs = [orjson.loads(f)["data"] for f in frames_of(cap, DEPTH)]
+    snap_id = orjson.loads(cap.snapshots[0].body)["lastUpdateId"]
+    params = {"symbol": "BTCUSDT", "limit": "5"}
+    async with SimVenue([cap], resume="continue", snapshot_at="subscribed") as sim, client() as http:
+        sim_url = sim.ws_url + "/public/stream?streams=btcusdt@depth"
+        sim.faults.close(1000, after_frames=3000, sticky=True)
+        async with http.ws_connect(sim_url) as ws:
+            await read(ws, 1000)
+            # The capture's first diffs precede its recorded snapshot: that snapshot is the answer.
+            async with http.get(sim.rest_url + "/fapi/v1/depth", params=params) as r:
+                assert (await r.json())["lastUpdateId"] == snap_id
+            await read(ws, 2000)
+        async with http.ws_connect(sim_url) as ws:
+            await read(ws, 10)
+            async with http.get(sim.rest_url + "/fapi/v1/depth", params=params) as r:
+                second = await r.json()
+        with pytest.raises(ConfigError, match="snapshot_at"):
+            SimVenue([cap], snapshot_at="later")  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="loop"):
+            SimVenue([cap], loop=True, snapshot_at="subscribed")
+    assert diffs[0]["u"] < snap_id
+    # Connection 2 continued at diff 3000: the book after it, whatever was sent since.
+    assert (second["lastUpdateId"], second["E"]) == (diffs[3000]["u"], diffs[3000]["E"])
 
 
 @pytest.mark.asyncio

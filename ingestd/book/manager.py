@@ -35,7 +35,8 @@ from ingestd.book.records import BookTop, Gap, GapKind
 from ingestd.book.sync import APPLIED, NOTHING, BookSync, GapInfo, Market, SyncResult, SyncState
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.records import AnyRecord, BookTicker, DepthDiff, DepthSnapshot, Level, Record
-from ingestd.venues.binance.endpoints import stream_kind, stream_symbol
+from ingestd.venues.binance.channels import channel_of
+from ingestd.venues.binance.endpoints import stream_symbol
 from ingestd.venues.binance.symbols import Contract, ContractSet
 
 log = logging.getLogger("ingestd.book")
@@ -504,7 +505,7 @@ class BookManager:
             return [n for n in ev.natives if n in self._by_native]
         found: dict[str, None] = {}
         for stream in ev.streams:
-            if stream_kind(stream) != "depth":
+            if channel_of(self.venue, stream) != "depth_diff":
                 continue
             native = (stream_symbol(stream) or "").upper()
             if native in self._by_native:

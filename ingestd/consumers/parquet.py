@@ -575,6 +575,7 @@ class ParquetWriter:
                 ch: {"files": f, "rows": r, "bytes": b} for ch, (f, r, b) in sorted(self._per_channel.items())
             },
             "pending_rows": self.pending_rows,
+            "sealed_rows": self._sealed_rows,
             "open_buffers": len(self._buffers),
             "buffered_arrow_bytes": self._buffer_bytes,
             "write_errors": self.write_errors,
