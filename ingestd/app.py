@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from ingestd import speedups
 from ingestd.book.manager import BookManager
 from ingestd.book.records import GapKind
 from ingestd.bus import Bus, OverflowPolicy
@@ -218,6 +219,7 @@ class Daemon:
             "bus": self.bus.stats(),
             "connection_events": dict(self._conn_events),
             "book_errors": self.book_errors,
+            "speedups": speedups.active(),
         }
         if self.streams is not None:
             out["streams"] = self.streams.stats()
