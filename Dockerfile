@@ -16,7 +16,10 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
     && pip install --no-cache-dir --root-user-action=ignore --prefix=/install -r /tmp/requirements.txt
 COPY README.md ./
 COPY ingestd ./ingestd
-RUN pip install --no-cache-dir --root-user-action=ignore --no-deps --prefix=/install .
+# The compiled speed-ups are optional for pip (a machine without gcc still installs); the image
+# must have them, so a build that fell back to pure Python fails here.
+RUN pip install --no-cache-dir --root-user-action=ignore --no-deps --prefix=/install . \
+    && PYTHONPATH=/install/lib/python3.11/site-packages python -c "import ingestd.book._cbook, ingestd.consumers._ccolumns"
 
 FROM python:3.11-slim
 RUN useradd --system --create-home --uid 10001 ingestd \

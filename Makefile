@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo live test lint bench soak docker-check clean
 
-$(STAMP): pyproject.toml
+# The compiled speed-ups are rebuilt (pip install -e) when their C sources change.
+$(STAMP): pyproject.toml $(wildcard ingestd/*/*.c)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,nats]'
+	$(BIN)/python -m pip install -q -e '.[test,nats,nautilus]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from ingestd import speedups
 from ingestd.book.manager import REPLAY_CHUNK, BookManager
 from ingestd.book.records import GapKind
 from ingestd.bus import Bus, OverflowPolicy
@@ -36,12 +38,15 @@ from ingestd.observe.health import HealthServer
 from ingestd.observe.metrics import MetricsTap, render
 from ingestd.observe.records import clock_sample
 from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
+from ingestd.producers.backfill import Backfiller
 from ingestd.producers.clock import ClockEstimate, ClockSync
+from ingestd.producers.contract_records import contract_records
 from ingestd.producers.discovery import discover
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.producers.pollers import PollerSet
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
+from ingestd.producers.stored import stored_tails
 from ingestd.producers.streams import StreamsProducer, plan_connections
 from ingestd.records import AnyRecord, Record
 from ingestd.shard import select_shard, shard_label
@@ -94,6 +99,7 @@ class Daemon:
         self.streams: StreamsProducer | None = None
         self.clock: ClockSync | None = None
         self.pollers: PollerSet | None = None
+        self.backfill: Backfiller | None = None
         self.health: HealthServer | None = None
         self.metrics = MetricsTap(self._clock_offset_ns, counts=self.bus.counts)
         self.console: ConsoleReporter | None = None
@@ -215,6 +221,7 @@ class Daemon:
             "bus": self.bus.stats(),
             "connection_events": dict(self._conn_events),
             "book_errors": self.book_errors,
+            "speedups": speedups.active(),
         }
         if self.streams is not None:
             out["streams"] = self.streams.stats()
@@ -230,6 +237,8 @@ class Daemon:
             out["pollers"] = self.pollers.stats()
         if self.console is not None:
             out["console"] = self.console.stats()
+        if self.backfill is not None:
+            out["backfill"] = self.backfill.stats()
         if self.health is not None:
             out["health_url"] = self.health.url
         return out
@@ -296,22 +305,8 @@ class Daemon:
             ssl_context=self.tls,
         )
         await self._wait_out_ban()
-        discovered = await discover(self.rest, self.venue)
-        if discovered.skipped_unsafe:
-            log.warning(
-                "skipped %d symbols with unsafe names: %s",
-                len(discovered.skipped_unsafe),
-                ", ".join(discovered.skipped_unsafe[:10]),
-            )
-        contracts = discovered.select(s.symbols) if s.symbols else discovered
-        if s.shard is not None:
-            k, n = s.shard
-            contracts = select_shard(contracts, k, n)
-            if not len(contracts):
-                raise StartupError(f"shard {k}/{n} of {len(discovered)} contracts is empty: use fewer shards")
-        self.contracts = contracts
-        if not len(self.contracts):
-            raise StartupError(f"{self.venue.name}: discovery found no trading contracts at {self.rest_url}")
+        self.contracts = await self._discover()
+        discovered_at = time.time_ns()
         if s.health.port:
             self.health = HealthServer(
                 s.health.host, s.health.port, stats=self.stats, ready=self.readiness, metrics=self._metrics
@@ -330,6 +325,9 @@ class Daemon:
         self.hook_context.price_precision = self.contracts.price_precision()
         self.hook_context.min_qty = self.contracts.min_qty()
         await self._start_consumers()
+        # The run's contract definitions go first (channel contract): replay and exports read
+        # the definition valid at each moment from them.
+        await self._emit(contract_records(None, self.contracts, discovered_at))
 
         chans = self.channels
         if "depth_snapshot" in chans:
@@ -366,6 +364,9 @@ class Daemon:
             self.pollers = PollerSet(self.rest, self.venue, self.contracts, self._emit, s.pollers)
             self._spawn(self.pollers.run(), "pollers")
 
+        if s.backfill.enabled and ("agg_trade" in chans or "trade" in chans):
+            await self._start_backfill(chans)
+
         stream_channels = [c for c in chans if c != "depth_snapshot"]
         if stream_channels:
             plans = plan_connections(self.venue, self.contracts, stream_channels, s.streams)
@@ -389,6 +390,51 @@ class Daemon:
         await self.bus.start()
         if self.console is not None:
             await self.console.start()
+
+    async def _discover(self) -> ContractSet:
+        """The run's contracts: discovered, narrowed to ``--symbols`` and to this shard."""
+        assert self.rest is not None
+        s = self.settings
+        discovered = await discover(self.rest, self.venue)
+        if discovered.skipped_unsafe:
+            log.warning(
+                "skipped %d symbols with unsafe names: %s",
+                len(discovered.skipped_unsafe),
+                ", ".join(discovered.skipped_unsafe[:10]),
+            )
+        contracts = discovered.select(s.symbols) if s.symbols else discovered
+        if s.shard is not None:
+            k, n = s.shard
+            contracts = select_shard(contracts, k, n)
+            if not len(contracts):
+                raise StartupError(f"shard {k}/{n} of {len(discovered)} contracts is empty: use fewer shards")
+        if not len(contracts):
+            raise StartupError(f"{self.venue.name}: discovery found no trading contracts at {self.rest_url}")
+        return contracts
+
+    async def _start_backfill(self, chans: Sequence[str]) -> None:
+        """Trade holes are filled from REST; on an existing data dir, from its last stored ids."""
+        s = self.settings
+        assert self.rest is not None
+        assert self.contracts is not None
+        key = os.environ.get("INGESTD_API_KEY", "").strip() or None
+        self.backfill = Backfiller(
+            self.rest, self.venue.name, self.contracts, self._emit, s.backfill, chans, api_key=key
+        )
+        if s.storage.enabled and s.storage.data_dir.is_dir():
+            symbols = [(c.native, c.symbol) for c in self.contracts]
+            tails = await asyncio.to_thread(
+                stored_tails, s.storage.data_dir, self.venue.name, symbols, chans, s.backfill.max_age_s
+            )
+            self.backfill.restore(tails)
+            if tails:
+                holes = sum(len(t.holes) for t in tails)
+                log.info(
+                    "data dir holds trades of %d symbol(s)%s: the stream resumes from the last stored ids",
+                    len(tails),
+                    f" and {holes} hole(s) within backfill.max_age_s" if holes else "",
+                )
+        self._spawn(self.backfill.run(), "backfill")
 
     def _attach_consumers(self) -> None:
         s = self.settings
@@ -437,6 +483,11 @@ class Daemon:
     # -- data path ----------------------------------------------------------------------------
 
     async def _emit(self, batch: Sequence[AnyRecord]) -> None:
+        backfill = self.backfill
+        if backfill is not None:
+            gaps = backfill.observe(batch)
+            if gaps:
+                batch = [*batch, *gaps]
         books = self.books
         if books is not None:
             try:
@@ -616,6 +667,7 @@ class Daemon:
             ("streams", self.streams),
             ("snapshots", self.snapshots),
             ("pollers", self.pollers),
+            ("backfill", self.backfill),
         ):
             if part is None:
                 continue

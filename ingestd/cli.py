@@ -1,4 +1,4 @@
-"""Command line: ``ingestd [run] …`` (the default) and ``ingestd sim …``.
+"""Command line: ``ingestd [run] …`` (the default), ``ingestd sim …``, ``replay``, ``export`` ….
 
 ``main(argv) -> int`` is testable in-process. Exit codes: 0 clean stop, 1 runtime failure,
 2 usage or configuration error, 3 start-up failure (discovery failed, unknown symbol …).
@@ -20,7 +20,7 @@ from ingestd.errors import ConfigError, StartupError
 from ingestd.records import CHANNELS
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
-SUBCOMMANDS = ("run", "sim", "tail", "status", "collect", "report")
+SUBCOMMANDS = ("run", "sim", "tail", "status", "collect", "report", "replay", "export")
 
 log = logging.getLogger("ingestd.cli")
 
@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     from ingestd.report.cli import add_arguments as report_arguments  # noqa: PLC0415
 
     report_arguments(report)
+    replay = sub.add_parser("replay", help="run stored data through hooks, books rebuilt as of each record")
+    from ingestd.replay.cli import add_arguments as replay_arguments  # noqa: PLC0415
+
+    replay_arguments(replay)
+    export = sub.add_parser(
+        "export", help="write stored data in another tool's format (nautilus, hftbacktest)"
+    )
+    from ingestd.export.cli import add_arguments as export_arguments  # noqa: PLC0415
+
+    export_arguments(export)
     return parser
 
 
@@ -205,6 +215,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ingestd.loop import loop_factory  # noqa: PLC0415
+    from ingestd.observe.logging import setup_logging  # noqa: PLC0415
+    from ingestd.replay.cli import run  # noqa: PLC0415
+
+    setup_logging("text", "WARNING")
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(True)) as runner:
+            return runner.run(run(args))
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ingestd.export.cli import run  # noqa: PLC0415
+    from ingestd.observe.logging import setup_logging  # noqa: PLC0415
+
+    setup_logging("text", "WARNING")
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from ingestd.observe.status import run  # noqa: PLC0415
 
@@ -230,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_collect(args)
     if args.command == "report":
         return _cmd_report(args)
+    if args.command == "replay":
+        return _cmd_replay(args)
+    if args.command == "export":
+        return _cmd_export(args)
     return _cmd_run(args)
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ingestd.channels import Source
 from ingestd.consumers.nats import NatsSettings
 from ingestd.errors import ConfigError
+from ingestd.producers.backfill import BackfillSettings
 from ingestd.producers.pollers import PollerSettings
 from ingestd.shard import ShardSpec
 from ingestd.venues.binance.channels import SELECTABLE, TABLES
@@ -209,6 +210,7 @@ class Settings(_Model):
     console: ConsoleSettings = ConsoleSettings()
     books: BookSettings = BookSettings()
     pollers: PollerSettings = PollerSettings()
+    backfill: BackfillSettings = BackfillSettings()
     health: HealthSettings = HealthSettings()
     clock: ClockSettings = ClockSettings()
     nats: NatsSettings = NatsSettings()

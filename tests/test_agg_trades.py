@@ -18,8 +18,7 @@ import pytest
 from ingestd.app import Daemon
 from ingestd.config import DEFAULT_CHANNELS, Settings, load_settings
 from ingestd.sim import BUNDLED_CAPTURE, SimVenue, Timeline, load_capture
-from ingestd.sim.agg_trades import with_agg_trades
-from ingestd.sim.tape import build_tape
+from ingestd.sim.agg_trades import AggTradeIndex, with_agg_trades
 from tests.e2e import read_channel, run_until, settings_for
 from tests.realdata import CF, DATA
 
@@ -102,20 +101,26 @@ def test_recorded_frames_keep_their_order_and_aggregates_follow_their_last_trade
 
 
 def test_the_stream_and_the_rest_agg_trades_agree(bundled: tuple[Any, Any]) -> None:
-    cap, merged = bundled
-    tape = build_tape(Timeline([cap]), "futures", "BTCUSDT")
-    assert tape is not None
-    rest = tape.agg_trades()
+    _, merged = bundled
+    index = AggTradeIndex(Timeline([merged]))
+    rest: list[dict[str, Any]] = []
+    while page := index.answer(
+        "futures", "BTCUSDT", from_id=rest[-1]["a"] + 1 if rest else 0, start_ms=None, end_ms=None, limit=1000
+    ):
+        rest.extend(page)
     ws = payloads(stream_frames(merged, AGG))
+    assert len(rest) == len(ws) > 0
     keys = ("a", "p", "q", "f", "l", "T", "m")
     assert [tuple(r[k] for k in keys) for r in rest] == [tuple(w[k] for k in keys) for w in ws]
 
 
-def test_recorded_agg_trades_and_spot_captures_are_left_alone() -> None:
+def test_recorded_agg_trades_are_left_alone_and_spot_trades_are_aggregated() -> None:
     futures = load_capture(CF / "2021-10_head" / "BINANCE_FUTURES.ws.1.0")  # recorded aggTrade
     assert with_agg_trades(futures) is futures
-    spot = load_capture(SPOT_SLICE)  # spot publishes @trade itself: nothing generated
-    assert with_agg_trades(spot) is spot
+    spot = load_capture(SPOT_SLICE)  # trades only: spot publishes @aggTrade too, so one is derived
+    derived = with_agg_trades(spot)
+    assert "btcusdt@aggTrade" in derived.streams
+    assert "btcusdt@trade" in derived.streams
 
 
 # -- the daemon ---------------------------------------------------------------------------------

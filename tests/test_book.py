@@ -178,6 +178,9 @@ def test_gap_and_book_records_are_registered() -> None:
         "ban",
         "silent_stream",
         "id_reset",
+        "trade_gap",  # trade holes (ingestd.producers.backfill)
+        "backfill",
+        "unfilled",
     }
 
 

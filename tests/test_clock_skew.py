@@ -80,14 +80,14 @@ async def test_skewed_venue_clock_is_measured_stored_and_corrected(
     port = free_port()
     data = tmp_path / "data"
     assert RECORD_TYPES["clock"] is ClockSample
-    async with SimVenue([without_trades(bundled_capture)], speed=0) as sim:
+    async with SimVenue([bundled_capture], speed=0, derive_agg_trades=False) as sim:
         sim.faults.clock_skew_ms = SKEW_MS
         settings = settings_for(
             sim.rest_url,
             sim.ws_url,
             data,
             symbols="BTCUSDT",
-            channels="agg_trade",  # no trades, so no aggTrade in the sim: only the frames injected below
+            channels="agg_trade",  # no aggTrade derived from the trades: only the frames injected below
             clock={"interval_s": 0.2, "samples": 3, "warn_offset_ms": 500},
             health={"port": port},
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,9 @@ from ingestd.records import Record
 from ingestd.sim import SimVenue
 from ingestd.venues.binance import wire
 from ingestd.venues.binance.endpoints import USDM, stream_kind
+from ingestd.venues.binance.history import parse_agg_trades, parse_historical_trades
 from ingestd.venues.binance.parse import parse_depth_snapshot
+from ingestd.venues.binance.symbols import Contract
 from tests.faults_util import (
     CF_FUTURES,
     CaptureTruth,
@@ -258,3 +260,24 @@ async def test_non_finite_frames_are_counted_per_stream_and_never_reach_books_or
     assert stats["parse_errors"] == len(bad) == 8
     assert_storage_is_capture(data, truth)
     assert gaps(data) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "parse"),
+    [("http_spot_market_agg_trades.json", parse_agg_trades), ("http_spot_market_historical_trades.json",
+                                                               parse_historical_trades)],
+)  # fmt: skip
+def test_rest_trade_history_with_a_non_finite_number_is_a_bad_body(
+    realdata: Path, name: str, parse: Callable[..., list[Record]]
+) -> None:
+    """The backfill's REST history rows (real spot bodies, nautilus_trader): a non-finite price or
+    quantity makes the body malformed, like a frame's."""
+    spot_btc = Contract("binance-spot", "BTCUSDT", "BTC-USDT", "BTC", "USDT", 0.01, 2, 0.00001, 0.00001)
+    body = orjson.loads((realdata / "nautilus_trader" / name).read_bytes())
+    assert parse("binance-spot", spot_btc, orjson.dumps(body), 1)
+    keys = [k for k in ("p", "q", "price", "qty") if k in body[0]]
+    assert len(keys) == 2
+    for key in keys:
+        for bad in BAD:
+            with pytest.raises(ParseError, match="non-finite"):
+                parse("binance-spot", spot_btc, orjson.dumps(_replaced(body, (0, key), bad)), 1)

@@ -89,8 +89,9 @@ async def test_nats_restart_mid_run_keeps_parquet_complete(
             symbols="BTCUSDT",
             channels="trade",
             nats={"url": own_server.url, "stream": "RESTART", "subject_prefix": "r", "reconnect_wait_s": 0.2},
-            clock={"enabled": False},  # only trades on the stream, so counts compare directly
+            clock={"enabled": False},  # only trades (and the contract row) on the stream
         )
+        total = n_trades + 1  # the start-up contract row is published too
         daemon = Daemon(settings)
         task = asyncio.create_task(daemon.run())
         while daemon.bus.published < n_trades // 4:
@@ -104,7 +105,7 @@ async def test_nats_restart_mid_run_keeps_parquet_complete(
         while loop.time() < deadline:
             c = daemon.bus.stats()["consumers"]["nats"]
             stored = c.get("acked", 0) - c.get("duplicates", 0)
-            if daemon.bus.published >= n_trades and stored + c.get("buffer_dropped", 0) >= n_trades:
+            if daemon.bus.published >= total and stored + c.get("buffer_dropped", 0) >= total:
                 break
             await asyncio.sleep(0.1)
         nats_stats = daemon.bus.stats()["consumers"]["nats"]
@@ -119,7 +120,7 @@ async def test_nats_restart_mid_run_keeps_parquet_complete(
     finally:
         await nc.close()
     dropped = int(nats_stats.get("buffer_dropped", 0))
-    assert info.state.messages + dropped == n_trades, nats_stats  # complete apart from counted drops
+    assert info.state.messages + dropped == total, nats_stats  # complete apart from counted drops
 
 
 @pytest.mark.asyncio

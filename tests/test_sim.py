@@ -191,7 +191,7 @@ async def test_routed_replay_is_exact_and_complete(cap: Capture) -> None:
             await silent(public)
             await silent(market, 0.05)
         stats = sim.stats()
-    # The aggTrade stream the sim aggregates from the recorded trades was offered, not asked for.
+    # The derived btcusdt@aggTrade stream (ingestd.sim.agg_trades) exists, and nobody asked for it.
     assert stats.frames_sent == {DEPTH: 6551, TICKER: 66089, TRADE: 21313, "btcusdt@aggTrade": 0}
     assert stats.connections_total == 2
     by_route = {c.route: c for c in stats.connections}

@@ -136,6 +136,7 @@ class BookManager:
 
     ``book_depth > 0`` adds a :class:`BookTop` of that many levels every ``book_every`` applied
     diffs (``1`` or ``0`` = after every diff) and whenever a book becomes synced.
+    ``book_factory(contract)`` makes each symbol's :class:`OrderBook` (default: a plain one).
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class BookManager:
         max_buffered: int = 10_000,
         book_depth: int = 0,
         book_every: int = 0,
+        book_factory: Callable[[Contract], OrderBook] | None = None,
         replay_chunk: int | None = None,
         max_buffered_bytes: int | None = None,
     ) -> None:
@@ -164,7 +166,8 @@ class BookManager:
         self._by_native: dict[str, _Symbol] = {}
         self._views: dict[str, BookView] = {}
         for c in contracts:
-            sym = _Symbol(c, BookSync(market, max_buffered, replay_chunk))
+            book = book_factory(c) if book_factory is not None else None
+            sym = _Symbol(c, BookSync(market, max_buffered, book, replay_chunk=replay_chunk))
             # Tickers wait while the book is behind them: as many as diffs may wait for a
             # snapshot, so a slow snapshot (or a burst replay) does not thin out the audit.
             sym.ahead = deque(maxlen=max(AUDIT_AHEAD, max_buffered))

@@ -127,8 +127,16 @@ class BookSync:
         "syncs",
     )
 
-    def __init__(self, market: Market, max_buffered: int, replay_chunk: int | None = None) -> None:
-        """``replay_chunk``: diffs applied per call when a snapshot is replayed (``None``: all)."""
+    def __init__(
+        self,
+        market: Market,
+        max_buffered: int,
+        book: OrderBook | None = None,
+        *,
+        replay_chunk: int | None = None,
+    ) -> None:
+        """``book``: the (empty) book to keep, e.g. a subclass that records each change.
+        ``replay_chunk``: diffs applied per call when a snapshot is replayed (``None``: all)."""
         if market not in ("spot", "futures"):
             raise ValueError(f"market must be 'spot' or 'futures', not {market!r}")
         if max_buffered < 1:
@@ -143,7 +151,7 @@ class BookSync:
         self.market: Market = market
         self.spot = market == "spot"
         self.max_buffered = max_buffered
-        self.book = OrderBook()
+        self.book = book if book is not None else OrderBook()
         self.state = SyncState.IDLE
         self._buffer: deque[DepthDiff] = deque()
         self.buffered_levels = 0

@@ -173,3 +173,19 @@ def clock(clock_stats: Mapping[str, Any]) -> Iterator[Metric]:
         measured.add_metric([], clock_stats.get("measurements", 0))
         failures.add_metric([], clock_stats.get("failures", 0))
     yield from (offset, rtt, measured, failures)
+
+
+def backfill(bf: Mapping[str, Any]) -> Iterator[Metric]:
+    """Trade holes found, records filled from REST, ids given up, holes waiting."""
+    holes = _counter("ingestd_backfill_holes", "Trade holes found (stream id jumps, restarts, listings)")
+    rows = _counter("ingestd_backfill_rows", "Records fetched from REST into trade holes")
+    unfilled = _counter("ingestd_backfill_unfilled_ids", "Trade ids given up (too old, no key, refused)")
+    failures = _counter("ingestd_backfill_failures", "Backfill requests that failed (retried)")
+    pending = _gauge("ingestd_backfill_pending", "Trade holes waiting to be fetched")
+    if bf:
+        holes.add_metric([], bf.get("holes", 0))
+        rows.add_metric([], bf.get("rows", 0))
+        unfilled.add_metric([], bf.get("unfilled_ids", 0))
+        failures.add_metric([], bf.get("failures", 0))
+        pending.add_metric([], bf.get("pending", 0) + bf.get("active", 0))
+    yield from (holes, rows, unfilled, failures, pending)

@@ -155,7 +155,8 @@ class MetricsTap:
                 problems.append("crossed_spread")
             elif r.bid_price == r.ask_price:
                 problems.append("locked_spread")
-        if r.exchange_ts is None and checks.event_time:
+        # REST history rows (backfill, source "rest") have no event time by nature.
+        if r.exchange_ts is None and checks.event_time and getattr(r, "source", "ws") == "ws":
             problems.append("missing_event_time")
         if problems:
             self._bad(r, problems)
@@ -228,6 +229,7 @@ class _DaemonCollector(Collector):
         yield from families.rest(s.get("rest") or {}, s.get("snapshots") or {})
         yield from families.books(s.get("books") or {})
         yield from families.clock(s.get("clock") or {})
+        yield from families.backfill(s.get("backfill") or {})
         up = GaugeMetricFamily("ingestd_uptime_seconds", "Seconds since the daemon started")
         up.add_metric([], float(s.get("uptime_s", 0.0)))
         yield up

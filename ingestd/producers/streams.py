@@ -24,15 +24,24 @@ already read is still admitted), the new one becomes the primary, and one ``ROTA
 replaces the ``DISCONNECTED``/``CONNECTED`` pair: no data was lost, books need not resync. A new
 socket that delivers nothing within ``first_frame_deadline_s`` is dropped and the rotation
 retried with backoff; one that has data but no proof by then is switched to anyway (logged).
+
+The contract set can change during a run (listings): :meth:`StreamsProducer.add` opens new
+connections for new plans while the others run on untouched (never closed, re-subscribed or
+changed: a reconnect keeps resubscribing exactly its own streams), and
+:meth:`StreamsProducer.retire` stops expecting the streams of contracts that stopped trading —
+they leave ``stats()["streams"]`` (so neither silence nor staleness is reported for them), and a
+connection whose every stream is retired is closed for good; one that still carries live
+streams keeps them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
 from ingestd.backoff import classify
@@ -116,7 +125,13 @@ class StreamsProducer:
             ping_interval_s=settings.ping_interval_s or venue.ping_interval_s,
             ssl_context=ssl_context,
         )
+        self._ws_url = ws_url
         self._slots = [Slot(p, ws_url, settings, venue.name) for p in plans]
+        self._group: asyncio.TaskGroup | None = None
+        self._retired: set[str] = set()
+        """Streams no longer expected (their contract stopped trading)."""
+        self._retired_slots: set[str] = set()
+        """Connections whose every stream is retired: closed, never reconnected."""
         self._streams: dict[str, StreamStats] = {
             s: StreamStats(p.name, cadence_of(venue.name, s)) for p in plans for s in p.streams
         }
@@ -144,7 +159,9 @@ class StreamsProducer:
         self._stop = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.TaskGroup() as tg:
-                for slot in self._slots:
+                # Kept for add(): connections planned later join the same group.
+                self._group = tg
+                for slot in list(self._slots):
                     tg.create_task(self._run_slot(slot), name=f"streams:{slot.plan.name}")
         except BaseExceptionGroup as group:
             # Only fatal errors reach the group; surface the first one as itself.
@@ -153,6 +170,7 @@ class StreamsProducer:
                 raise
             raise fatal from group
         finally:
+            self._group = None
             self._running = False
             self._finished.set()
 
@@ -170,13 +188,63 @@ class StreamsProducer:
         if self._running:
             await self._finished.wait()
 
+    # -- a contract set that changes --------------------------------------------------------------
+
+    def add(self, plans: Sequence[ConnectionPlan]) -> list[str]:
+        """Open a new connection for each of ``plans`` (streams of contracts listed during the
+        run). Existing connections are not touched. A name already taken gets the next free
+        index of its route. Returns the names of the new connections."""
+        if self._stopping:
+            return []
+        taken = {s.plan.name for s in self._slots}
+        names: list[str] = []
+        for plan in plans:
+            if plan.name in taken:
+                plan = dataclasses.replace(plan, name=_free_name(plan.name, taken))  # noqa: PLW2901 - the renamed plan
+            taken.add(plan.name)
+            slot = Slot(plan, self._ws_url, self._settings, self._venue.name)
+            self._slots.append(slot)
+            for stream in plan.streams:
+                self._retired.discard(stream)
+                self._streams[stream] = StreamStats(plan.name, cadence_of(self._venue.name, stream))
+            if self._group is not None:
+                self._group.create_task(self._run_slot(slot), name=f"streams:{plan.name}")
+            names.append(plan.name)
+            log.info("%s planned: %d stream(s) of %d new contract(s)", plan.name, len(plan.streams),
+                     len(plan.natives))  # fmt: skip
+        return names
+
+    async def retire(self, natives: Iterable[str]) -> list[str]:
+        """Stop expecting every stream of ``natives`` (native symbols). A connection left with no
+        expected stream is closed for good (no reconnect, no ``DISCONNECTED`` event); any other
+        connection goes on as it is. Returns the names of the connections closed."""
+        lower = {n.lower() for n in natives}
+        gone = {name for name in self._streams if (stream_symbol(name) or "") in lower}
+        gone.update(a for a, planned in self._aliases.items() if planned in gone)
+        self._retired |= gone
+        closed: list[str] = []
+        for slot in self._slots:
+            name = slot.plan.name
+            if name in self._retired_slots or not all(s in self._retired for s in slot.plan.streams):
+                continue
+            self._retired_slots.add(name)
+            closed.append(name)
+            # Closing the sockets wakes the controller, which sees the retirement and returns.
+            for lv in (slot.primary, slot.candidate):
+                if lv is not None:
+                    lv.end_reason = lv.end_reason or "retired"
+                    await lv.ws.close()
+            slot.poke()
+            log.info("%s closed: every stream it carried is retired", name)
+        return closed
+
     # -- one planned connection -----------------------------------------------------------------
 
     async def _run_slot(self, slot: Slot) -> None:
         name = slot.plan.name
         graceful = False
         try:
-            while not self._stopping:
+            while not self._stopping and name not in self._retired_slots:
                 if slot.connects or slot.connect_failures:
                     # At once only right after a serverShutdown notice (not hours later).
                     fresh = time.monotonic() - slot.last_shutdown < SHUTDOWN_REPEAT_S * 6
@@ -198,7 +266,7 @@ class StreamsProducer:
                 if live is None:
                     break
                 reason = await self._serve(slot, live)
-                if self._stopped():
+                if self._stopped() or name in self._retired_slots:
                     break
                 slot.reconnects += 1
                 slot.reasons[reason] = slot.reasons.get(reason, 0) + 1
@@ -287,7 +355,7 @@ class StreamsProducer:
                         continue
                     graceful = True
                     return reason
-                if self._stopped():
+                if self._stopped() or slot.plan.name in self._retired_slots:
                     graceful = True
                     return "closed"
                 now = time.monotonic()
@@ -717,7 +785,7 @@ class StreamsProducer:
         return False
 
     def _report_silent(self, slot: Slot, live: Live) -> None:
-        silent = tuple(s for s in slot.plan.streams if s in live.unseen)
+        silent = tuple(s for s in slot.plan.streams if s in live.unseen and s not in self._retired)
         slot.silent = silent
         if not silent:
             return
@@ -758,15 +826,29 @@ class StreamsProducer:
     def stats(self) -> dict[str, Any]:
         """A snapshot: per connection, per stream, and totals (``reconnects``, ``parse_errors``)."""
         now = time.monotonic()
+        retired = self._retired
         return {
-            "connections": {s.plan.name: s.snapshot(now) for s in self._slots},
-            "streams": {name: st.snapshot(now) for name, st in self._streams.items()},
+            "connections": {
+                s.plan.name: s.snapshot(now) for s in self._slots if s.plan.name not in self._retired_slots
+            },
+            "streams": {name: st.snapshot(now) for name, st in self._streams.items() if name not in retired},
+            "retired_streams": sorted(retired & self._streams.keys()),
+            "retired_connections": sorted(self._retired_slots),
             "reconnects": sum(s.reconnects for s in self._slots),
             "parse_errors": self.parse_errors,
             "duplicates": self.duplicates,
             "id_resets": self.id_resets,
             "frames": sum(s.frames for s in self._slots),
         }
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    """``<venue>/<route>#<n>`` with the lowest index not in ``taken``."""
+    prefix = name.rpartition("#")[0]
+    index = 0
+    while f"{prefix}#{index}" in taken:
+        index += 1
+    return f"{prefix}#{index}"
 
 
 def _never_ready() -> bool:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ingestd.errors import ConfigError
+from ingestd.sim.schedule import ListingChange, parse_change
 from ingestd.sim.venue import BUNDLED_CAPTURE, SimVenue
 from ingestd.tls import server_context
 
@@ -40,6 +41,21 @@ def _speed(text: str) -> float:
             f"speed must be a number >= 0 (0 = as fast as the client reads): {text!r}"
         )
     return value
+
+
+def _change(text: str, *, listed: bool) -> ListingChange:
+    try:
+        return parse_change(text, listed=listed)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _listed(text: str) -> ListingChange:
+    return _change(text, listed=True)
+
+
+def _delisted(text: str) -> ListingChange:
+    return _change(text, listed=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,9 +81,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume",
-        choices=("restart", "continue"),
+        choices=("restart", "continue", "live"),
         default="restart",
-        help="new connections replay from the start (restart) or go on where the last one left (continue)",
+        help="new connections replay from the start (restart), go on where the last one left (continue), "
+        "or join the venue's own clock, which runs from the first connection whether anyone listens (live)",
+    )
+    parser.add_argument(
+        "--list-at",
+        action="append",
+        type=_listed,
+        default=[],
+        metavar="SECONDS:SYMBOL",
+        help="SYMBOL becomes TRADING at SECONDS of replay time (before: PENDING_TRADING on USDⓈ-M, "
+        "absent on spot; its streams send nothing); repeatable",
+    )
+    parser.add_argument(
+        "--delist-at",
+        action="append",
+        type=_delisted,
+        default=[],
+        metavar="SECONDS:SYMBOL",
+        help="SYMBOL stops trading at SECONDS (USDⓈ-M: SETTLING, spot: BREAK; its streams go quiet); "
+        "repeatable",
+    )
+    parser.add_argument(
+        "--no-derived-agg-trades",
+        action="store_true",
+        help="do not derive an @aggTrade stream from the recorded trades of symbols that have none",
     )
     parser.add_argument("--clock-skew-ms", type=int, default=0, help="added to serverTime")
     parser.add_argument(
@@ -112,6 +152,8 @@ async def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             loop_shift=args.loop_shift,
             ssl_context=tls,
+            listings=[*getattr(args, "list_at", []), *getattr(args, "delist_at", [])],
+            derive_agg_trades=not getattr(args, "no_derived_agg_trades", False),
         )
         venue.faults.clock_skew_ms = args.clock_skew_ms
         await venue.start()

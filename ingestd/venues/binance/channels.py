@@ -22,6 +22,7 @@ from ingestd.book.records import BookTop, Gap
 from ingestd.channels import Cadence, ChannelSpec, ChannelTable, Source
 from ingestd.errors import ParseError
 from ingestd.observe.records import ClockSample
+from ingestd.producers.contract_records import ContractRecord
 from ingestd.producers.poller_records import (
     FundingRate,
     LongShortRatio,
@@ -377,6 +378,9 @@ _DERIVED_SPECS: Final = (
     ChannelSpec(channel="book", record=BookTop, source=_DERIVED, identity=("last_update_id",)),
     ChannelSpec(channel="clock", record=ClockSample, source=_DERIVED, identity=("exchange_ts",),
                 content=True),
+    # A definition is its content: the same definition read again (a restart) is the same fact.
+    ChannelSpec(channel="contract", record=ContractRecord, source=_DERIVED, identity=("status",),
+                content=True, event_time=False),
 )  # fmt: skip
 
 
