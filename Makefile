@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo live test lint bench soak docker-check clean
+.PHONY: install demo live test lint bench soak soak-hostile docker-check clean
 
 # The compiled speed-ups are rebuilt (pip install -e) when their C sources change.
 $(STAMP): pyproject.toml $(wildcard ingestd/*/*.c)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 ## Soak: the sim loops the bundled capture, ingestd stores it; memory, handles and counts checked.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --minutes 10
+
+## Hostile soak: the sim misbehaves on a schedule (bad frames, id regressions, drops, a 418, a slow
+## hook, a full disk); storage is checked record by record against what the venue sent.
+soak-hostile: $(STAMP)
+	$(BIN)/python -m bench.soak_hostile --minutes 10
 
 ## Docker: build the image, run it against `ingestd sim`, stop it, check its data and health.
 ## deploy/docker-python-base.sh starts dockerd and makes the python:3.11-slim base offline.
