@@ -156,7 +156,7 @@ class RecordCounts:
         """Count ``records`` (market, gap, book and clock records; never raw frames)."""
         self._counts.update(map(_KEY, records))
 
-    def items(self) -> Mapping[tuple[str, str, str], int]:
+    def by_key(self) -> Mapping[tuple[str, str, str], int]:
         """``(venue, channel, symbol) -> records`` (live: read, do not change)."""
         return self._counts
 

@@ -634,7 +634,6 @@ class BookManager:
                 f"waiting for snapshots: dropped the {s.buffered} diff(s) and {len(sym.ahead)} bookTicker(s) "
                 f"({sym.held / 2**20:.2f} MB) of the one waiting longest; its sync starts again"
             )
-            ask = s.state is not SyncState.BUFFERING  # a book being built consumed its snapshot
             sym.ahead.clear()
             res = s.shed(reason)
             self._end_replay(sym)
@@ -644,7 +643,7 @@ class BookManager:
                 log.warning("%s: %s (logged once until the buffers shrink)", native, reason)
             assert res.gap is not None
             out.append(self._gap(sym, res.gap, ts, None))
-            if ask:
+            if res.need_snapshot:  # a book being built had consumed its snapshot
                 self.snapshot_requests += 1
                 self._request(native, True)
             self._held -= sym.held

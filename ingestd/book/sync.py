@@ -292,8 +292,10 @@ class BookSync:
 
     def shed(self, reason: str) -> SyncResult:
         """Drop the buffer (and the book, if one is being built) to free memory, and start the
-        sync again: the snapshot already asked for (``need_snapshot`` asks again; the producer
-        coalesces) bridges from the diffs that come next. Returns the ``memory_bound`` gap."""
+        sync again. A buffering book keeps the snapshot it already asked for (it bridges from the
+        diffs that come next); one that had its snapshot (bridging, replaying) needs a new one
+        (``need_snapshot``). Returns the ``memory_bound`` gap."""
+        need = self.state is not SyncState.BUFFERING
         last = self._last_good
         self.shed_dropped += len(self._buffer)
         self._discard()
@@ -303,7 +305,7 @@ class BookSync:
         self.awaiting_snapshot = True
         self._gap_open = True
         self._overflowed = False
-        return SyncResult(need_snapshot=True, urgent=True, gap=GapInfo(GapKind.MEMORY_BOUND, reason, last))
+        return SyncResult(need_snapshot=need, urgent=True, gap=GapInfo(GapKind.MEMORY_BOUND, reason, last))
 
     # -- internals --------------------------------------------------------------------------
 

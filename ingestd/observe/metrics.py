@@ -112,7 +112,7 @@ class MetricsTap:
     @property
     def records(self) -> Mapping[tuple[str, str, str], int]:
         """(venue, channel, symbol) → records published (read from :attr:`counts`)."""
-        return self.counts.items()
+        return self.counts.by_key()
 
     async def consume(self, batch: list[AnyRecord]) -> None:
         offset = self._offset()
