@@ -29,7 +29,7 @@ from ingestd.bus import Bus, OverflowPolicy
 from ingestd.channels import Cadence
 from ingestd.config import Settings
 from ingestd.consumers.console import ConsoleReporter
-from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook
+from ingestd.consumers.hooks import HookConsumer, HookContext, load_contract_hook, load_hook
 from ingestd.consumers.jsonl import JsonDump
 from ingestd.consumers.nats import NatsPublisher
 from ingestd.consumers.parquet import ParquetWriter
@@ -41,15 +41,15 @@ from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
 from ingestd.producers.backfill import Backfiller
 from ingestd.producers.clock import ClockEstimate, ClockSync
 from ingestd.producers.contract_records import contract_records
-from ingestd.producers.discovery import discover
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
+from ingestd.producers.listings import Followers, ListingWatcher, discover_run_contracts, narrow
 from ingestd.producers.pollers import PollerSet
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
 from ingestd.producers.stored import stored_tails
 from ingestd.producers.streams import StreamsProducer, plan_connections
 from ingestd.records import AnyRecord, Record
-from ingestd.shard import select_shard, shard_label
+from ingestd.shard import shard_label
 from ingestd.tls import client_context, trust_source
 from ingestd.venues.binance.channels import TABLES
 from ingestd.venues.binance.endpoints import VENUES, VenueSpec
@@ -65,15 +65,21 @@ HookFunc = Callable[..., Awaitable[None]]
 
 
 class _HookSpec:
-    __slots__ = ("channels", "func", "name", "symbols")
+    __slots__ = ("channels", "func", "name", "on_contract", "symbols")
 
     def __init__(
-        self, func: HookFunc, name: str, channels: frozenset[str] | None, symbols: frozenset[str] | None
+        self,
+        func: HookFunc,
+        name: str,
+        channels: frozenset[str] | None,
+        symbols: frozenset[str] | None,
+        on_contract: HookFunc | None = None,
     ) -> None:
         self.func = func
         self.name = name
         self.channels = channels
         self.symbols = symbols
+        self.on_contract = on_contract
 
 
 class Daemon:
@@ -100,6 +106,7 @@ class Daemon:
         self.clock: ClockSync | None = None
         self.pollers: PollerSet | None = None
         self.backfill: Backfiller | None = None
+        self.listings: ListingWatcher | None = None
         self.health: HealthServer | None = None
         self.metrics = MetricsTap(self._clock_offset_ns)
         self.notifier = SdNotifier()
@@ -107,7 +114,8 @@ class Daemon:
         self._clock_skewed = False
         self.hook_context = HookContext()
         self._hooks: list[_HookSpec] = [
-            _HookSpec(load_hook(spec), spec, None, None) for spec in settings.hooks.specs
+            _HookSpec(load_hook(spec), spec, None, None, load_contract_hook(spec))
+            for spec in settings.hooks.specs
         ]
         self._stop = asyncio.Event() if _has_loop() else None
         self._stop_reason = ""
@@ -129,12 +137,15 @@ class Daemon:
         channels: Iterable[str] | None = None,
         symbols: Iterable[str] | None = None,
         name: str | None = None,
+        on_contract: HookFunc | None = None,
     ) -> None:
         """Register an async callable ``func(record)`` (or ``func(record, context)``).
 
         ``channels`` and ``symbols`` (normalized, ``BTC-USDT-PERP``) filter what it receives. Each hook
         gets its own bounded queue (policy from settings) and task; its errors and timeouts are
-        counted, never propagated.
+        counted, never propagated. ``on_contract(row)`` (or ``(row, context)``) is also called
+        with each ``contract`` row of those symbols: at start, then on every listing, delisting
+        or definition change (:mod:`ingestd.consumers.hooks`).
         """
         self._hooks.append(
             _HookSpec(
@@ -142,6 +153,7 @@ class Daemon:
                 name or str(getattr(func, "__qualname__", "hook")),
                 frozenset(channels) if channels is not None else None,
                 frozenset(symbols) if symbols is not None else None,
+                on_contract,
             )
         )
 
@@ -235,6 +247,8 @@ class Daemon:
             out["pollers"] = self.pollers.stats()
         if self.backfill is not None:
             out["backfill"] = self.backfill.stats()
+        if self.listings is not None:
+            out["listings"] = self.listings.stats()
         if self.health is not None:
             out["health_url"] = self.health.url
         return out
@@ -262,7 +276,8 @@ class Daemon:
                 limit = hs.quiet_freshness_s if quiet else hs.freshness_s
                 age = st.get("last_frame_age_s")
                 if not st.get("first_frame_seen"):
-                    if not quiet or uptime > limit:
+                    # A quiet stream gets its grace from when it became expected (a listing's too).
+                    if not quiet or st.get("expected_for_s", uptime) > limit:
                         not_ready.append(f"stream {name}: no frame yet")
                 elif age is None or age > limit:
                     not_ready.append(f"stream {name}: last frame {age} s ago")
@@ -301,7 +316,7 @@ class Daemon:
             ssl_context=self.tls,
         )
         await self._wait_out_ban()
-        self.contracts = await self._discover()
+        self.contracts = await discover_run_contracts(self.rest, self.venue, s)
         discovered_at = time.time_ns()
         if s.health.port:
             self.health = HealthServer(
@@ -362,14 +377,15 @@ class Daemon:
         if s.backfill.enabled and ("agg_trade" in chans or "trade" in chans):
             await self._start_backfill(chans)
 
-        stream_channels = [c for c in chans if c != "depth_snapshot"]
+        stream_channels = tuple(c for c in chans if c != "depth_snapshot")
+        parser = FrameParser(self.venue.name, self.contracts)
         if stream_channels:
             plans = plan_connections(self.venue, self.contracts, stream_channels, s.streams)
             self.streams = StreamsProducer(
                 self.venue,
                 self.ws_url,
                 plans,
-                FrameParser(self.venue.name, self.contracts),
+                parser,
                 self._emit,
                 s.streams,
                 raw=s.json_dump.raw,
@@ -379,27 +395,26 @@ class Daemon:
             self._spawn(self.streams.run(), "streams")
         else:
             self.service.ready("running: no websocket streams to wait for")
+        if s.discovery.follow:
+            self._follow_listings(parser, stream_channels)
 
-    async def _discover(self) -> ContractSet:
-        """The run's contracts: discovered, narrowed to ``--symbols`` and to this shard."""
-        assert self.rest is not None
+    def _follow_listings(self, parser: FrameParser, stream_channels: tuple[str, ...]) -> None:
+        """``--follow-listings``: every part that knows the contract set follows exchangeInfo."""
         s = self.settings
-        discovered = await discover(self.rest, self.venue)
-        if discovered.skipped_unsafe:
-            log.warning(
-                "skipped %d symbols with unsafe names: %s",
-                len(discovered.skipped_unsafe),
-                ", ".join(discovered.skipped_unsafe[:10]),
-            )
-        contracts = discovered.select(s.symbols) if s.symbols else discovered
-        if s.shard is not None:
-            k, n = s.shard
-            contracts = select_shard(contracts, k, n)
-            if not len(contracts):
-                raise StartupError(f"shard {k}/{n} of {len(discovered)} contracts is empty: use fewer shards")
-        if not len(contracts):
-            raise StartupError(f"{self.venue.name}: discovery found no trading contracts at {self.rest_url}")
-        return contracts
+        assert self.rest is not None
+        assert self.contracts is not None
+        followers = Followers(
+            stream_channels, s.streams, parser=parser, streams=self.streams, books=self.books,
+            snapshots=self.snapshots, backfill=self.backfill, pollers=self.pollers, hooks=self.hook_context,
+        )  # fmt: skip
+        self.listings = ListingWatcher(
+            self.rest, self.venue, self.contracts, followers, self._emit, refresh_s=s.discovery.refresh_s,
+            narrow=lambda found: narrow(found, s.symbols, s.shard), on_change=self._contracts_changed,
+        )  # fmt: skip
+        self._spawn(self.listings.run(), "listings")
+
+    def _contracts_changed(self, contracts: ContractSet) -> None:
+        self.contracts = contracts
 
     async def _start_backfill(self, chans: Sequence[str]) -> None:
         """Trade holes are filled from REST; on an existing data dir, from its last stored ids."""
@@ -452,6 +467,7 @@ class Daemon:
                 channels=h.channels,
                 timeout_s=s.hooks.timeout_s,
                 context=self.hook_context,
+                on_contract=h.on_contract,
             )
             self.bus.attach(
                 consumer, maxsize=s.hooks.queue_size, policy=OverflowPolicy(s.hooks.policy), symbols=h.symbols
@@ -631,6 +647,8 @@ class Daemon:
                 await self.clock.close()
         # Phase 1: stop intake. Producers close their sockets; nothing new enters the bus.
         for name, part in (
+            # First: no listing may open a connection while the others close.
+            ("listings", self.listings),
             ("streams", self.streams),
             ("snapshots", self.snapshots),
             ("pollers", self.pollers),
