@@ -19,7 +19,7 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 from ingestd import speedups
@@ -29,7 +29,7 @@ from ingestd.bus import Bus, OverflowPolicy
 from ingestd.channels import Cadence
 from ingestd.config import Settings
 from ingestd.consumers.console import ConsoleReporter
-from ingestd.consumers.hooks import HookConsumer, HookContext, load_contract_hook, load_hook
+from ingestd.consumers.hooks import HookConsumer, HookContext, HookFunc, HookSpec
 from ingestd.consumers.jsonl import JsonDump
 from ingestd.consumers.nats import NatsPublisher
 from ingestd.consumers.parquet import ParquetWriter
@@ -46,7 +46,6 @@ from ingestd.producers.listings import Followers, ListingWatcher, discover_run_c
 from ingestd.producers.pollers import PollerSet
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
-from ingestd.producers.stored import stored_tails
 from ingestd.producers.streams import StreamsProducer, plan_connections
 from ingestd.records import AnyRecord, Record
 from ingestd.shard import shard_label
@@ -60,26 +59,6 @@ log = logging.getLogger("ingestd.app")
 
 INTAKE_SHARE = 0.5
 """Share of ``shutdown_timeout_s`` that stopping the producers may use; the rest is the drain's."""
-
-HookFunc = Callable[..., Awaitable[None]]
-
-
-class _HookSpec:
-    __slots__ = ("channels", "func", "name", "on_contract", "symbols")
-
-    def __init__(
-        self,
-        func: HookFunc,
-        name: str,
-        channels: frozenset[str] | None,
-        symbols: frozenset[str] | None,
-        on_contract: HookFunc | None = None,
-    ) -> None:
-        self.func = func
-        self.name = name
-        self.channels = channels
-        self.symbols = symbols
-        self.on_contract = on_contract
 
 
 class Daemon:
@@ -113,10 +92,7 @@ class Daemon:
         self.service = ServiceNotifier(self.notifier, self.readiness)
         self._clock_skewed = False
         self.hook_context = HookContext()
-        self._hooks: list[_HookSpec] = [
-            _HookSpec(load_hook(spec), spec, None, None, load_contract_hook(spec))
-            for spec in settings.hooks.specs
-        ]
+        self._hooks: list[HookSpec] = [HookSpec.load(spec) for spec in settings.hooks.specs]
         self._stop = asyncio.Event() if _has_loop() else None
         self._stop_reason = ""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -148,7 +124,7 @@ class Daemon:
         or definition change (:mod:`ingestd.consumers.hooks`).
         """
         self._hooks.append(
-            _HookSpec(
+            HookSpec(
                 func,
                 name or str(getattr(func, "__qualname__", "hook")),
                 frozenset(channels) if channels is not None else None,
@@ -425,19 +401,8 @@ class Daemon:
         self.backfill = Backfiller(
             self.rest, self.venue.name, self.contracts, self._emit, s.backfill, chans, api_key=key
         )
-        if s.storage.enabled and s.storage.data_dir.is_dir():
-            symbols = [(c.native, c.symbol) for c in self.contracts]
-            tails = await asyncio.to_thread(
-                stored_tails, s.storage.data_dir, self.venue.name, symbols, chans, s.backfill.max_age_s
-            )
-            self.backfill.restore(tails)
-            if tails:
-                holes = sum(len(t.holes) for t in tails)
-                log.info(
-                    "data dir holds trades of %d symbol(s)%s: the stream resumes from the last stored ids",
-                    len(tails),
-                    f" and {holes} hole(s) within backfill.max_age_s" if holes else "",
-                )
+        if s.storage.enabled:
+            await self.backfill.resume_from_storage(s.storage.data_dir)
         self._spawn(self.backfill.run(), "backfill")
 
     def _attach_consumers(self) -> None:

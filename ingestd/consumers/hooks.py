@@ -30,6 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from ingestd.errors import ConfigError
@@ -150,6 +151,23 @@ def load_contract_hook(spec: str) -> HookFunc | None:
         )
     result: HookFunc = func
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class HookSpec:
+    """One hook of a run, as ``--hook`` or ``Daemon.add_hook`` registered it: the callable, its
+    name, the channels and normalized symbols it takes (``None``: all) and its ``on_contract``."""
+
+    func: HookFunc
+    name: str
+    channels: frozenset[str] | None = None
+    symbols: frozenset[str] | None = None
+    on_contract: HookFunc | None = None
+
+    @classmethod
+    def load(cls, spec: str) -> HookSpec:
+        """The hook a ``module:function`` spec names, with its module's ``on_contract`` if any."""
+        return cls(load_hook(spec), spec, on_contract=load_contract_hook(spec))
 
 
 class HookConsumer:
