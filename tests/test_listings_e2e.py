@@ -39,7 +39,7 @@ from ingestd.sim import SimVenue, load_capture
 from ingestd.sim.schedule import ListingChange
 from tests.e2e import settings_for
 from tests.faults_util import read_rows
-from tests.ops import free_port
+from tests.ops import free_port, scrape, value
 from tests.realdata import CF, need
 
 CAPTURE = CF / "2021-04-17" / "BINANCE_FUTURES.ws.5.0"
@@ -192,8 +192,12 @@ async def test_a_listing_and_a_delisting_during_the_run(
             assert sim.stats().connections_total == 4
             conns = daemon.stats()["streams"]["connections"]
             assert [conns[n]["reconnects"] for n in sorted(conns)] == [0, 0, 0, 0]
-            assert daemon.stats()["listings"]["listed"] == 1
-            assert daemon.stats()["listings"]["delisted"] == 1
+            fams = await scrape(f"http://127.0.0.1:{port}")
+            assert value(fams, "ingestd_listing_changes_total", kind="listed") == 1
+            assert value(fams, "ingestd_listing_changes_total", kind="delisted") == 1
+            assert value(fams, "ingestd_listing_changes_total", kind="changed") == 0
+            assert value(fams, "ingestd_listing_refresh_failures_total") >= 2
+            assert value(fams, "ingestd_contracts") == 3
         finally:
             daemon.request_stop("test done")
             assert await asyncio.wait_for(task, 30) == 0
