@@ -1,7 +1,8 @@
 """The daemon: owns every running part and runs the lifecycle.
 
-Start-up: REST client → discovery (the contract set, fixed for the run) → consumers on the bus →
-book manager → snapshot producer → streams producer. Everything a producer emits goes through
+Start-up: REST client → discovery (the contract set: fixed for the run, or followed by the
+listing watcher with ``--follow-listings``, :mod:`ingestd.producers.listings`) → consumers on
+the bus → book manager → snapshot producer → streams producer. Everything a producer emits goes through
 :meth:`Daemon._emit`: the book manager sees each batch first (and may add gap/book records), then
 the bus fans it out.
 

@@ -32,11 +32,13 @@ import orjson
 import pytest
 
 from ingestd.app import Daemon
+from ingestd.cli import main
 from ingestd.consumers.hooks import HookContext
 from ingestd.producers.contract_records import ContractRecord
 from ingestd.records import Record
 from ingestd.sim import SimVenue, load_capture
 from ingestd.sim.schedule import ListingChange
+from tests import listing_hooks
 from tests.e2e import settings_for
 from tests.faults_util import read_rows
 from tests.ops import free_port, scrape, value
@@ -249,6 +251,14 @@ async def test_a_listing_and_a_delisting_during_the_run(
         (DELISTED, "TRADING", True),
         ("YFIUSDT", "TRADING", True),
     ]
+
+    # The same hook module replayed on the stored data: its on_contract sees the same changes.
+    listing_hooks.ROWS.clear()
+    # (the CLI runs its own event loop: in a thread of its own here)
+    replay = ["replay", "--data", str(data), "--hook", "tests.listing_hooks:on_record"]
+    assert await asyncio.to_thread(main, replay) == 0
+    assert listing_hooks.ROWS[3:] == [(LISTED, "TRADING", True), (DELISTED, "SETTLING", False)]
+    assert len(listing_hooks.ROWS) == 5
 
     messages = [r.getMessage() for r in caplog.records if r.name == "ingestd.listings"]
     listed_line = next(m for m in messages if m.startswith(f"listed {LISTED}"))
