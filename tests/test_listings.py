@@ -11,7 +11,9 @@
   (real frames from tests/data/parse_frames.ndjson);
 * the snapshot queue cancels a leaver's queued, retried and in-flight requests;
 * the watcher: one refresh applied to every follower, failures logged once per episode, its
-  loop and idempotent close; hooks' ``on_contract``; readiness grace for a listed stream.
+  loop and idempotent close; hooks' ``on_contract``; readiness grace for a listed stream;
+* the trade backfill of a relisted contract goes on from its last trade (the bundled real
+  BTCUSDT capture's aggTrades), a new one's from its first.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ingestd.venues.binance.parse import FrameParser
 from ingestd.venues.binance.symbols import ContractSet, parse_exchange_info
 from tests.e2e import settings_for
 from tests.realdata import CF
+from tests.test_backfill import BTC, agg_payloads, ws_agg
 from tests.test_parse import RECV, assert_same, contract_set, expected, slices
 from tests.test_rest import FakeBinance, Reply, client_for, cryptofeed_bodies, nautilus
 from tests.test_sync_realdata import USDM as USDM_NAME
@@ -496,3 +499,37 @@ async def test_a_listed_quiet_stream_gets_its_grace_from_its_listing(tmp_path: P
     assert daemon.readiness() == (True, {"not_ready": []})
     daemon.streams = _Streams(daemon.settings.health.quiet_freshness_s + 1)  # type: ignore[assignment]
     assert daemon.readiness() == (False, {"not_ready": ["stream newusdt@aggTrade: no frame yet"]})
+
+
+# -- backfill of a contract that comes back ---------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_relisted_contract_goes_on_from_its_last_trade_a_new_one_from_its_first() -> None:
+    aggs = agg_payloads()  # the bundled BTCUSDT capture's aggTrades, derived from its real trades
+    client = RestClient("http://127.0.0.1:1", USDM)
+    try:
+        engine = Backfiller(client, "binance-usdm", ContractSet("binance-usdm", (BTC,)), Recorder(),
+                            BackfillSettings(), ["agg_trade"])  # fmt: skip
+        assert engine.observe([ws_agg(BTC, *aggs[0]), ws_agg(BTC, *aggs[1])]) is None
+        engine.retire("BTCUSDT")
+        engine.listed(BTC)  # back to TRADING: its ids go on, nothing before them is fetched again
+        assert engine.observe([ws_agg(BTC, *aggs[2])]) is None
+        assert engine.stats()["holes"] == 0
+        # Back after trades were missed: only those are a hole (ids after the last one seen).
+        engine.retire("BTCUSDT")
+        engine.listed(BTC)
+        (gap,) = engine.observe([ws_agg(BTC, *aggs[10])]) or []
+        assert (gap.kind, gap.first_update_id, gap.final_update_id) == (
+            "trade_gap",
+            aggs[3][1]["a"],
+            aggs[9][1]["a"],
+        )
+        # A contract never seen in the run: its history before its first record is a listing hole.
+        eth = dataclasses.replace(BTC, native="ETHUSDT", symbol="ETH-USDT-PERP")
+        engine.listed(eth)
+        assert engine.observe([ws_agg(eth, *aggs[20])]) is None
+        assert engine.stats()["holes"] == 2
+        assert engine.stats()["pending"] == 2
+    finally:
+        await client.close()

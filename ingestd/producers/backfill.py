@@ -324,15 +324,18 @@ class Backfiller:
 
     def listed(self, contract: Contract) -> None:
         """A contract that started trading during the run: its history before its first stream
-        record (from its listing, within ``max_age_s``) is a hole."""
+        record (from its listing, within ``max_age_s``) is a hole. One that traded earlier in
+        the run (a spot pair back from ``BREAK``) goes on from the last record the stream gave:
+        only ids after it are missing (what was stored before must not be fetched again)."""
         self._contracts[contract.native] = contract
-        self._listed.add(contract.native)
+        if contract.native not in self._last_agg and contract.native not in self._last_trade:
+            self._listed.add(contract.native)
 
     def retire(self, native: str) -> None:
-        """A contract that stopped trading: forget it; its queued holes are still filled."""
+        """A contract that stopped trading: no listing hole is opened for it any more; its queued
+        holes are still filled (those trades happened while it was listed). Its last records
+        are kept (one per channel) in case it trades again."""
         self._listed.discard(native)
-        self._last_agg.pop(native, None)
-        self._last_trade.pop(native, None)
 
     # -- filling --------------------------------------------------------------------------------
 

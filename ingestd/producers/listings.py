@@ -20,8 +20,9 @@ compared with the run's set (:func:`diff`):
 * **delisted** (``SETTLING``, ``BREAK``, any status but ``TRADING``, or gone from the list):
   its streams are retired (no longer expected: neither stale nor silent in ``/readyz``; a
   connection left with none closes), its book is dropped, its snapshot requests are cancelled,
-  its trades are no longer watched for holes (holes already queued are still filled: that data
-  was traded while it was listed), and its ``contract`` row carries the status read;
+  its trade holes already queued are still filled (that data was traded while it was listed;
+  should it trade again, its backfill goes on from its last trade), and its ``contract`` row
+  carries the status read;
 * **changed** (the same contract with another definition, e.g. a new tick size): a ``contract``
   row and the new definition in the parser and the hooks' context.
 
