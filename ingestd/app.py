@@ -2,9 +2,9 @@
 
 Start-up: REST client → discovery (the contract set: fixed for the run, or followed by the
 listing watcher with ``--follow-listings``, :mod:`ingestd.producers.listings`) → consumers on
-the bus → book manager → snapshot producer → streams producer. Everything a producer emits goes through
-:meth:`Daemon._emit`: the book manager sees each batch first (and may add gap/book records), then
-the bus fans it out.
+the bus → book manager → snapshot producer → streams producer. Everything a producer emits goes
+through :meth:`Daemon._emit`: the book manager sees each batch first (and may add gap/book
+records), then the bus fans it out.
 
 Shutdown runs in phases under one deadline: stop intake (producers closed, nothing
 new enters) → drain the queues and flush the consumers (Parquet files are complete and renamed)

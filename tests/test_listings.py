@@ -33,12 +33,13 @@ import orjson
 import pytest
 
 from ingestd.book.manager import BookManager
-from ingestd.config import StreamSettings
+from ingestd.cli import build_parser, cli_overrides
+from ingestd.config import StreamSettings, load_settings
 from ingestd.consumers.hooks import HookConsumer, HookContext, load_contract_hook
-from ingestd.errors import ConfigError, ParseError
+from ingestd.errors import ConfigError, ParseError, StartupError
 from ingestd.producers.backfill import Backfiller, BackfillSettings
 from ingestd.producers.contract_records import UNLISTED, ContractRecord
-from ingestd.producers.listings import Followers, ListingWatcher, diff, narrow
+from ingestd.producers.listings import Followers, ListingWatcher, diff, discover_run_contracts, narrow
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
 from ingestd.records import AnyRecord, DepthDiff, DepthSnapshot, Record
@@ -533,3 +534,33 @@ async def test_a_relisted_contract_goes_on_from_its_last_trade_a_new_one_from_it
         assert engine.stats()["pending"] == 2
     finally:
         await client.close()
+
+
+# -- start-up and the command line -----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_named_symbol_not_trading_yet_is_followed_not_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeBinance(exchange_info=nautilus("http_futures_market_exchange_info.json"))
+    async with serving(fake) as client:
+        strict = load_settings(environ={}, cli={"symbols": "BTCUSDT,NEWUSDT"})
+        with pytest.raises(StartupError, match=r"not listed as trading: NEWUSDT \(2 trading symbols"):
+            await discover_run_contracts(client, USDM, strict)
+        follow = load_settings(environ={}, cli={"symbols": "BTCUSDT,NEWUSDT", "discovery": {"follow": True}})
+        assert (await discover_run_contracts(client, USDM, follow)).natives == ["BTCUSDT"]
+        assert "not trading (yet): NEWUSDT; followed, ingested once listed" in caplog.messages
+        nothing = load_settings(environ={}, cli={"symbols": "NEWUSDT", "discovery": {"follow": True}})
+        with pytest.raises(StartupError, match="discovery found no trading contracts"):
+            await discover_run_contracts(client, USDM, nothing)
+
+
+def test_the_flag_and_the_settings() -> None:
+    args = build_parser().parse_args(["run", "--follow-listings"])
+    assert cli_overrides(args) == {"discovery": {"follow": True}}
+    assert cli_overrides(build_parser().parse_args(["run"])) == {}
+    s = load_settings(environ={"INGESTD_DISCOVERY__REFRESH_S": "60"}, cli=cli_overrides(args))
+    assert (s.discovery.follow, s.discovery.refresh_s) == (True, 60.0)
+    with pytest.raises(ConfigError, match=r"discovery.refresh_s"):
+        load_settings(environ={}, cli={"discovery": {"refresh_s": 0}})
