@@ -1,9 +1,10 @@
 """The daemon: owns every running part and runs the lifecycle.
 
-Start-up: REST client → discovery (the contract set, fixed for the run) → consumers on the bus →
-book manager → snapshot producer → streams producer. Everything a producer emits goes through
-:meth:`Daemon._emit`: the book manager sees each batch first (and may add gap/book records), then
-the bus fans it out.
+Start-up: REST client → discovery (the contract set: fixed for the run, or followed by the
+listing watcher with ``--follow-listings``, :mod:`ingestd.producers.listings`) → consumers on
+the bus → book manager → snapshot producer → streams producer. Everything a producer emits goes
+through :meth:`Daemon._emit`: the book manager sees each batch first (and may add gap/book
+records), then the bus fans it out.
 
 Shutdown runs in phases under one deadline: stop intake (producers closed, nothing
 new enters) → drain the queues and flush the consumers (Parquet files are complete and renamed)
@@ -19,7 +20,7 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 from ingestd import speedups
@@ -29,7 +30,7 @@ from ingestd.bus import Bus, OverflowPolicy
 from ingestd.channels import Cadence
 from ingestd.config import Settings
 from ingestd.consumers.console import ConsoleReporter
-from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook
+from ingestd.consumers.hooks import HookConsumer, HookContext, HookFunc, HookSpec
 from ingestd.consumers.jsonl import JsonDump
 from ingestd.consumers.nats import NatsPublisher
 from ingestd.consumers.parquet import ParquetWriter
@@ -41,15 +42,14 @@ from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
 from ingestd.producers.backfill import Backfiller
 from ingestd.producers.clock import ClockEstimate, ClockSync
 from ingestd.producers.contract_records import contract_records
-from ingestd.producers.discovery import discover
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
+from ingestd.producers.listings import Followers, ListingWatcher, discover_run_contracts, narrow
 from ingestd.producers.pollers import PollerSet
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
-from ingestd.producers.stored import stored_tails
 from ingestd.producers.streams import StreamsProducer, plan_connections
 from ingestd.records import AnyRecord, Record
-from ingestd.shard import select_shard, shard_label
+from ingestd.shard import shard_label
 from ingestd.tls import client_context, trust_source
 from ingestd.venues.binance.channels import TABLES
 from ingestd.venues.binance.endpoints import VENUES, VenueSpec
@@ -60,20 +60,6 @@ log = logging.getLogger("ingestd.app")
 
 INTAKE_SHARE = 0.5
 """Share of ``shutdown_timeout_s`` that stopping the producers may use; the rest is the drain's."""
-
-HookFunc = Callable[..., Awaitable[None]]
-
-
-class _HookSpec:
-    __slots__ = ("channels", "func", "name", "symbols")
-
-    def __init__(
-        self, func: HookFunc, name: str, channels: frozenset[str] | None, symbols: frozenset[str] | None
-    ) -> None:
-        self.func = func
-        self.name = name
-        self.channels = channels
-        self.symbols = symbols
 
 
 class Daemon:
@@ -100,6 +86,7 @@ class Daemon:
         self.clock: ClockSync | None = None
         self.pollers: PollerSet | None = None
         self.backfill: Backfiller | None = None
+        self.listings: ListingWatcher | None = None
         self.health: HealthServer | None = None
         self.metrics = MetricsTap(self._clock_offset_ns, counts=self.bus.counts)
         self.console: ConsoleReporter | None = None
@@ -107,9 +94,7 @@ class Daemon:
         self.service = ServiceNotifier(self.notifier, self.readiness)
         self._clock_skewed = False
         self.hook_context = HookContext()
-        self._hooks: list[_HookSpec] = [
-            _HookSpec(load_hook(spec), spec, None, None) for spec in settings.hooks.specs
-        ]
+        self._hooks: list[HookSpec] = [HookSpec.load(spec) for spec in settings.hooks.specs]
         self._stop = asyncio.Event() if _has_loop() else None
         self._stop_reason = ""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -131,19 +116,23 @@ class Daemon:
         channels: Iterable[str] | None = None,
         symbols: Iterable[str] | None = None,
         name: str | None = None,
+        on_contract: HookFunc | None = None,
     ) -> None:
         """Register an async callable ``func(record)`` (or ``func(record, context)``).
 
         ``channels`` and ``symbols`` (normalized, ``BTC-USDT-PERP``) filter what it receives. Each hook
         gets its own bounded queue (policy from settings) and task; its errors and timeouts are
-        counted, never propagated.
+        counted, never propagated. ``on_contract(row)`` (or ``(row, context)``) is also called
+        with each ``contract`` row of those symbols: at start, then on every listing, delisting
+        or definition change (:mod:`ingestd.consumers.hooks`).
         """
         self._hooks.append(
-            _HookSpec(
+            HookSpec(
                 func,
                 name or str(getattr(func, "__qualname__", "hook")),
                 frozenset(channels) if channels is not None else None,
                 frozenset(symbols) if symbols is not None else None,
+                on_contract,
             )
         )
 
@@ -239,6 +228,8 @@ class Daemon:
             out["console"] = self.console.stats()
         if self.backfill is not None:
             out["backfill"] = self.backfill.stats()
+        if self.listings is not None:
+            out["listings"] = self.listings.stats()
         if self.health is not None:
             out["health_url"] = self.health.url
         return out
@@ -266,7 +257,8 @@ class Daemon:
                 limit = hs.quiet_freshness_s if quiet else hs.freshness_s
                 age = st.get("last_frame_age_s")
                 if not st.get("first_frame_seen"):
-                    if not quiet or uptime > limit:
+                    # A quiet stream gets its grace from when it became expected (a listing's too).
+                    if not quiet or st.get("expected_for_s", uptime) > limit:
                         not_ready.append(f"stream {name}: no frame yet")
                 elif age is None or age > limit:
                     not_ready.append(f"stream {name}: last frame {age} s ago")
@@ -305,7 +297,7 @@ class Daemon:
             ssl_context=self.tls,
         )
         await self._wait_out_ban()
-        self.contracts = await self._discover()
+        self.contracts = await discover_run_contracts(self.rest, self.venue, s)
         discovered_at = time.time_ns()
         if s.health.port:
             self.health = HealthServer(
@@ -367,14 +359,15 @@ class Daemon:
         if s.backfill.enabled and ("agg_trade" in chans or "trade" in chans):
             await self._start_backfill(chans)
 
-        stream_channels = [c for c in chans if c != "depth_snapshot"]
+        stream_channels = tuple(c for c in chans if c != "depth_snapshot")
+        parser = FrameParser(self.venue.name, self.contracts)
         if stream_channels:
             plans = plan_connections(self.venue, self.contracts, stream_channels, s.streams)
             self.streams = StreamsProducer(
                 self.venue,
                 self.ws_url,
                 plans,
-                FrameParser(self.venue.name, self.contracts),
+                parser,
                 self._emit,
                 s.streams,
                 raw=s.json_dump.raw,
@@ -384,6 +377,8 @@ class Daemon:
             self._spawn(self.streams.run(), "streams")
         else:
             self.service.ready("running: no websocket streams to wait for")
+        if s.discovery.follow:
+            self._follow_listings(parser, stream_channels)
 
     async def _start_consumers(self) -> None:
         self._attach_consumers()
@@ -391,26 +386,23 @@ class Daemon:
         if self.console is not None:
             await self.console.start()
 
-    async def _discover(self) -> ContractSet:
-        """The run's contracts: discovered, narrowed to ``--symbols`` and to this shard."""
-        assert self.rest is not None
+    def _follow_listings(self, parser: FrameParser, stream_channels: tuple[str, ...]) -> None:
+        """``--follow-listings``: every part that knows the contract set follows exchangeInfo."""
         s = self.settings
-        discovered = await discover(self.rest, self.venue)
-        if discovered.skipped_unsafe:
-            log.warning(
-                "skipped %d symbols with unsafe names: %s",
-                len(discovered.skipped_unsafe),
-                ", ".join(discovered.skipped_unsafe[:10]),
-            )
-        contracts = discovered.select(s.symbols) if s.symbols else discovered
-        if s.shard is not None:
-            k, n = s.shard
-            contracts = select_shard(contracts, k, n)
-            if not len(contracts):
-                raise StartupError(f"shard {k}/{n} of {len(discovered)} contracts is empty: use fewer shards")
-        if not len(contracts):
-            raise StartupError(f"{self.venue.name}: discovery found no trading contracts at {self.rest_url}")
-        return contracts
+        assert self.rest is not None
+        assert self.contracts is not None
+        followers = Followers(
+            stream_channels, s.streams, parser=parser, streams=self.streams, books=self.books,
+            snapshots=self.snapshots, backfill=self.backfill, pollers=self.pollers, hooks=self.hook_context,
+        )  # fmt: skip
+        self.listings = ListingWatcher(
+            self.rest, self.venue, self.contracts, followers, self._emit, refresh_s=s.discovery.refresh_s,
+            narrow=lambda found: narrow(found, s.symbols, s.shard), on_change=self._contracts_changed,
+        )  # fmt: skip
+        self._spawn(self.listings.run(), "listings")
+
+    def _contracts_changed(self, contracts: ContractSet) -> None:
+        self.contracts = contracts
 
     async def _start_backfill(self, chans: Sequence[str]) -> None:
         """Trade holes are filled from REST; on an existing data dir, from its last stored ids."""
@@ -421,19 +413,8 @@ class Daemon:
         self.backfill = Backfiller(
             self.rest, self.venue.name, self.contracts, self._emit, s.backfill, chans, api_key=key
         )
-        if s.storage.enabled and s.storage.data_dir.is_dir():
-            symbols = [(c.native, c.symbol) for c in self.contracts]
-            tails = await asyncio.to_thread(
-                stored_tails, s.storage.data_dir, self.venue.name, symbols, chans, s.backfill.max_age_s
-            )
-            self.backfill.restore(tails)
-            if tails:
-                holes = sum(len(t.holes) for t in tails)
-                log.info(
-                    "data dir holds trades of %d symbol(s)%s: the stream resumes from the last stored ids",
-                    len(tails),
-                    f" and {holes} hole(s) within backfill.max_age_s" if holes else "",
-                )
+        if s.storage.enabled:
+            await self.backfill.resume_from_storage(s.storage.data_dir)
         self._spawn(self.backfill.run(), "backfill")
 
     def _attach_consumers(self) -> None:
@@ -463,6 +444,7 @@ class Daemon:
                 channels=h.channels,
                 timeout_s=s.hooks.timeout_s,
                 context=self.hook_context,
+                on_contract=h.on_contract,
             )
             self.bus.attach(
                 consumer, maxsize=s.hooks.queue_size, policy=OverflowPolicy(s.hooks.policy), symbols=h.symbols
@@ -663,6 +645,8 @@ class Daemon:
         # Phase 1: stop intake. Producers close their sockets; nothing new enters the bus. Each
         # finishes the batch it is emitting (within the deadline): the clock emits records too.
         for name, part in (
+            # First: no listing may open a connection while the others close.
+            ("listings", self.listings),
             ("clock", self.clock),
             ("streams", self.streams),
             ("snapshots", self.snapshots),

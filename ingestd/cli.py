@@ -59,6 +59,11 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--health-host", help="bind address of the health endpoint (default 127.0.0.1)")
     p.add_argument("--nats-url", help="also publish every record to NATS JetStream (nats://HOST:PORT)")
     p.add_argument("--shard", metavar="K/N", help="ingest only shard K of N of the contract set")
+    p.add_argument(
+        "--follow-listings",
+        action="store_true",
+        help="re-read exchangeInfo every discovery.refresh_s: stream new listings, retire delistings",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +139,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("health.host", args.health_host)
     put("nats.url", args.nats_url)
     put("shard", args.shard)
+    put("discovery.follow", True if args.follow_listings else None)
     return out
 
 

@@ -24,6 +24,7 @@ from ingestd.channels import Source
 from ingestd.consumers.nats import NatsSettings
 from ingestd.errors import ConfigError
 from ingestd.producers.backfill import BackfillSettings
+from ingestd.producers.discovery import DiscoverySettings
 from ingestd.producers.pollers import PollerSettings
 from ingestd.shard import ShardSpec
 from ingestd.venues.binance.channels import SELECTABLE, TABLES
@@ -212,6 +213,7 @@ class Settings(_Model):
     books: BookSettings = BookSettings()
     pollers: PollerSettings = PollerSettings()
     backfill: BackfillSettings = BackfillSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
     health: HealthSettings = HealthSettings()
     clock: ClockSettings = ClockSettings()
     nats: NatsSettings = NatsSettings()

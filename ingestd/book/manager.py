@@ -79,6 +79,8 @@ class _Symbol:
     """Why a ticker checked during snapshot replay disagreed (reported after the replay)."""
     since_top: int = 0
     repeated_disconnects: int = 0
+    counted_synced: bool = False
+    """Counted in the manager's "all books synced" tally."""
     ahead: deque[BookTicker] = field(default_factory=lambda: deque(maxlen=AUDIT_AHEAD))
     """bookTickers with an update id the book has not reached yet, oldest first."""
     replay_of: DepthSnapshot | None = None
@@ -163,18 +165,13 @@ class BookManager:
         self._request = request_snapshot
         self.book_depth = book_depth
         self.book_every = max(1, book_every)
+        self._max_buffered = max_buffered
+        self._book_factory = book_factory
+        self._replay_chunk = replay_chunk
         self._by_native: dict[str, _Symbol] = {}
         self._views: dict[str, BookView] = {}
         for c in contracts:
-            book = book_factory(c) if book_factory is not None else None
-            sym = _Symbol(c, BookSync(market, max_buffered, book, replay_chunk=replay_chunk))
-            # Tickers wait while the book is behind them: as many as diffs may wait for a
-            # snapshot, so a slow snapshot (or a burst replay) does not thin out the audit.
-            sym.ahead = deque(maxlen=max(AUDIT_AHEAD, max_buffered))
-            self._by_native[c.native] = sym
-            view = BookView(c.symbol, c.native, sym.sync)
-            self._views[c.native] = view
-            self._views[c.symbol] = view
+            self.add(c)
         self.unknown_symbols = 0
         self.snapshot_requests = 0
         self._first_synced = 0
@@ -332,6 +329,45 @@ class BookManager:
         last = sym.sync.last_update_id if sym.sync.is_synced else sym.gap_last_id
         return [self._gap(sym, GapInfo(kind, reason, last), ts, None)]
 
+    # -- a contract set that changes (listings) ---------------------------------------------
+
+    def add(self, contract: Contract) -> bool:
+        """Keep a book for ``contract`` from now on (a listing during the run). It starts idle and
+        syncs like any other: its first diff asks for a snapshot. ``False`` if already kept."""
+        if contract.native in self._by_native:
+            return False
+        factory = self._book_factory
+        book = factory(contract) if factory is not None else None
+        sym = _Symbol(
+            contract, BookSync(self.market, self._max_buffered, book, replay_chunk=self._replay_chunk)
+        )
+        # Tickers wait while the book is behind them: as many as diffs may wait for a
+        # snapshot, so a slow snapshot (or a burst replay) does not thin out the audit.
+        sym.ahead = deque(maxlen=max(AUDIT_AHEAD, self._max_buffered))
+        self._by_native[contract.native] = sym
+        view = BookView(contract.symbol, contract.native, sym.sync)
+        self._views[contract.native] = view
+        self._views[contract.symbol] = view
+        return True
+
+    def remove(self, native: str) -> bool:
+        """Drop the book of ``native`` (its contract stopped trading): it leaves :meth:`stats`
+        (so readiness stops waiting for it) and :meth:`get`; later records of it are counted as
+        unknown symbols. ``False`` if there was none."""
+        sym = self._by_native.pop(native, None)
+        if sym is None:
+            return False
+        self._views.pop(native, None)
+        self._views.pop(sym.contract.symbol, None)
+        # What it held no longer counts towards the memory bound, and no replay of it goes on.
+        self._held -= sym.held
+        self._waiting.pop(native, None)
+        self._replaying.pop(native, None)
+        if sym.counted_synced:
+            # The "all books synced" line counts first syncs of the books kept now.
+            self._first_synced -= 1
+        return True
+
     # -- readiness (hooks) ------------------------------------------------------------------
 
     def get(self, symbol: str) -> BookView | None:
@@ -455,7 +491,9 @@ class BookManager:
             sym.gap_started_ts = sym.gap_last_id = sym.gap_kind = None
         else:
             # First syncs are one line per symbol at start-up: DEBUG, plus one INFO when all are.
-            self._first_synced += 1
+            if not sym.counted_synced:
+                self._first_synced += 1
+                sym.counted_synced = True
             log.debug("%s: book synced at u=%s from snapshot %s (%d buffered diff(s) already in it)",
                       native, s.last_update_id, s.snapshot_id, s.already_in_snapshot)  # fmt: skip
             if self._first_synced == len(self._by_native):

@@ -4,6 +4,14 @@ A hook is ``async def on_record(record)`` or ``async def on_record(record, conte
 taking two positional parameters gets the :class:`HookContext`). Hooks are named in settings as
 ``module:function`` (:func:`load_hook`) or added in code with ``Daemon.add_hook``.
 
+A hook may also take contract changes: ``async def on_contract(row)`` (or ``(row, context)``),
+called with each ``contract`` row the hook's symbols pass — one per contract at start, then one
+per listing, delisting or definition change (``--follow-listings``) — in order with the records
+around it, under the same timeout and error rules. For ``--hook MODULE:FUNC`` it is the
+module-level ``on_contract`` next to ``FUNC`` (:func:`load_contract_hook`); in code,
+``Daemon.add_hook(func, on_contract=...)``. By the time it runs, ``context.contracts``,
+``price_precision`` and ``min_qty`` already hold the change.
+
 Isolation: the daemon gives each hook its own bounded bus queue (``drop_oldest`` by default) and
 task, so a slow hook loses its own oldest records and never slows storage. Each call runs under
 ``asyncio.timeout(timeout_s)``; an exception or a timeout is counted and logged once per episode
@@ -22,6 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from ingestd.errors import ConfigError
@@ -127,11 +136,49 @@ def load_hook(spec: str) -> HookFunc:
     return result
 
 
+def load_contract_hook(spec: str) -> HookFunc | None:
+    """The module-level ``on_contract`` of the module a ``module:function`` spec names, or
+    ``None`` when it has none. Call after :func:`load_hook` (which reports import errors);
+    a synchronous ``on_contract`` is a :class:`ConfigError`."""
+    module_name = spec.partition(":")[0]
+    func = getattr(importlib.import_module(module_name), "on_contract", None)
+    if func is None:
+        return None
+    if not _is_async(func):
+        raise ConfigError(
+            f"hook {spec!r}: {module_name}.on_contract is not an async function (define it with 'async def')",
+            key="hooks.specs",
+        )
+    result: HookFunc = func
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class HookSpec:
+    """One hook of a run, as ``--hook`` or ``Daemon.add_hook`` registered it: the callable, its
+    name, the channels and normalized symbols it takes (``None``: all) and its ``on_contract``."""
+
+    func: HookFunc
+    name: str
+    channels: frozenset[str] | None = None
+    symbols: frozenset[str] | None = None
+    on_contract: HookFunc | None = None
+
+    @classmethod
+    def load(cls, spec: str) -> HookSpec:
+        """The hook a ``module:function`` spec names, with its module's ``on_contract`` if any."""
+        return cls(load_hook(spec), spec, on_contract=load_contract_hook(spec))
+
+
 class HookConsumer:
     """Feeds records to one hook, in order, one call per record, each under a timeout.
 
-    ``stats()`` keys: ``calls``, ``call_errors`` (exceptions raised by the hook; the bus's
-    ``errors`` beside it counts batches this consumer itself failed on), ``timeouts``,
+    ``on_contract`` (optional) is called with each ``contract`` row as well (see the module
+    docstring); the bus then also offers this consumer the ``contract`` channel, which reaches
+    ``func`` only when ``channels`` names it (or is ``None``).
+
+    ``stats()`` keys: ``calls``, ``contract_calls``, ``call_errors`` (exceptions raised by the
+    hook; the bus's ``errors`` beside it counts batches this consumer itself failed on), ``timeouts``,
     ``overruns`` (calls that held the event loop past the timeout), ``latency_p50_ms`` /
     ``latency_p99_ms`` / ``latency_max_ms`` over the last 2,048 calls, and ``last_error``.
     """
@@ -144,14 +191,24 @@ class HookConsumer:
         channels: frozenset[str] | None,
         timeout_s: float,
         context: HookContext,
+        on_contract: HookFunc | None = None,
     ) -> None:
         if not _is_async(func):
             raise TypeError(f"hook {name}: {func!r} is not an async function")
+        if on_contract is not None and not _is_async(on_contract):
+            raise TypeError(f"hook {name}: on_contract {on_contract!r} is not an async function")
         if timeout_s <= 0:
             raise ValueError(f"hook {name}: timeout_s must be positive, got {timeout_s}")
         self.name = name
         self.func = func
-        self.channels = channels
+        self.record_channels = channels
+        """The channels ``func`` asked for (``None``: every market channel)."""
+        self.channels = channels if on_contract is None or channels is None else channels | {"contract"}
+        """What the bus offers this consumer: ``record_channels``, plus ``contract`` rows for
+        ``on_contract``."""
+        self.on_contract = on_contract
+        self.contract_context = on_contract is not None and wants_context(on_contract)
+        self.contract_calls = 0
         self.timeout_s = timeout_s
         self.context = context
         self.passes_context = wants_context(func)
@@ -185,13 +242,37 @@ class HookConsumer:
             )
 
     async def consume(self, batch: list[AnyRecord]) -> None:
-        """Call the hook once per record, in order. Never raises (except on cancellation)."""
+        """Call the hook once per record, in order (and ``on_contract`` once per ``contract``
+        row). Never raises (except on cancellation)."""
         loop = asyncio.get_running_loop()
+        if self.on_contract is None:
+            await self._all(batch, loop, self.func, self.passes_context)
+            return
+        wanted = self.record_channels
+        start = 0
+        for k, rec in enumerate(batch):
+            if rec.channel != "contract":
+                continue
+            if k > start:
+                await self._all(batch[start:k], loop, self.func, self.passes_context)
+            if wanted is None or "contract" in wanted:
+                await self._all([rec], loop, self.func, self.passes_context)
+            self.contract_calls += 1
+            await self._all([rec], loop, self.on_contract, self.contract_context)
+            start = k + 1
+        if start < len(batch):
+            await self._all(batch if start == 0 else batch[start:], loop, self.func, self.passes_context)
+
+    async def _all(
+        self, batch: list[AnyRecord], loop: asyncio.AbstractEventLoop, func: HookFunc, two: bool
+    ) -> None:
         i = 0
         while i < len(batch):
-            i = await self._calls(batch, i, loop)
+            i = await self._calls(batch, i, loop, func, two)
 
-    async def _calls(self, batch: list[AnyRecord], first: int, loop: asyncio.AbstractEventLoop) -> int:
+    async def _calls(
+        self, batch: list[AnyRecord], first: int, loop: asyncio.AbstractEventLoop, func: HookFunc, two: bool
+    ) -> int:
         """Call the hook on ``batch[first:]`` inside one timeout scope; returns where to go on.
 
         Each call still gets ``timeout_s``: instead of a timer per call (measured ~10 % of a
@@ -199,9 +280,7 @@ class HookConsumer:
         when it fires early, re-armed for the call running then. A call past its deadline
         expires the scope (its ``TimeoutError``); the next records get a new scope.
         """
-        func = self.func
         ctx = self.context
-        two = self.passes_context
         timeout = self.timeout_s
         scope = asyncio.timeout(None)
         self._expiring = False
@@ -315,6 +394,7 @@ class HookConsumer:
 
         return {
             "calls": self.calls,
+            "contract_calls": self.contract_calls,
             "call_errors": self.errors,
             "timeouts": self.timeouts,
             "overruns": self.overruns,

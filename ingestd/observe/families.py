@@ -189,3 +189,20 @@ def backfill(bf: Mapping[str, Any]) -> Iterator[Metric]:
         failures.add_metric([], bf.get("failures", 0))
         pending.add_metric([], bf.get("pending", 0) + bf.get("active", 0))
     yield from (holes, rows, unfilled, failures, pending)
+
+
+def listings(ls: Mapping[str, Any], contracts: int) -> Iterator[Metric]:
+    """The contracts ingested now; with ``--follow-listings``, its refreshes and the changes."""
+    current = _gauge("ingestd_contracts", "Contracts the run ingests now")
+    current.add_metric([], contracts)
+    yield current
+    if not ls:
+        return
+    refreshes = _counter("ingestd_listing_refreshes", "exchangeInfo reads applied (--follow-listings)")
+    failures = _counter("ingestd_listing_refresh_failures", "exchangeInfo reads that failed (retried)")
+    changes = _counter("ingestd_listing_changes", "Contracts listed, delisted or redefined", "kind")
+    refreshes.add_metric([], ls.get("refreshes", 0))
+    failures.add_metric([], ls.get("failures", 0))
+    for kind in ("listed", "delisted", "changed"):
+        changes.add_metric([kind], ls.get(kind, 0))
+    yield from (refreshes, failures, changes)

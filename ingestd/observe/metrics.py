@@ -230,6 +230,7 @@ class _DaemonCollector(Collector):
         yield from families.books(s.get("books") or {})
         yield from families.clock(s.get("clock") or {})
         yield from families.backfill(s.get("backfill") or {})
+        yield from families.listings(s.get("listings") or {}, int(s.get("contracts", 0)))
         up = GaugeMetricFamily("ingestd_uptime_seconds", "Seconds since the daemon started")
         up.add_metric([], float(s.get("uptime_s", 0.0)))
         yield up

@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,7 +43,7 @@ from ingestd.book.records import Gap, GapKind
 from ingestd.errors import BannedError, IngestError, ParseError, RateLimitedError, RestError
 from ingestd.producers.events import Emit
 from ingestd.producers.rest import RestClient
-from ingestd.producers.stored import StoredTail
+from ingestd.producers.stored import StoredTail, stored_tails
 from ingestd.records import AggTrade, AnyRecord, Record, Trade
 from ingestd.venues.binance.history import (
     ENDPOINTS,
@@ -304,17 +305,37 @@ class Backfiller:
             if t.channel in self.channels and t.native in self._contracts:
                 self._restored[(t.channel, t.native)] = t
 
+    async def resume_from_storage(self, data_dir: Path) -> None:
+        """On an existing data dir, :meth:`restore` what it holds: the last stored ids of each
+        symbol and the holes stored within ``max_age_s``, read from the Parquet footers off the
+        event loop. A data dir that does not exist yet holds nothing."""
+        symbols = [(c.native, c.symbol) for c in self._contracts.values()]
+        tails = await asyncio.to_thread(
+            stored_tails, data_dir, self.venue, symbols, sorted(self.channels), self.settings.max_age_s
+        )
+        self.restore(tails)
+        if tails:
+            holes = sum(len(t.holes) for t in tails)
+            log.info(
+                "data dir holds trades of %d symbol(s)%s: the stream resumes from the last stored ids",
+                len(tails),
+                f" and {holes} hole(s) within backfill.max_age_s" if holes else "",
+            )
+
     def listed(self, contract: Contract) -> None:
         """A contract that started trading during the run: its history before its first stream
-        record (from its listing, within ``max_age_s``) is a hole."""
+        record (from its listing, within ``max_age_s``) is a hole. One that traded earlier in
+        the run (a spot pair back from ``BREAK``) goes on from the last record the stream gave:
+        only ids after it are missing (what was stored before must not be fetched again)."""
         self._contracts[contract.native] = contract
-        self._listed.add(contract.native)
+        if contract.native not in self._last_agg and contract.native not in self._last_trade:
+            self._listed.add(contract.native)
 
     def retire(self, native: str) -> None:
-        """A contract that stopped trading: forget it; its queued holes are still filled."""
+        """A contract that stopped trading: no listing hole is opened for it any more; its queued
+        holes are still filled (those trades happened while it was listed). Its last records
+        are kept (one per channel) in case it trades again."""
         self._listed.discard(native)
-        self._last_agg.pop(native, None)
-        self._last_trade.pop(native, None)
 
     # -- filling --------------------------------------------------------------------------------
 

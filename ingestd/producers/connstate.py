@@ -61,7 +61,7 @@ class StreamStats:
 
     __slots__ = (
         "cadence", "connection", "duplicates", "errors_in_episode", "first_frame_ts", "frames",
-        "id_reset_at", "id_resets", "last_frame", "parse_errors", "records", "spec",
+        "id_reset_at", "id_resets", "last_frame", "parse_errors", "planned_at", "records", "spec",
     )  # fmt: skip
 
     def __init__(self, connection: str, cadence: Cadence) -> None:
@@ -79,6 +79,8 @@ class StreamStats:
         self.last_frame = 0.0
         self.spec: ChannelSpec | None = None
         """The channel of the stream's records (identity and order key for the duplicate filter)."""
+        self.planned_at = time.monotonic()
+        """When the stream became expected (start-up, or the listing that added it)."""
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """The stream's part of ``stats()``."""
@@ -93,6 +95,7 @@ class StreamStats:
             "first_frame_seen": self.first_frame_ts is not None,
             "first_frame_ts": self.first_frame_ts,
             "last_frame_age_s": _age(now, self.last_frame),
+            "expected_for_s": round(now - self.planned_at, 3),
         }
 
 

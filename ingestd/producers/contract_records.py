@@ -15,6 +15,7 @@ exchangeInfo wrote (``"0.10"``): a tick size must not drift through float. ``exc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar, Final
 
 from ingestd.records import Record, register
@@ -22,8 +23,9 @@ from ingestd.venues.binance.endpoints import VENUES
 from ingestd.venues.binance.symbols import Contract, ContractDefinition, ContractSet, contract_from_definition
 
 UNLISTED: Final = "UNLISTED"
-"""``status`` of a row for a contract that left the venue's trading set (not a Binance value:
-exchangeInfo either stops listing the symbol or lists it with a status discovery does not keep)."""
+"""``status`` of a row for a contract that left the run's trading set while exchangeInfo no
+longer lists it (not a Binance value). A contract still listed with another status (USDⓈ-M
+``SETTLING``, spot ``BREAK`` …) gets that status instead, when the caller passes the statuses."""
 
 
 class ContractRecord(Record, frozen=True, kw_only=True, gc=False):
@@ -101,13 +103,21 @@ def contract_record(c: Contract, recv_ts: int, *, status: str | None = None) -> 
     )
 
 
-def contract_records(old: ContractSet | None, new: ContractSet, recv_ts: int) -> list[ContractRecord]:
+def contract_records(
+    old: ContractSet | None,
+    new: ContractSet,
+    recv_ts: int,
+    *,
+    statuses: Mapping[str, str] | None = None,
+) -> list[ContractRecord]:
     """The rows to write when the contract set goes from ``old`` to ``new`` (pure).
 
     ``old`` ``None`` (start-up): one row per contract of ``new``. Otherwise one row per contract
-    that is new or whose definition changed, and one row of status :data:`UNLISTED` (carrying
-    its last definition) per contract of ``old`` that ``new`` no longer holds. Rows come in
-    ``new``'s order, then the removed ones in ``old``'s order.
+    that is new or whose definition changed, and one row per contract of ``old`` that ``new`` no
+    longer holds, carrying its last definition and the status exchangeInfo gives it now
+    (``statuses``: native → status, e.g. ``SETTLING``), or :data:`UNLISTED` when it is not
+    listed at all (or still listed as ``TRADING``: it left the run for another reason). Rows
+    come in ``new``'s order, then the removed ones in ``old``'s order.
     """
     if old is None:
         return [contract_record(c, recv_ts) for c in new]
@@ -117,7 +127,12 @@ def contract_records(old: ContractSet | None, new: ContractSet, recv_ts: int) ->
         for c in new
         if (prev := before.get(c.native)) is None or _definition(prev) != _definition(c)
     ]
-    out += [contract_record(c, recv_ts, status=UNLISTED) for c in old if c.native not in new]
+    now = statuses or {}
+    for c in old:
+        if c.native not in new:
+            status = now.get(c.native)
+            gone = status if status and status != "TRADING" else UNLISTED
+            out.append(contract_record(c, recv_ts, status=gone))
     return out
 
 

@@ -116,6 +116,7 @@ class SnapshotProducer:
         self.fetched = 0
         self.failed = 0
         self.emitted = 0
+        self.cancelled = 0
         self.last_latency_s: float | None = None
         self.last_error: str | None = None
 
@@ -130,6 +131,32 @@ class SnapshotProducer:
             return
         self.requested += 1
         self._enqueue(native, urgent)
+
+    def set_contracts(self, contracts: ContractSet) -> list[str]:
+        """The run's contracts changed (listings): requests are admitted for ``contracts`` from
+        now on, and every request of a contract that left is cancelled — queued, waiting for a
+        retry, or in flight (its answer is not emitted). Returns the natives whose request was
+        cancelled."""
+        gone = [c.native for c in self.contracts if c.native not in contracts]
+        self.contracts = contracts
+        cancelled: list[str] = []
+        for native in gone:
+            timer = self._retry_timers.pop(native, None)
+            if timer is not None:
+                timer.cancel()
+            waiting = native in self._urgent or native in self._normal or native in self._in_flight
+            if timer is not None or waiting:
+                cancelled.append(native)
+            self._urgent.pop(native, None)
+            self._normal.pop(native, None)
+            self._retry_urgent.discard(native)
+            self._backoffs.pop(native, None)
+            self._ban_told.pop(native, None)
+            self._failing.discard(native)
+        if gone and not self._failing:
+            self._episode_failures = 0  # a failure episode of a contract that left ends with it
+        self.cancelled += len(cancelled)
+        return cancelled
 
     def _enqueue(self, native: str, urgent: bool) -> None:
         if native in self._in_flight:
@@ -174,6 +201,8 @@ class SnapshotProducer:
 
     def _requeue_front(self, native: str, urgent: bool) -> None:
         """Put a symbol back at the head of its class (its fetch was stopped by the host)."""
+        if native not in self.contracts:
+            return  # cancelled while in flight
         queue = self._urgent if urgent else self._normal
         if native in self._urgent or native in self._normal or native in self._retry_timers:
             return
@@ -184,6 +213,8 @@ class SnapshotProducer:
         self._ready.set()
 
     def _schedule_retry(self, native: str, urgent: bool) -> float:
+        if native not in self.contracts:
+            return 0.0  # cancelled while in flight
         backoff = self._backoffs.get(native)
         if backoff is None:
             backoff = self._backoffs[native] = Backoff(self.retry_initial_s, self.retry_max_s, 2.0)
@@ -249,6 +280,9 @@ class SnapshotProducer:
         self._in_flight.discard(native)
         self.fetched += 1
         self.last_latency_s = resp.elapsed_s
+        if native not in self.contracts:
+            # Cancelled while in flight (the contract stopped trading): no book waits for it.
+            return
         self._backoffs.pop(native, None)
         if native in self._failing:
             self._failing.discard(native)
@@ -327,6 +361,7 @@ class SnapshotProducer:
             "fetched": self.fetched,
             "failed": self.failed,
             "emitted": self.emitted,
+            "cancelled": self.cancelled,
             "pending": self.pending,
             "urgent_pending": len(self._urgent),
             "in_flight": len(self._in_flight),

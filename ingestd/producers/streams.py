@@ -163,6 +163,9 @@ class StreamsProducer:
                 self._group = tg
                 for slot in list(self._slots):
                     tg.create_task(self._run_slot(slot), name=f"streams:{slot.plan.name}")
+                # Held until close(): with every connection retired the group must stay open,
+                # or a contract listed later would get a connection no task runs.
+                tg.create_task(self._until_stopped(), name="streams:open")
         except BaseExceptionGroup as group:
             # Only fatal errors reach the group; surface the first one as itself.
             fatal = next((e for e in group.exceptions if isinstance(e, Exception)), None)
@@ -173,6 +176,9 @@ class StreamsProducer:
             self._group = None
             self._running = False
             self._finished.set()
+
+    async def _until_stopped(self) -> None:
+        await asyncio.shield(self._stop_future())
 
     async def close(self) -> None:
         """Stop every connection and wait until :meth:`run` has returned. Idempotent.

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import IO, Any
 
-from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook
+from ingestd.consumers.hooks import HookConsumer, HookContext, load_contract_hook, load_hook
 from ingestd.errors import ConfigError
 from ingestd.replay.engine import DEFAULT_WARMUP_S, Replay, format_ns
 from ingestd.replay.hooks import HookTarget, run_hooks
@@ -174,7 +174,7 @@ async def run(args: argparse.Namespace) -> int:
         context: HookContext = replay.context
         targets = [
             HookTarget(HookConsumer(spec, load_hook(spec), channels=None, timeout_s=args.hook_timeout,
-                                    context=context))
+                                    context=context, on_contract=load_contract_hook(spec)))
             for spec in args.hook or ()
         ]  # fmt: skip
     except ConfigError as exc:

@@ -277,8 +277,13 @@ class Replay:
         ctx = self.context
         ctx.contracts = ContractSet(self.venue, tuple(self._contracts.values()))
         # Updated in place: a hook that kept a reference sees the new values.
-        ctx.price_precision.update(ctx.contracts.price_precision())
-        ctx.min_qty.update(ctx.contracts.min_qty())
+        precision, min_qty = ctx.contracts.price_precision(), ctx.contracts.min_qty()
+        for gone in [k for k in ctx.price_precision if k not in precision]:
+            del ctx.price_precision[gone]
+        for gone in [k for k in ctx.min_qty if k not in min_qty]:
+            del ctx.min_qty[gone]
+        ctx.price_precision.update(precision)
+        ctx.min_qty.update(min_qty)
 
     def _book_manager(self, max_buffered: int, book_factory: BookFactory | None) -> BookManager:
         symbols = _stored(self.root / f"venue={self.venue}" / "channel=depth_diff", "symbol=*")
@@ -354,7 +359,12 @@ class Replay:
                 self._book(books, rec)
             elif cls is ContractRecord:
                 assert isinstance(rec, ContractRecord)
-                self._contracts[rec.native] = contract_from_record(rec)
+                # A contract that stopped trading (a --follow-listings delisting) leaves the
+                # context, as it left the live one.
+                if rec.status == "TRADING":
+                    self._contracts[rec.native] = contract_from_record(rec)
+                else:
+                    self._contracts.pop(rec.native, None)
                 self._publish_contracts()
             elif cls is Gap and books is not None:
                 assert isinstance(rec, Gap)

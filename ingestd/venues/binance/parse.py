@@ -207,7 +207,8 @@ _ENVELOPE: Final = msgspec.json.Decoder(Envelope)
 
 
 class FrameParser:
-    """Turns combined-stream frames of one venue into records, for the contracts of one run.
+    """Turns combined-stream frames of one venue into records, for the contracts of one run
+    (:meth:`set_contracts` when they change).
 
     One instance per venue; it caches one route per stream name it has parsed (bounded by the
     subscribed streams: only names with a known kind and symbol are cached). Not thread-safe.
@@ -222,6 +223,22 @@ class FrameParser:
         self.contracts = contracts
         self._by_name: dict[str, _Route] = {}
         self._by_key: dict[bytes, _Route] = {}
+
+    def set_contracts(self, contracts: ContractSet) -> None:
+        """Resolve stream names against ``contracts`` from now on (listings during the run).
+
+        Only the cached routes the change affects are dropped (they resolve again on their next
+        frame): those of a contract whose definition changed, and the all-market ones (they keep
+        the contract map). A stream of a contract that left keeps its route: a frame the venue
+        still sends on a stream we subscribed is data, not an error.
+        """
+        self.contracts = contracts
+        by_native = contracts.by_native()
+        for name, route in list(self._by_name.items()):
+            c = route.contract
+            if c is None or by_native.get(c.native, c) != c:
+                del self._by_name[name]
+                del self._by_key[name.encode()]
 
     def parse(self, frame: bytes | str, recv_ts: int) -> tuple[str, list[Record]]:
         """A combined-stream frame ``{"stream": name, "data": payload}`` → (stream name, records).

@@ -76,7 +76,8 @@ class Contract:
 
 @dataclass(frozen=True, slots=True)
 class ContractSet:
-    """The run's instruments, fixed at start. Reconnects resubscribe exactly these."""
+    """A run's instruments (immutable). Reconnects resubscribe exactly the streams a connection
+    was planned with; a run that follows listings replaces its set with a new one."""
 
     venue: str
     contracts: tuple[Contract, ...]
