@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ingestd.book.records import Gap
+from ingestd.book.records import Gap, GapKind
 from ingestd.config import StorageSettings
 from ingestd.consumers.parquet import ParquetWriter
 from ingestd.errors import ParseError
@@ -152,6 +152,43 @@ async def test_a_contiguous_stream_has_no_hole(aggs: list[tuple[int, dict[str, A
         # An id at or below the last (a venue that restarted its sequence) is no hole either.
         assert r.engine.observe([ws_agg(c, t, p) for t, p in aggs[10:20]]) is None
         assert r.engine.stats()["holes"] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_late_copy_does_not_move_the_last_id_back(aggs: list[tuple[int, dict[str, Any]]]) -> None:
+    """One stale aggTrade resent behind newer ones is no reason to think ids after it are missing
+    (they were stored): the next live record follows the newest one seen."""
+    async with rig() as r:
+        c = r.contract
+        assert r.engine.observe([ws_agg(c, t, p) for t, p in aggs[:300]]) is None
+        assert r.engine.observe([ws_agg(c, *aggs[5])]) is None  # the late copy
+        assert r.engine.observe([ws_agg(c, t, p) for t, p in aggs[300:310]]) is None
+        assert r.engine.stats()["holes"] == 0
+
+
+@pytest.mark.asyncio
+async def test_ids_that_restart_after_an_id_reset_are_a_new_sequence(
+    aggs: list[tuple[int, dict[str, Any]]],
+) -> None:
+    """After the duplicate filter's ``id_reset`` notice, the lower ids start a new sequence: the
+    next record is measured from them, and a jump within the new sequence is a hole again."""
+    async with rig() as r:
+        c = r.contract
+        assert r.engine.observe([ws_agg(c, t, p) for t, p in aggs[:300]]) is None
+        first = ws_agg(c, *aggs[0])
+        reset = Gap(
+            venue=c.venue, symbol=c.symbol, native=c.native, exchange_ts=None, recv_ts=first.recv_ts,
+            kind=GapKind.ID_RESET.value, reason="btcusdt@aggTrade: agg_id restarted",
+            last_update_id=aggs[299][1]["a"], first_update_id=aggs[0][1]["a"], final_update_id=None,
+            started_ts=first.recv_ts, data_channel="agg_trade",
+        )  # fmt: skip
+        assert r.engine.observe([reset, *(ws_agg(c, t, p) for t, p in aggs[:100])]) is None
+        assert r.engine.stats()["holes"] == 0
+        gaps = r.engine.observe([ws_agg(c, *aggs[150])])  # 100..149 skipped in the new sequence
+        assert gaps is not None
+        assert [(g.kind, g.first_update_id, g.final_update_id) for g in gaps if isinstance(g, Gap)] == [
+            ("trade_gap", aggs[100][1]["a"], aggs[149][1]["a"])
+        ]
 
 
 @pytest.mark.asyncio

@@ -174,19 +174,35 @@ class Backfiller:
                 if a.source != "ws":
                     continue
                 prev: Any = agg.get(a.native)
-                agg[a.native] = a
                 if prev is not None and a.agg_id <= prev.agg_id + 1:
+                    if a.agg_id > prev.agg_id:
+                        agg[a.native] = a
+                    # At or below the last id: a late copy, never a reason to move back (the next
+                    # record would look like a hole over ids already stored). Ids that really
+                    # restart lower come after an id_reset gap, which forgets the old sequence.
                     continue
+                agg[a.native] = a
                 gaps = self._jump("agg_trade", a, a.agg_id, prev, None if prev is None else prev.agg_id)
             elif cls is Trade:
                 t: Any = r
                 if t.source != "ws" or "trade" not in self.channels:
                     continue
                 prev = trd.get(t.native)
-                trd[t.native] = t
                 if prev is not None and t.trade_id <= prev.trade_id + 1:
+                    if t.trade_id > prev.trade_id:
+                        trd[t.native] = t
                     continue
+                trd[t.native] = t
                 gaps = self._jump("trade", t, t.trade_id, prev, None if prev is None else prev.trade_id)
+            elif cls is Gap:
+                g: Any = r
+                if g.kind == GapKind.ID_RESET.value:
+                    # A new sequence starts at the next record of this channel: it is not a hole.
+                    if g.data_channel == "agg_trade":
+                        agg.pop(g.native, None)
+                    elif g.data_channel == "trade":
+                        trd.pop(g.native, None)
+                continue
             else:
                 continue
             if gaps:

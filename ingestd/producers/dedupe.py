@@ -293,6 +293,7 @@ class HighWaterMarks:
             first_update_id=key if type(key) is int else None,
             final_update_id=None,
             started_ts=r.recv_ts,
+            data_channel=spec.channel,
         )
         self.reset_log.append((stream, gap))
         return gap
