@@ -31,8 +31,9 @@ from ingestd.consumers.nats import NatsPublisher
 from ingestd.consumers.parquet import ParquetWriter
 from ingestd.errors import IngestError, PhaseTimeoutError, StartupError
 from ingestd.observe.health import HealthServer
+from ingestd.observe.liveness import Intake, Liveness
 from ingestd.observe.metrics import MetricsTap, render
-from ingestd.observe.records import clock_sample
+from ingestd.observe.records import clock_sample, silent_stream_notices
 from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
 from ingestd.producers.clock import ClockEstimate, ClockSync
 from ingestd.producers.discovery import discover
@@ -86,7 +87,10 @@ class Daemon:
         self.health: HealthServer | None = None
         self.metrics = MetricsTap(self._clock_offset_ns)
         self.notifier = SdNotifier()
-        self.service = ServiceNotifier(self.notifier, self.readiness)
+        self._phase: str | None = "starting"
+        """What the intake does before the producers run (and while stopping); see :meth:`_intake`."""
+        self.liveness = Liveness(settings.health, settings.streams, self._intake)
+        self.service = ServiceNotifier(self.notifier, self.readiness, self.liveness.check)
         self._clock_skewed = False
         self.hook_context = HookContext()
         self._hooks: list[_HookSpec] = [
@@ -153,6 +157,7 @@ class Daemon:
             self._force = asyncio.Event()
         self._started_at = time.monotonic()
         self._install_signals()
+        self.liveness.start()
         try:
             await self._start()
         except StartupError:
@@ -194,6 +199,7 @@ class Daemon:
             "bus": self.bus.stats(),
             "connection_events": dict(self._conn_events),
             "book_errors": self.book_errors,
+            "liveness": self.liveness.stats(),
         }
         if self.streams is not None:
             out["streams"] = self.streams.stats()
@@ -244,8 +250,14 @@ class Daemon:
                 not_ready.append(f"order books failing ({self._book_errors_in_episode} batch(es) in a row)")
         return (not not_ready, {"not_ready": not_ready})
 
+    def _intake(self) -> Intake:
+        """For :class:`Liveness`: the start-up/shutdown phase, else what the websockets do."""
+        if self._phase is not None:
+            return Intake(phase=self._phase)
+        return Intake(streams=self.streams.stats() if self.streams is not None else None)
+
     def _metrics(self) -> bytes:
-        return render(self.stats, self.metrics, ready=self.readiness)
+        return render(self.stats, self.metrics, ready=self.readiness, alive=self.liveness.check)
 
     def _clock_offset_ns(self) -> int | None:
         """ns the venue clock is ahead of ours: 0 without a clock, ``None`` before its first estimate."""
@@ -286,7 +298,12 @@ class Daemon:
             raise StartupError(f"{self.venue.name}: discovery found no trading contracts at {self.rest_url}")
         if s.health.port:
             self.health = HealthServer(
-                s.health.host, s.health.port, stats=self.stats, ready=self.readiness, metrics=self._metrics
+                s.health.host,
+                s.health.port,
+                stats=self.stats,
+                ready=self.readiness,
+                metrics=self._metrics,
+                alive=self.liveness.check,
             )
             await self.health.start()
         if s.clock.enabled:
@@ -353,6 +370,7 @@ class Daemon:
             self._spawn(self.streams.run(), "streams")
         else:
             self.service.ready("running: no websocket streams to wait for")
+        self._phase = None
 
     def _attach_consumers(self) -> None:
         s = self.settings
@@ -430,9 +448,15 @@ class Daemon:
         self._conn_events[ev.kind.value] = self._conn_events.get(ev.kind.value, 0) + 1
         if ev.kind is ConnectionEventKind.DATA_FLOWING:
             self._notify_data_flowing(ev)
-        if self.books is None:
+        elif ev.kind is ConnectionEventKind.STREAM_SILENT and self.streams is not None:
+            # Start-up does not wait for a connection whose streams are silent: that is reported.
+            self.service.streams_silent(ev.connection, self.streams.stats()["connections"].keys())
+        if self.books is not None:
+            extra: list[Record] = self.books.on_connection_event(ev)
+        elif ev.kind is ConnectionEventKind.STREAM_SILENT and self.contracts is not None:
+            extra = silent_stream_notices(self.venue.name, self.contracts, ev)
+        else:
             return
-        extra: list[Record] = self.books.on_connection_event(ev)
         if extra:
             # Connection events arrive from the producer's task; publishing is async, so the gap
             # records are handed to a referenced task rather than dropped.
@@ -483,8 +507,12 @@ class Daemon:
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
             remaining,
         )
+        self._phase = (
+            f"waiting out a REST ban until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}"
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), remaining)
+        self._phase = "starting"
         if self._stop.is_set():
             raise StartupError("stopped while waiting for a REST ban to end")
 
@@ -548,6 +576,7 @@ class Daemon:
         intake = INTAKE_SHARE
 
         # systemd: STOPPING=1 as shutdown begins (TimeoutStopSec runs from here); no WATCHDOG after.
+        self._phase = "stopping"
         await self.service.stopping()
         # The clock emits records too (channel clock): it stops with the other producers.
         if self.clock is not None:
@@ -587,6 +616,7 @@ class Daemon:
         if self.health is not None:
             with contextlib.suppress(Exception):
                 await self.health.close()
+        await self.liveness.close()
         self.notifier.close()
         if self.rest is not None:
             with contextlib.suppress(Exception):

@@ -461,6 +461,26 @@ async def test_skip_depth_diff_by_index_and_update_id(cap: Capture) -> None:
 
 
 @pytest.mark.asyncio
+async def test_silence_holds_back_one_stream_of_a_connection(cap: Capture) -> None:
+    """A silenced stream is subscribed and acknowledged, then never sends; the other stream of
+    the same connection arrives complete and in order."""
+    want = frames_of(cap, DEPTH)
+    async with SimVenue([cap]) as sim, client() as http:
+        assert sim.faults.silence(TICKER) == 66_089
+        with pytest.raises(ConfigError, match="no stream"):
+            sim.faults.silence("ethusdt@bookTicker")
+        async with http.ws_connect(sim.ws_url + PUBLIC) as ws:
+            got = await read(ws, len(want))
+            await silent(ws, 0.1)
+            reply = await control(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 7})
+        stats = sim.stats()
+    assert reply == {"result": ["btcusdt@depth@100ms", "btcusdt@bookTicker"], "id": 7}
+    assert got == want
+    assert stats.frames_sent == {DEPTH: len(want), TICKER: 0, TRADE: 0}
+    assert stats.frames_skipped == {TICKER: 66_089}
+
+
+@pytest.mark.asyncio
 async def test_inject_raw_frames_and_server_shutdown(cap: Capture) -> None:
     huge = (
         b'{"stream":"btcusdt@depth@0ms","data":{"e":"depthUpdate","b":['
