@@ -195,6 +195,7 @@ class Daemon:
         out: dict[str, Any] = {
             "venue": self.venue.name,
             "uptime_s": round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0,
+            "phase": self._phase or "running",
             "contracts": len(self.contracts or ()),
             "bus": self.bus.stats(),
             "connection_events": dict(self._conn_events),

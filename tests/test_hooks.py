@@ -17,6 +17,7 @@ from ingestd.bus import Bus, OverflowPolicy
 from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook, wants_context
 from ingestd.errors import ConfigError
 from ingestd.records import AnyRecord, Record, Trade
+from tests.ops import wait_for as until
 from tests.test_parquet import CONTRACTS, trades
 
 
@@ -26,13 +27,6 @@ def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> s
     (tmp_path / f"{name}.py").write_text(body)
     monkeypatch.syspath_prepend(str(tmp_path))
     return name
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -257,7 +251,7 @@ async def test_a_misbehaving_hook_does_not_slow_storage_on_the_bus(
     with caplog.at_level(logging.ERROR, logger="ingestd.hooks"):
         for i in range(0, len(recs), 10):
             await bus.publish(recs[i : i + 10])
-        await until(lambda: storage.got == len(recs), timeout=2.0)
+        await until(lambda: storage.got == len(recs))
         elapsed = time.monotonic() - started
         # Storage got all N promptly; had it waited on the hook it would take 2000 x 20 ms = 40 s.
         assert elapsed < 1.0

@@ -343,21 +343,25 @@ async def test_venue_close_says_going_away(cap: Capture) -> None:
 
 @pytest.mark.asyncio
 async def test_paced_replay_follows_capture_time(cap: Capture) -> None:
-    """speed 20: frames spanning 4 s of capture time take about 0.2 s."""
+    """speed 20: frames spanning 4 s of capture time are not sent faster than in 0.2 s.
+
+    The first frame is sent at the earliest once the test started its clock, and the last of
+    them no earlier than 1/20 of their capture span later: a lower bound that holds on any
+    machine. (How much later, on a loaded one, is not the sim's business and not asserted.)
+    """
     depth = cap.streams.index(DEPTH)
     idx = [i for i, s in enumerate(cap.sid) if s == depth]
     span_ns = 4_000_000_000
-    n = sum(1 for i in idx if cap.ts[i] - cap.ts[idx[0]] <= span_ns)
-    async with (
-        SimVenue([cap], speed=20) as sim,
-        client() as http,
-        http.ws_connect(sim.ws_url + "/public/stream?streams=btcusdt@depth") as ws,
-    ):
-        await read(ws, 1)
-        start = time.perf_counter()
-        await read(ws, n - 1)
-        elapsed = time.perf_counter() - start
-    assert 0.15 <= elapsed <= 1.5, elapsed
+    within = [i for i in idx if cap.ts[i] - cap.ts[idx[0]] <= span_ns]
+    paced_s = (cap.ts[within[-1]] - cap.ts[within[0]]) / 20 / 1e9
+    assert paced_s > 0.15
+    async with SimVenue([cap], speed=20) as sim, client() as http:
+        start = time.monotonic()
+        async with http.ws_connect(sim.ws_url + "/public/stream?streams=btcusdt@depth") as ws:
+            got = await read(ws, len(within))
+            elapsed = time.monotonic() - start
+    assert got == frames_of(cap, DEPTH)[: len(within)]
+    assert elapsed >= paced_s, (elapsed, paced_s)
 
 
 # --------------------------------------------------------------------------- websocket faults
