@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import orjson
@@ -21,6 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from ingestd.app import Daemon
+
+T = TypeVar("T")
 
 WAIT_S = 30.0
 """Default overall timeout of :func:`wait_for`: long enough for a loaded machine, and only spent
@@ -47,6 +50,21 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"{what} not reached in {timeout:g} s")
         await asyncio.sleep(POLL_S)
+
+
+def completes_at_once(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` for one step and return its result; fails if it would have waited.
+
+    The check for "never blocks" that no machine's load can break: a coroutine that finishes at
+    its first step suspended for nothing, however long the step itself took.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return cast("T", done.value)
+    coro.close()
+    name = getattr(coro, "__qualname__", repr(coro))
+    raise AssertionError(f"{name} suspended: it waited for something")
 
 
 def free_port() -> int:

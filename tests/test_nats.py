@@ -44,7 +44,7 @@ from ingestd.consumers.nats import (
 )
 from ingestd.errors import ConfigError, ParseError, StartupError
 from ingestd.records import AggTrade, BookTicker, DepthDiff, DepthSnapshot, Kline, Record, Trade
-from tests.ops import wait_for
+from tests.ops import completes_at_once, wait_for
 
 nats = pytest.importorskip("nats", reason="nats-py (ingestd[nats]) is not installed")
 
@@ -476,13 +476,9 @@ async def test_outage_buffers_drops_oldest_and_resumes(own_server: OwnServer, re
 
         own_server.stop()
         await wait_for(lambda: not pub.stats()["connected"], what="the publisher to notice the outage")
-        slowest = 0.0
         for i in range(0, len(during), 100):
-            t0 = time.perf_counter()
-            await pub.consume(list(during[i : i + 100]))
-            slowest = max(slowest, time.perf_counter() - t0)
+            completes_at_once(pub.consume(list(during[i : i + 100])))  # never waits on NATS
             assert pub.stats()["buffered"] <= cap
-        assert slowest < 0.05, f"consume() took {slowest:.3f} s during the outage"
         st = pub.stats()
         assert st["buffered"] == cap
         assert st["buffer_dropped"] == len(during) - cap
@@ -564,16 +560,14 @@ async def test_unreachable_server_never_blocks_and_close_reports(real: Real) -> 
     s = NatsSettings(url=f"nats://{NATS_HOST}:{_free_port()}", buffer_records=100, connect_timeout_s=0.3,
                      reconnect_wait_s=0.1, close_timeout_s=0.5)  # fmt: skip
     pub = NatsPublisher(s)
-    t0 = time.perf_counter()
-    await pub.start()  # not fatal: it buffers and keeps trying
-    assert time.perf_counter() - t0 < 2
+    # Not fatal, and it does not wait for the server (which never comes): it buffers and retries.
+    await asyncio.wait_for(pub.start(), 30)
     await _publish_all(pub, real.records[:250], batch=50)
     assert pub.stats()["buffered"] == 100
     assert pub.stats()["buffer_dropped"] == 150
-    t0 = time.perf_counter()
-    await pub.close()
+    # Bounded by close_timeout_s (an unbounded close would wait for the server for ever).
+    await asyncio.wait_for(pub.close(), 30)
     await pub.close()  # idempotent
-    assert time.perf_counter() - t0 < 2
     assert pub.stats()["unpublished_at_close"] == 100
     assert pub.stats()["status"] == "closed"
 
