@@ -161,7 +161,10 @@ async def test_endpoints_answer_from_the_callables() -> None:
         status, body = await get_json(server.url + "/readyz")
         assert (status, body) == (200, {"ready": True, "not_ready": []})
         status, body = await get_json(server.url + "/status")
-        assert body == {"ready": True, "not_ready": [], "venue": "binance-usdm", "uptime_s": 1.0}
+        assert body == {
+            "ready": True, "not_ready": [], "alive": True, "not_alive": [],
+            "venue": "binance-usdm", "uptime_s": 1.0,
+        }  # fmt: skip
         status, raw = await get(server.url + "/metrics")
         assert (status, raw) == (200, b"# HELP x y\n")
         status, _ = await get(server.url + "/nope")

@@ -109,4 +109,8 @@ class HealthServer:
     async def _status(self, _: web.Request) -> web.Response:
         self.requests += 1
         ok, detail = self._ready()
-        return _json({"ready": ok, "not_ready": detail.get("not_ready", []), **self._stats()})
+        verdicts: dict[str, Any] = {"ready": ok, "not_ready": detail.get("not_ready", [])}
+        if self._alive is not None:
+            alive, why = self._alive()
+            verdicts |= {"alive": alive, "not_alive": why.get("not_alive", [])}
+        return _json({**verdicts, **self._stats()})
