@@ -4,12 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo live test lint bench soak clean
+.PHONY: install demo live test lint bench soak docker-check clean
 
-$(STAMP): pyproject.toml
+# The compiled speed-ups are rebuilt (pip install -e) when their C sources change.
+$(STAMP): pyproject.toml $(wildcard ingestd/*/*.c)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,nats]'
+	$(BIN)/python -m pip install -q -e '.[test,nats,nautilus]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +37,12 @@ bench: $(STAMP)
 ## Soak: the sim loops the bundled capture, ingestd stores it; memory, handles and counts checked.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --minutes 10
+
+## Docker: build the image, run it against `ingestd sim`, stop it, check its data and health.
+## deploy/docker-python-base.sh starts dockerd and makes the python:3.11-slim base offline.
+docker-check: $(STAMP)
+	bash deploy/docker-python-base.sh
+	$(BIN)/python -m tests.docker_check
 
 clean:
 	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache

@@ -116,9 +116,20 @@ class Sim:
         stop(self.proc)
 
 
-def start_sim(capture: Path, *, speed: float, cpu: int, log: Path, timeout: float = 180.0) -> Sim:
-    """Start the sim and wait for its ready line (``rest=… ws=…``)."""
+def start_sim(
+    capture: Path,
+    *,
+    speed: float,
+    cpu: int,
+    log: Path,
+    timeout: float = 180.0,
+    tls: tuple[Path, Path] | None = None,
+) -> Sim:
+    """Start the sim and wait for its ready line (``rest=… ws=…``). ``tls``: ``(certificate,
+    key)`` to serve ``https://`` and ``wss://``."""
     argv = [sys.executable, "-m", "ingestd.sim.cli", "--capture", str(capture), "--speed", f"{speed:g}"]
+    if tls is not None:
+        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     proc = spawn(argv, cpu=cpu, log=log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -19,11 +19,15 @@ if TYPE_CHECKING:
 LABELS: Final = {
     "ceiling": "(a) ceiling: aiohttp + orjson, receive and decode only",
     "ceiling-picows": "(a') ceiling with picows instead of aiohttp",
+    "ceiling-wss": "(a'') ceiling over wss (TLS, certificate verified)",
     "ingestd": "(b) ingestd end to end, storage on, all 6 channels",
     "ingestd-nostorage": "(c) ingestd --no-storage, hook only",
+    "ingestd-nostorage-wss": "(c') ingestd --no-storage over wss + https",
     "ingestd-cf": "(b') ingestd end to end, storage on, cryptofeed's channels",
     "cryptofeed": "(d) cryptofeed 2.4 BinanceFutures, L2 book + trades",
 }
+TLS_PAIRS: Final = {"ceiling-wss": "ceiling", "ingestd-nostorage-wss": "ingestd-nostorage"}
+"""TLS contender → its plain twin: the difference in CPU µs/msg is the TLS cost per message."""
 BEGIN: Final = "<!-- latest:begin -->"
 END: Final = "<!-- latest:end -->"
 PERF_BEGIN: Final = "<!-- perf:begin -->"
@@ -154,6 +158,11 @@ def summarize(
     for name, run in lat_runs.items():
         if name in rows:
             rows[name]["latency"] = run.detail.get("latency") or {"error": run.error}
+    tls_cost = {
+        plain: round(rows[tls]["cpu_us_per_msg"] - rows[plain]["cpu_us_per_msg"], 2)
+        for tls, plain in TLS_PAIRS.items()
+        if rows.get(tls, {}).get("runs_ok") and rows.get(plain, {}).get("runs_ok")
+    }
     return {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": info,
@@ -168,6 +177,7 @@ def summarize(
         "settings": {"runs": args.runs, "quick": args.quick, "latency_seconds": args.latency_seconds},
         "seconds": round(seconds),
         "contenders": rows,
+        "tls_cost_us_per_msg": tls_cost,
     }
 
 
@@ -200,6 +210,18 @@ def table(summary: dict[str, Any]) -> str:
             f"| {row['peak_rss_mb']:,} | {_fmt(row['x_ceiling'], '.2f')} "
             f"| {_fmt(row['x_cryptofeed'], '.2f')} |"
         )
+    cost = summary.get("tls_cost_us_per_msg") or {}
+    if cost:
+        rows = summary["contenders"]
+        parts = [
+            f"{rows[plain]['label'].split(' ', 1)[0]} {us:+.2f} µs/msg "
+            f"({us / rows[plain]['cpu_us_per_msg']:+.0%})"
+            for plain, us in cost.items()
+        ]
+        lines += [
+            "",
+            f"TLS cost per message (CPU µs/msg over wss minus over ws, same run): {'; '.join(parts)}.",
+        ]
     lat = [(n, r["label"], r["latency"]) for n, r in summary["contenders"].items() if r.get("latency")]
     if lat:
         lines += [

@@ -14,6 +14,12 @@ Contenders: ``ceiling`` (bare aiohttp + orjson), ``ingestd`` (end to end, storag
 channels, counting hook), ``ingestd-nostorage`` (``--no-storage``, hook only), ``ingestd-cf``
 (storage on, only cryptofeed's channels: the same bytes cryptofeed gets) and ``cryptofeed``
 (BinanceFutures L2 book + trades, count-only callbacks, its own virtualenv).
+
+``ceiling-wss`` and ``ingestd-nostorage-wss`` are ``ceiling`` and ``ingestd-nostorage`` over
+``wss://`` (and ``https://``): a second sim serves the same workload with a throwaway certificate
+(:mod:`ingestd.sim.certs`, made fresh in ``bench/.cache/tls``) that the contender verifies, the
+ceiling through ``SSL_CERT_FILE``, ingestd through ``--ca-file``. Their CPU µs/msg minus their
+plain twin's, in the same run, is the TLS cost per message.
 """
 
 from __future__ import annotations
@@ -30,12 +36,18 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import procs, report, workload
+from ingestd.sim.certs import make_certs
 
 CACHE: Final = procs.ROOT / "bench" / ".cache"
 RESULTS: Final = procs.ROOT / "bench" / "results"
 ALL_KINDS: Final = tuple(workload.STREAM_SUFFIX)
 CF_KINDS: Final = ("depth", "aggTrade")
-CONTENDERS: Final = ("ceiling", "ceiling-picows", "ingestd", "ingestd-nostorage", "ingestd-cf", "cryptofeed")
+CONTENDERS: Final = (
+    "ceiling", "ceiling-picows", "ceiling-wss", "ingestd", "ingestd-nostorage", "ingestd-nostorage-wss",
+    "ingestd-cf", "cryptofeed",
+)  # fmt: skip
+TLS_CONTENDERS: Final = ("ceiling-wss", "ingestd-nostorage-wss")
+"""Contenders that read the TLS sim (``wss://``, ``https://``)."""
 SIDE_VENVS: Final = {"cryptofeed": ("cryptofeed", "uvloop"), "ceiling-picows": ("picows", "orjson", "uvloop")}
 """Contenders that run in their own virtualenv under bench/.cache, and what pip installs there."""
 
@@ -89,6 +101,17 @@ class Ctx:
     max_seconds: float
     latency: bool = False
     latency_seconds: float = 0.0
+    tls_sim: procs.Sim | None = None
+    """The same workload served over TLS (only when a TLS contender runs)."""
+    ca: Path | None = None
+    """The CA that signed ``tls_sim``'s certificate."""
+
+    def sim_for(self, name: str) -> procs.Sim:
+        """The sim contender ``name`` reads: the TLS one for the ``-wss`` contenders."""
+        if name in TLS_CONTENDERS:
+            assert self.tls_sim is not None, f"{name} needs the TLS sim"
+            return self.tls_sim
+        return self.sim
 
 
 def _result(path: Path) -> dict[str, Any] | None:
@@ -128,6 +151,9 @@ def _finish(name: str, doc: dict[str, Any] | None, sim_cpu: float, log: Path) ->
 
 def run_ceiling(ctx: Ctx, name: str = "ceiling") -> Run:
     module, py = "bench.contenders.ceiling", Path(sys.executable)
+    sim = ctx.sim_for(name)
+    # The ceiling verifies the TLS sim with aiohttp's default context, which reads SSL_CERT_FILE.
+    env = {"SSL_CERT_FILE": str(ctx.ca)} if name in TLS_CONTENDERS else None
     if name == "ceiling-picows":
         module, side = "bench.contenders.picows_ceiling", ctx.side.get("picows")
         if side is None:
@@ -136,32 +162,35 @@ def run_ceiling(ctx: Ctx, name: str = "ceiling") -> Run:
     out, log = ctx.work / f"{name}.json", ctx.work / f"{name}.log"
     streams = ctx.work / "streams.json"
     streams.write_text(json.dumps(ctx.wl.stream_names()))
-    argv = [str(py), "-m", module, "--ws", ctx.sim.ws, "--streams", str(streams), "--expect",
+    argv = [str(py), "-m", module, "--ws", sim.ws, "--streams", str(streams), "--expect",
             str(ctx.wl.frames), "--out", str(out), "--max-seconds", str(ctx.max_seconds)]  # fmt: skip
-    sim0 = ctx.sim.cpu_s()
-    proc = procs.spawn(argv, cpu=ctx.cpu, log=log)
+    sim0 = sim.cpu_s()
+    proc = procs.spawn(argv, cpu=ctx.cpu, env=env, log=log)
     _wait(proc, out, time.monotonic() + ctx.max_seconds + 30)
     procs.stop(proc)
-    return _finish(name, _result(out), ctx.sim.cpu_s() - sim0, log)
+    return _finish(name, _result(out), sim.cpu_s() - sim0, log)
 
 
 def run_ingestd(ctx: Ctx, name: str) -> Run:
-    storage = name != "ingestd-nostorage"
+    storage = name not in ("ingestd-nostorage", "ingestd-nostorage-wss")
     kinds = CF_KINDS if name == "ingestd-cf" else ALL_KINDS
+    sim = ctx.sim_for(name)
     out, log = ctx.work / f"{name}.json", ctx.work / f"{name}.log"
     data = ctx.work / f"data-{name}"
     shutil.rmtree(data, ignore_errors=True)
     port = procs.free_port()
     channels = ",".join(workload.CHANNEL[k] for k in kinds)
-    argv = [sys.executable, "-m", "ingestd", "--rest-url", ctx.sim.rest, "--ws-url", ctx.sim.ws,
+    argv = [sys.executable, "-m", "ingestd", "--rest-url", sim.rest, "--ws-url", sim.ws,
             "--channels", channels, "--hook", "bench.contenders.hook:on_record", "--health-port", str(port),
             "--log-level", "WARNING", "--depth-limit", SNAPSHOT_LIMIT]  # fmt: skip
     argv += ["--data-dir", str(data)] if storage else ["--no-storage"]
+    if name in TLS_CONTENDERS:
+        argv += ["--ca-file", str(ctx.ca)]
     expect = ctx.wl.count(kinds)
     env = {**INGESTD_ENV, "BENCH_OUT": str(out), "BENCH_EXPECT": "0" if ctx.latency else str(expect)}
     if ctx.latency:
         env["BENCH_LATENCY"] = "1"
-    sim0 = ctx.sim.cpu_s()
+    sim0 = sim.cpu_s()
     started = time.monotonic()
     proc = procs.spawn(argv, cpu=ctx.cpu, env=env, log=log)
     status: dict[str, Any] = {}
@@ -191,7 +220,7 @@ def run_ingestd(ctx: Ctx, name: str) -> Run:
         time.sleep(0.05)
     capped = proc.poll() is None
     procs.stop(proc, timeout=120)
-    run = _finish(name, _result(out), ctx.sim.cpu_s() - sim0, log)
+    run = _finish(name, _result(out), sim.cpu_s() - sim0, log)
     run.detail["capped"] = capped
     if not capped and run.ok and run.msgs < expect:
         run.error = f"only {run.msgs} of {expect} records reached the hook"
@@ -240,8 +269,10 @@ def run_cryptofeed(ctx: Ctx) -> Run:
 RUNNERS: Final[dict[str, Callable[[Ctx], Run]]] = {
     "ceiling": run_ceiling,
     "ceiling-picows": lambda ctx: run_ceiling(ctx, "ceiling-picows"),
+    "ceiling-wss": lambda ctx: run_ceiling(ctx, "ceiling-wss"),
     "ingestd": lambda ctx: run_ingestd(ctx, "ingestd"),
     "ingestd-nostorage": lambda ctx: run_ingestd(ctx, "ingestd-nostorage"),
+    "ingestd-nostorage-wss": lambda ctx: run_ingestd(ctx, "ingestd-nostorage-wss"),
     "ingestd-cf": lambda ctx: run_ingestd(ctx, "ingestd-cf"),
     "cryptofeed": run_cryptofeed,
 }
@@ -299,8 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[Run]] = {n: [] for n in names}
     lat_runs: dict[str, Run] = {}
     sim = procs.start_sim(wl.path, speed=0, cpu=sim_cpu, log=work / "sim-speed0.log")
+    tls_sim: procs.Sim | None = None
     try:
         ctx = Ctx(wl, sim, client_cpu, work, side, args.max_seconds)
+        if any(n in TLS_CONTENDERS for n in names):
+            # Same workload, same core, over TLS; idle while the plain contenders run.
+            certs = make_certs(CACHE / "tls")
+            tls_sim = procs.start_sim(
+                wl.path, speed=0, cpu=sim_cpu, log=work / "sim-tls-speed0.log", tls=(certs.cert, certs.key)
+            )
+            ctx.tls_sim, ctx.ca = tls_sim, certs.ca
         for r in range(args.runs):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
@@ -310,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)
     finally:
         sim.close()
+        if tls_sim is not None:
+            tls_sim.close()
     if not args.no_latency:
         lat_names = [n for n in LATENCY if n in names]
         sim = procs.start_sim(wl.path, speed=1, cpu=sim_cpu, log=work / "sim-speed1.log")

@@ -7,8 +7,9 @@ are unchanged.
 
 Mix (per frame): 45 % depth diffs (10-40 levels per side), 25 % aggTrade, 20 % bookTicker, 4 %
 markPrice, 3 % kline, 3 % 24hrTicker, over ``symbols`` real USDⓈ-M perpetuals (their tick and
-step decimals are from the fapi exchangeInfo in shared/realdata, cryptofeed 2021-10_head
-``BINANCE_FUTURES.0``). Activity is Zipf-like (BTCUSDT busiest), like the real market.
+step decimals are from the real fapi exchangeInfo
+``tests/data/cryptofeed/2021-10_head/BINANCE_FUTURES.0``). Activity is Zipf-like (BTCUSDT
+busiest), like the real market.
 
 Shapes: every payload keeps the key order and value formats of a real frame of its kind (the
 templates below name theirs: hftbacktest ``usdm_btcusdt_20240808`` for depthUpdate/bookTicker,
@@ -47,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
+from ingestd.venues.binance.channels import USDM_CHANNELS, stream_name
+
 VERSION: Final = 5
 """Bumped whenever the generator's output changes: the cache key includes it."""
 
@@ -68,18 +71,6 @@ MIX: Final = (
 )
 """Percent of frames per stream kind."""
 
-STREAM_SUFFIX: Final = {
-    "depth": "@depth@100ms",
-    "aggTrade": "@aggTrade",
-    "bookTicker": "@bookTicker",
-    "markPrice": "@markPrice@1s",
-    "kline": "@kline_1m",
-    "ticker": "@ticker",
-}
-"""Exactly the names ingestd subscribes (ingestd.venues.binance.endpoints.STREAM_TEMPLATES)."""
-
-ROUTE: Final = {k: "/public" if k in ("depth", "bookTicker") else "/market" for k in STREAM_SUFFIX}
-
 CHANNEL: Final = {
     "depth": "depth_diff",
     "aggTrade": "agg_trade",
@@ -90,8 +81,15 @@ CHANNEL: Final = {
 }
 """Stream kind → ingestd channel."""
 
+STREAM_SUFFIX: Final = {
+    k: stream_name(USDM_CHANNELS[ch], "", interval="1m", levels=20) for k, ch in CHANNEL.items()
+}
+"""Exactly the names ingestd subscribes (the channel table's templates), without the symbol."""
+
+ROUTE: Final = {k: USDM_CHANNELS[ch].route or "" for k, ch in CHANNEL.items()}
+
 # (symbol, price decimals, tick in units of the last price decimal, qty decimals, typical price).
-# Decimals and ticks: fapi exchangeInfo (shared/realdata cryptofeed 2021-10_head
+# Decimals and ticks: fapi exchangeInfo (tests/data/cryptofeed/2021-10_head/
 # BINANCE_FUTURES.0); BTCUSDT's tick is today's 0.10 (hftbacktest 2024 writes "61800.20").
 # Typical prices are round figures of the right magnitude, only used to start the walk.
 SYMBOLS: Final = (

@@ -5,7 +5,7 @@ book manager → snapshot producer → streams producer. Everything a producer e
 :meth:`Daemon._emit`: the book manager sees each batch first (and may add gap/book records), then
 the bus fans it out.
 
-Shutdown runs in phases under one deadline (STYLE.md §5): stop intake (producers closed, nothing
+Shutdown runs in phases under one deadline: stop intake (producers closed, nothing
 new enters) → drain the queues and flush the consumers (Parquet files are complete and renamed)
 → close the REST client. A second SIGINT forces: remaining tasks are cancelled and counted.
 """
@@ -15,14 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from ingestd import speedups
 from ingestd.book.manager import BookManager
 from ingestd.book.records import GapKind
 from ingestd.bus import Bus, OverflowPolicy
+from ingestd.channels import Cadence
 from ingestd.config import Settings
 from ingestd.consumers.console import ConsoleReporter
 from ingestd.consumers.hooks import HookConsumer, HookContext, load_hook
@@ -35,15 +39,20 @@ from ingestd.observe.liveness import Intake, Liveness
 from ingestd.observe.metrics import MetricsTap, render
 from ingestd.observe.records import clock_sample, silent_stream_notices
 from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
+from ingestd.producers.backfill import Backfiller
 from ingestd.producers.clock import ClockEstimate, ClockSync
+from ingestd.producers.contract_records import contract_records
 from ingestd.producers.discovery import discover
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.producers.pollers import PollerSet
 from ingestd.producers.rest import RestClient
 from ingestd.producers.snapshots import SnapshotProducer
+from ingestd.producers.stored import stored_tails
 from ingestd.producers.streams import StreamsProducer, plan_connections
 from ingestd.records import AnyRecord, Record
 from ingestd.shard import select_shard, shard_label
+from ingestd.tls import client_context, trust_source
+from ingestd.venues.binance.channels import TABLES
 from ingestd.venues.binance.endpoints import VENUES, VenueSpec
 from ingestd.venues.binance.parse import FrameParser
 from ingestd.venues.binance.symbols import ContractSet
@@ -69,13 +78,20 @@ class _HookSpec:
 
 
 class Daemon:
-    """One run of ingestd. Create, optionally :meth:`add_hook`, then ``await run()``."""
+    """One run of ingestd. Create, optionally :meth:`add_hook`, then ``await run()``.
 
-    def __init__(self, settings: Settings) -> None:
+    ``ssl_context``: the verifying TLS context (:func:`ingestd.tls.client_context`), when the
+    caller built it already; else it is built here from ``settings.tls``.
+    """
+
+    def __init__(self, settings: Settings, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
         self.venue: VenueSpec = VENUES[settings.venue]
         self.rest_url = settings.rest_url or self.venue.rest_url
         self.ws_url = settings.ws_url or self.venue.ws_url
+        # One verifying TLS context for every REST call and websocket, built before the loop
+        # runs (it reads CA files); a bad tls.ca_file is a ConfigError here (exit 2).
+        self.tls = ssl_context if ssl_context is not None else client_context(settings.tls.ca_file)
         self.contracts: ContractSet | None = None
         self.bus = Bus()
         self.books: BookManager | None = None
@@ -84,12 +100,13 @@ class Daemon:
         self.streams: StreamsProducer | None = None
         self.clock: ClockSync | None = None
         self.pollers: PollerSet | None = None
+        self.backfill: Backfiller | None = None
         self.health: HealthServer | None = None
         self.metrics = MetricsTap(self._clock_offset_ns)
         self.notifier = SdNotifier()
         self._phase: str | None = "starting"
         """What the intake does before the producers run (and while stopping); see :meth:`_intake`."""
-        self.liveness = Liveness(settings.health, settings.streams, self._intake)
+        self.liveness = Liveness(settings.health, settings.streams, self._intake, venue=settings.venue)
         self.service = ServiceNotifier(self.notifier, self.readiness, self.liveness.check)
         self._clock_skewed = False
         self.hook_context = HookContext()
@@ -158,6 +175,14 @@ class Daemon:
         self._started_at = time.monotonic()
         self._install_signals()
         self.liveness.start()
+        for channel in self.channels:
+            spec = TABLES[self.venue.name].get(channel)
+            if spec is not None and not spec.documented:
+                log.warning(
+                    "channel %s on %s: Binance does not document this stream on the venue's "
+                    "websocket, it may stay silent; use %s (docs/binance.md §2.3)",
+                    channel, self.venue.name, spec.instead or "another channel",
+                )  # fmt: skip
         try:
             await self._start()
         except StartupError:
@@ -201,6 +226,7 @@ class Daemon:
             "connection_events": dict(self._conn_events),
             "book_errors": self.book_errors,
             "liveness": self.liveness.stats(),
+            "speedups": speedups.active(),
         }
         if self.streams is not None:
             out["streams"] = self.streams.stats()
@@ -214,6 +240,8 @@ class Daemon:
             out["clock"] = self.clock.stats()
         if self.pollers is not None:
             out["pollers"] = self.pollers.stats()
+        if self.backfill is not None:
+            out["backfill"] = self.backfill.stats()
         if self.health is not None:
             out["health_url"] = self.health.url
         return out
@@ -221,10 +249,11 @@ class Daemon:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every stream is fresh and every book is synced; else name what is not.
 
-        Book streams (depth, bookTicker) and mark price tick several times a second on any listed
-        contract, so they must deliver within ``health.freshness_s``. Trade-driven streams (trades,
-        klines, tickers) can be quiet for minutes on a thin contract: they get
-        ``health.quiet_freshness_s``. Liquidations come only when they happen and are exempt.
+        How fresh a stream must be follows its channel's cadence (the channel table's). Book-driven
+        streams (depth, bookTicker, mark price) tick several times a second on any listed contract,
+        so they must deliver within ``health.freshness_s``. Trade-driven streams (trades, klines,
+        tickers) can be quiet for minutes on a thin contract: they get ``health.quiet_freshness_s``.
+        Event-driven ones (liquidations) come only when something happens and are exempt.
         """
         not_ready: list[str] = []
         if self.contracts is None:
@@ -233,9 +262,10 @@ class Daemon:
         uptime = time.monotonic() - self._started_at if self._started_at else 0.0
         if self.streams is not None:
             for name, st in self.streams.stats()["streams"].items():
-                if "@forceOrder" in name:
+                cadence = st["cadence"]
+                if cadence == Cadence.EVENT:
                     continue
-                quiet = not any(k in name for k in ("@depth", "@bookTicker", "@markPrice"))
+                quiet = cadence != Cadence.BOOK
                 limit = hs.quiet_freshness_s if quiet else hs.freshness_s
                 age = st.get("last_frame_age_s")
                 if not st.get("first_frame_seen"):
@@ -272,6 +302,8 @@ class Daemon:
 
     async def _start(self) -> None:
         s = self.settings
+        if any(u.startswith(("https:", "wss:")) for u in (self.rest_url, self.ws_url)):
+            log.info("TLS: verifying certificates against %s", trust_source(s.tls.ca_file))
         state_file = s.snapshots.state_file or (s.storage.data_dir / ".ingestd-state.json")
         self.rest = RestClient(
             self.rest_url,
@@ -279,24 +311,11 @@ class Daemon:
             headroom=s.snapshots.weight_headroom,
             state_file=state_file if s.storage.enabled or s.snapshots.state_file else None,
             timeout_s=s.snapshots.request_timeout_s,
+            ssl_context=self.tls,
         )
         await self._wait_out_ban()
-        discovered = await discover(self.rest, self.venue)
-        if discovered.skipped_unsafe:
-            log.warning(
-                "skipped %d symbols with unsafe names: %s",
-                len(discovered.skipped_unsafe),
-                ", ".join(discovered.skipped_unsafe[:10]),
-            )
-        contracts = discovered.select(s.symbols) if s.symbols else discovered
-        if s.shard is not None:
-            k, n = s.shard
-            contracts = select_shard(contracts, k, n)
-            if not len(contracts):
-                raise StartupError(f"shard {k}/{n} of {len(discovered)} contracts is empty: use fewer shards")
-        self.contracts = contracts
-        if not len(self.contracts):
-            raise StartupError(f"{self.venue.name}: discovery found no trading contracts at {self.rest_url}")
+        self.contracts = await self._discover()
+        discovered_at = time.time_ns()
         if s.health.port:
             self.health = HealthServer(
                 s.health.host,
@@ -321,6 +340,9 @@ class Daemon:
         self.hook_context.min_qty = self.contracts.min_qty()
         self._attach_consumers()
         await self.bus.start()
+        # The run's contract definitions go first (channel contract): replay and exports read
+        # the definition valid at each moment from them.
+        await self._emit(contract_records(None, self.contracts, discovered_at))
 
         chans = self.channels
         if "depth_snapshot" in chans:
@@ -355,6 +377,9 @@ class Daemon:
             self.pollers = PollerSet(self.rest, self.venue, self.contracts, self._emit, s.pollers)
             self._spawn(self.pollers.run(), "pollers")
 
+        if s.backfill.enabled and ("agg_trade" in chans or "trade" in chans):
+            await self._start_backfill(chans)
+
         stream_channels = [c for c in chans if c != "depth_snapshot"]
         if stream_channels:
             plans = plan_connections(self.venue, self.contracts, stream_channels, s.streams)
@@ -367,11 +392,57 @@ class Daemon:
                 s.streams,
                 raw=s.json_dump.raw,
                 on_event=self._on_connection_event,
+                ssl_context=self.tls,
             )
             self._spawn(self.streams.run(), "streams")
         else:
             self.service.ready("running: no websocket streams to wait for")
         self._phase = None
+
+    async def _discover(self) -> ContractSet:
+        """The run's contracts: discovered, narrowed to ``--symbols`` and to this shard."""
+        assert self.rest is not None
+        s = self.settings
+        discovered = await discover(self.rest, self.venue)
+        if discovered.skipped_unsafe:
+            log.warning(
+                "skipped %d symbols with unsafe names: %s",
+                len(discovered.skipped_unsafe),
+                ", ".join(discovered.skipped_unsafe[:10]),
+            )
+        contracts = discovered.select(s.symbols) if s.symbols else discovered
+        if s.shard is not None:
+            k, n = s.shard
+            contracts = select_shard(contracts, k, n)
+            if not len(contracts):
+                raise StartupError(f"shard {k}/{n} of {len(discovered)} contracts is empty: use fewer shards")
+        if not len(contracts):
+            raise StartupError(f"{self.venue.name}: discovery found no trading contracts at {self.rest_url}")
+        return contracts
+
+    async def _start_backfill(self, chans: Sequence[str]) -> None:
+        """Trade holes are filled from REST; on an existing data dir, from its last stored ids."""
+        s = self.settings
+        assert self.rest is not None
+        assert self.contracts is not None
+        key = os.environ.get("INGESTD_API_KEY", "").strip() or None
+        self.backfill = Backfiller(
+            self.rest, self.venue.name, self.contracts, self._emit, s.backfill, chans, api_key=key
+        )
+        if s.storage.enabled and s.storage.data_dir.is_dir():
+            symbols = [(c.native, c.symbol) for c in self.contracts]
+            tails = await asyncio.to_thread(
+                stored_tails, s.storage.data_dir, self.venue.name, symbols, chans, s.backfill.max_age_s
+            )
+            self.backfill.restore(tails)
+            if tails:
+                holes = sum(len(t.holes) for t in tails)
+                log.info(
+                    "data dir holds trades of %d symbol(s)%s: the stream resumes from the last stored ids",
+                    len(tails),
+                    f" and {holes} hole(s) within backfill.max_age_s" if holes else "",
+                )
+        self._spawn(self.backfill.run(), "backfill")
 
     def _attach_consumers(self) -> None:
         s = self.settings
@@ -421,6 +492,11 @@ class Daemon:
     # -- data path ----------------------------------------------------------------------------
 
     async def _emit(self, batch: Sequence[AnyRecord]) -> None:
+        backfill = self.backfill
+        if backfill is not None:
+            gaps = backfill.observe(batch)
+            if gaps:
+                batch = [*batch, *gaps]
         books = self.books
         if books is not None:
             try:
@@ -588,6 +664,7 @@ class Daemon:
             ("streams", self.streams),
             ("snapshots", self.snapshots),
             ("pollers", self.pollers),
+            ("backfill", self.backfill),
         ):
             if part is None:
                 continue

@@ -13,9 +13,9 @@ Chosen over decorrelated jitter (``min(max, uniform(initial, 3 * previous))``) b
 * the first delay after a healthy connection ends is short on average (``initial_s / 2``),
   which is what a dropped-but-healthy venue wants.
 
-:func:`classify` decides whether a connection failure is worth retrying (STYLE.md §3): network
-faults, timeouts and server-side HTTP statuses are; a URL that is not a websocket endpoint, a
-certificate that does not verify and programming errors are not.
+:func:`classify` decides whether a connection failure is worth retrying: network
+faults, timeouts, server-side HTTP statuses and TLS failures (a certificate that does not verify
+included) are; a URL that is not a websocket endpoint and programming errors are not.
 """
 
 from __future__ import annotations
@@ -107,17 +107,26 @@ def classify(exc: BaseException) -> bool:
     Retriable: network faults (``OSError``, ``EOFError``, aiohttp connection and payload
     errors), timeouts, websocket protocol errors, and handshake statuses in
     :data:`RETRIABLE_STATUS`. Fatal: other handshake statuses (a wrong path answers 404, a URL
-    that is not a websocket endpoint 200), invalid URLs, certificates that do not verify
-    (retrying would hide a security problem), and anything else (bugs). An
+    that is not a websocket endpoint 200), invalid URLs, and anything else (bugs). An
     :class:`~ingestd.errors.IngestError` says for itself through ``retriable``.
+
+    A TLS failure, a certificate that does not verify included, is retriable on purpose:
+    nothing is read over such a connection, so retrying hides nothing, and what fixes it happens
+    outside the process: the venue renews or corrects a certificate, an intercepting proxy goes
+    away, or the operator adds a CA to a hashed certificate directory (``/etc/ssl/certs``,
+    ``SSL_CERT_DIR``), which OpenSSL looks up at the next handshake. Exiting instead would only
+    become a restart loop under systemd that re-discovers every contract. The first failure of
+    an episode is logged with its reason (:func:`ingestd.tls.tls_reason`).
     """
     if isinstance(exc, TransportError):
         return exc.retriable
     status = _status(exc)
     if status is not None:
         return status in RETRIABLE_STATUS
-    if isinstance(exc, (ssl.SSLCertVerificationError, aiohttp.InvalidURL)):
+    if isinstance(exc, aiohttp.InvalidURL):
         return False
+    if isinstance(exc, ssl.SSLError):  # certificate verify failures included: see above
+        return True
     if isinstance(
         exc,
         (

@@ -1,8 +1,8 @@
 """The bus: one bounded queue per consumer, each with a named overflow policy.
 
 Producers publish *batches* (one per frame or per REST body): a per-record queue hop costs more
-than parsing (PERF.md). Each consumer has its own :class:`BoundedQueue`, bounded in records, and
-one runner task that hands it batches. Policies:
+than parsing (docs/performance.md §4). Each consumer has its own :class:`BoundedQueue`, bounded
+in records, and one runner task that hands it batches. Policies:
 
 * ``block``: the publisher waits for room. Storage uses it: nothing is dropped, and back-pressure
   reaches the websocket reader (and from there TCP).

@@ -1,4 +1,4 @@
-"""Command line: ``ingestd [run] …`` (the default) and ``ingestd sim …``.
+"""Command line: ``ingestd [run] …`` (the default), ``ingestd sim …``, ``replay``, ``export`` ….
 
 ``main(argv) -> int`` is testable in-process. Exit codes: 0 clean stop, 1 runtime failure,
 2 usage or configuration error, 3 start-up failure (discovery failed, unknown symbol …).
@@ -20,7 +20,7 @@ from ingestd.errors import ConfigError, StartupError
 from ingestd.records import CHANNELS
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
-SUBCOMMANDS = ("run", "sim", "tail", "status", "collect", "report")
+SUBCOMMANDS = ("run", "sim", "tail", "status", "collect", "report", "replay", "export")
 
 log = logging.getLogger("ingestd.cli")
 
@@ -46,6 +46,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hook", action="append", metavar="MODULE:FUNC", help="async hook, repeatable")
     p.add_argument("--rest-url", help="REST base URL override (sim, testnet)")
     p.add_argument("--ws-url", help="websocket base URL override (sim, testnet)")
+    p.add_argument(
+        "--ca-file", type=Path, metavar="FILE", help="PEM CAs to trust for https/wss (default: system store)"
+    )
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after N s (0 = forever)")
     p.add_argument("--depth-limit", type=int, help="levels per REST depth snapshot")
     p.add_argument("--snapshot-interval", type=float, metavar="SECONDS", help="also poll snapshots every N s")
@@ -84,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     from ingestd.report.cli import add_arguments as report_arguments  # noqa: PLC0415
 
     report_arguments(report)
+    replay = sub.add_parser("replay", help="run stored data through hooks, books rebuilt as of each record")
+    from ingestd.replay.cli import add_arguments as replay_arguments  # noqa: PLC0415
+
+    replay_arguments(replay)
+    export = sub.add_parser(
+        "export", help="write stored data in another tool's format (nautilus, hftbacktest)"
+    )
+    from ingestd.export.cli import add_arguments as export_arguments  # noqa: PLC0415
+
+    export_arguments(export)
     return parser
 
 
@@ -110,6 +123,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("hooks.specs", args.hook)
     put("rest_url", args.rest_url)
     put("ws_url", args.ws_url)
+    put("tls.ca_file", args.ca_file)
     put("duration_s", args.duration)
     put("snapshots.limit", args.depth_limit)
     put("snapshots.poll_interval_s", args.snapshot_interval)
@@ -139,18 +153,19 @@ def _check_combinations(settings: Any, *, raw: bool) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ingestd.app import Daemon  # noqa: PLC0415 - import cost only for the run command
-    from ingestd.config import load_settings  # noqa: PLC0415
+    from ingestd.config import CONFIG_ENV, load_settings  # noqa: PLC0415
     from ingestd.loop import loop_factory, tune_gc  # noqa: PLC0415
     from ingestd.observe.logging import setup_logging  # noqa: PLC0415
+    from ingestd.tls import client_context  # noqa: PLC0415
 
-    config_path = args.config or (
-        Path(os.environ["INGESTD_CONFIG"]) if os.environ.get("INGESTD_CONFIG") else None
-    )
+    config_path = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     try:
         settings = load_settings(config_path=config_path, cli=cli_overrides(args))
         _check_combinations(settings, raw=args.raw)
+        # Before logging starts: a bad tls.ca_file is an error before anything is opened.
+        tls = client_context(settings.tls.ca_file)
         setup_logging(settings.log.format, settings.log.level, settings.log.file)
-        daemon = Daemon(settings)
+        daemon = Daemon(settings, ssl_context=tls)
     except ConfigError as exc:
         print(f"ingestd: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -200,6 +215,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ingestd.loop import loop_factory  # noqa: PLC0415
+    from ingestd.observe.logging import setup_logging  # noqa: PLC0415
+    from ingestd.replay.cli import run  # noqa: PLC0415
+
+    setup_logging("text", "WARNING")
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(True)) as runner:
+            return runner.run(run(args))
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ingestd.export.cli import run  # noqa: PLC0415
+    from ingestd.observe.logging import setup_logging  # noqa: PLC0415
+
+    setup_logging("text", "WARNING")
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from ingestd.observe.status import run  # noqa: PLC0415
 
@@ -225,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_collect(args)
     if args.command == "report":
         return _cmd_report(args)
+    if args.command == "replay":
+        return _cmd_replay(args)
+    if args.command == "export":
+        return _cmd_export(args)
     return _cmd_run(args)
 
 

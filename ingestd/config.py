@@ -2,7 +2,9 @@
 
 Precedence, lowest first: built-in defaults < ``config.yaml`` < environment ``INGESTD_*`` < CLI
 flags. Environment keys use ``__`` for nesting: ``INGESTD_STORAGE__DATA_DIR=/srv/data``,
-``INGESTD_SYMBOLS=BTCUSDT,ETHUSDT``. Any mistake is a :class:`ConfigError` whose message is one
+``INGESTD_SYMBOLS=BTCUSDT,ETHUSDT``. Two ``INGESTD_*`` variables are not settings:
+``INGESTD_CONFIG`` names the config file (when ``--config`` is not given) and ``INGESTD_API_KEY``
+is ``ingestd collect``'s key. Any mistake is a :class:`ConfigError` whose message is one
 line naming the key, what was given and what is allowed; the CLI turns it into exit code 2
 before anything connects.
 """
@@ -13,18 +15,32 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ingestd.channels import Source
 from ingestd.consumers.nats import NatsSettings
 from ingestd.errors import ConfigError
+from ingestd.producers.backfill import BackfillSettings
 from ingestd.producers.pollers import PollerSettings
-from ingestd.records import CHANNELS
 from ingestd.shard import ShardSpec
+from ingestd.venues.binance.channels import SELECTABLE, TABLES
 
 ENV_PREFIX = "INGESTD_"
+CONFIG_ENV = "INGESTD_CONFIG"
+"""The config file's path when ``--config`` is not given (read by the CLI, not a setting)."""
+ENV_NOT_SETTINGS = frozenset({CONFIG_ENV, "INGESTD_API_KEY", "INGESTD_NO_EXTENSIONS"})
+"""``INGESTD_*`` variables the settings layer skips: the config file's path, the API key of
+``ingestd collect`` (a secret: it never enters the settings, their errors or ``/status``), and
+the switch that keeps the compiled speed-ups off (read at import, :mod:`ingestd.speedups`)."""
+DEFAULT_CHANNELS: Final[Mapping[str, tuple[str, ...]]] = {
+    "binance-usdm": ("agg_trade", "book_ticker", "depth_diff", "depth_snapshot"),
+    "binance-spot": ("trade", "agg_trade", "book_ticker", "depth_diff", "depth_snapshot"),
+}
+"""The channels of a run that names none (``channels`` null), per venue. No ``trade`` on USDⓈ-M:
+Binance documents only aggregated trades on that websocket (docs/binance.md §2.3)."""
 NATIVE_RE = re.compile(r"^[A-Z0-9_]{2,40}$")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -166,13 +182,22 @@ class ClockSettings(_Model):
     warn_offset_ms: PositiveFloat = 500.0
 
 
+class TlsSettings(_Model):
+    """Certificate verification of ``https://`` and ``wss://`` peers (always on)."""
+
+    ca_file: Path | None = None
+    """PEM bundle of the CAs to trust instead of the system store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
+    when set, else the OS bundle). Checked at start: missing or not PEM is a config error."""
+
+
 class Settings(_Model):
     """Everything a run needs. Built by :func:`load_settings`."""
 
     venue: Literal["binance-usdm", "binance-spot"] = "binance-usdm"
     symbols: tuple[str, ...] = ()
     """Native symbols (``BTCUSDT``); empty = every trading contract discovered."""
-    channels: tuple[str, ...] = ("trade", "agg_trade", "book_ticker", "depth_diff", "depth_snapshot")
+    channels: tuple[str, ...] = DEFAULT_CHANNELS["binance-usdm"]
+    """Given as null (or not at all): the venue's :data:`DEFAULT_CHANNELS`."""
     rest_url: str | None = None
     ws_url: str | None = None
     duration_s: Annotated[float, Field(ge=0)] = 0.0
@@ -187,11 +212,23 @@ class Settings(_Model):
     console: ConsoleSettings = ConsoleSettings()
     books: BookSettings = BookSettings()
     pollers: PollerSettings = PollerSettings()
+    backfill: BackfillSettings = BackfillSettings()
     health: HealthSettings = HealthSettings()
     clock: ClockSettings = ClockSettings()
     nats: NatsSettings = NatsSettings()
+    tls: TlsSettings = TlsSettings()
     shard: ShardSpec | None = None
     """``K/N``: this instance ingests shard K of N of the contract set (1-based)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _venue_default_channels(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("channels") is None:
+            venue = data.get("venue")
+            # A bad venue is reported by its own field; any default keeps the error to that one.
+            default = DEFAULT_CHANNELS.get(venue) if isinstance(venue, str) else None
+            data = {**data, "channels": default or DEFAULT_CHANNELS["binance-usdm"]}
+        return data
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -216,10 +253,10 @@ class Settings(_Model):
         if isinstance(v, str):
             v = [s.strip() for s in v.split(",") if s.strip()]
         if isinstance(v, (list, tuple)):
-            bad = [c for c in v if c not in CHANNELS]
+            bad = [c for c in v if c not in SELECTABLE]
             if bad:
                 raise ValueError(
-                    f"unknown channel {', '.join(map(repr, bad))}; allowed: {', '.join(CHANNELS)}"
+                    f"unknown channel {', '.join(map(repr, bad))}; allowed: {', '.join(SELECTABLE)}"
                 )
             if not v:
                 raise ValueError("at least one channel is needed")
@@ -237,12 +274,12 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _venue_channels(self) -> Settings:
-        if self.venue == "binance-spot":
-            bad = [c for c in self.channels if c in ("mark_price", "liquidation")]
-            if bad:
-                raise ValueError(f"channel {', '.join(bad)} does not exist on binance-spot")
-            if self.pollers.enabled:
-                raise ValueError("pollers are USDⓈ-M only (venue binance-usdm)")
+        table = TABLES[self.venue]
+        bad = [c for c in self.channels if c not in table.selectable]
+        if bad:
+            raise ValueError(f"channel {', '.join(bad)} does not exist on {self.venue}")
+        if self.pollers.enabled and not any(spec.source is Source.POLL for spec in table.values()):
+            raise ValueError("pollers are USDⓈ-M only (venue binance-usdm)")
         return self
 
 
@@ -270,7 +307,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``INGESTD_A__B=v`` → ``{"a": {"b": "v"}}``. Values stay strings; pydantic coerces them."""
     tree: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "INGESTD_API_KEY":
+        if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
         _set_path(tree, path, value)

@@ -27,9 +27,9 @@ def tune_gc() -> None:
     """GC settings for a long-running, allocation-heavy process.
 
     Records outlive their callback (they sit in queues and write buffers), which makes the
-    cyclic collector rescan them over and over: PERF.md measured 25-70 % of a core lost to it at
-    saturation. Freezing what start-up allocated and raising the gen-0 threshold removes most of
-    that; records are ``gc=False`` structs anyway.
+    cyclic collector rescan them over and over: 25-70 % of a core was lost to it at saturation
+    (docs/performance.md §4). Freezing what start-up allocated and raising the gen-0 threshold
+    removes most of that; records are ``gc=False`` structs anyway.
     """
     gc.collect()
     gc.freeze()

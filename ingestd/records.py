@@ -11,17 +11,20 @@ at most 15 significant digits round-trips exactly through float64, so books rebu
 ids are int64. Depth levels are lists of ``(price, qty)`` tuples; quantity 0 deletes a level.
 
 Structs are ``gc=False``: records never form reference cycles, and keeping millions of them out
-of the cyclic collector's view is what keeps GC pauses away at high rates (see PERF.md).
+of the cyclic collector's view is what keeps GC pauses away at high rates (docs/performance.md §4).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
 import msgspec
 
 Level = tuple[float, float]
 """One book level: ``(price, qty)``."""
+
+Source = Literal["ws", "rest"]
+"""Where a trade record came from: the websocket stream, or REST history filling a hole."""
 
 VENUES: Final = ("binance-usdm", "binance-spot")
 
@@ -40,7 +43,11 @@ class Record(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class Trade(Record, frozen=True, kw_only=True, gc=False):
-    """One trade (``<s>@trade``). ``trade_type`` is futures ``X`` (MARKET, INSURANCE_FUND …)."""
+    """One trade (``<s>@trade``). ``trade_type`` is futures ``X`` (MARKET, INSURANCE_FUND …).
+
+    ``source`` is ``"rest"`` for a trade fetched from ``historicalTrades`` to fill a hole the
+    stream left (no event time: ``exchange_ts`` is ``None``, ``transaction_ts`` is the trade time).
+    """
 
     channel: ClassVar[str] = "trade"
 
@@ -49,10 +56,15 @@ class Trade(Record, frozen=True, kw_only=True, gc=False):
     qty: float
     is_buyer_maker: bool
     trade_type: str | None = None
+    source: Source = "ws"
 
 
 class AggTrade(Record, frozen=True, kw_only=True, gc=False):
-    """An aggregated trade (``<s>@aggTrade``). ``normal_qty`` is futures ``nq`` (RPI excluded)."""
+    """An aggregated trade (``<s>@aggTrade``). ``normal_qty`` is futures ``nq`` (RPI excluded).
+
+    ``source`` is ``"rest"`` for an aggregate fetched from ``aggTrades`` to fill a hole the stream
+    left (no event time: ``exchange_ts`` is ``None``, ``transaction_ts`` is the trade time).
+    """
 
     channel: ClassVar[str] = "agg_trade"
 
@@ -63,6 +75,7 @@ class AggTrade(Record, frozen=True, kw_only=True, gc=False):
     qty: float
     is_buyer_maker: bool
     normal_qty: float | None = None
+    source: Source = "ws"
 
 
 class BookTicker(Record, frozen=True, kw_only=True, gc=False):

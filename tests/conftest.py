@@ -6,17 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.realdata import DATA, need
+
 ROOT = Path(__file__).resolve().parents[1]
-REALDATA = ROOT.parent / "shared" / "realdata"
 BUNDLED_CAPTURE = ROOT / "ingestd" / "sim" / "data" / "usdm_btcusdt_20240808.gz"
 
 
 @pytest.fixture(scope="session")
 def realdata() -> Path:
-    """shared/realdata beside the clone (CI clones next to shared/)."""
-    if not REALDATA.is_dir():
-        pytest.skip(f"real captures not found at {REALDATA}")
-    return REALDATA
+    """``tests/data``: the real captures the tests replay (see tests/data/PROVENANCE.md)."""
+    return need(DATA)
 
 
 @pytest.fixture(scope="session")

@@ -88,3 +88,73 @@ def read_channel(data_dir: Path, channel: str) -> pa.Table:
 def stored_counts(data_dir: Path) -> Counter[str]:
     t = open_dataset(data_dir).to_table(columns=["channel"])
     return Counter(t.column("channel").to_pylist())
+
+
+MS = 1_000_000
+
+
+def demo_counts(frames: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """Records the offline demo (``trade,book_ticker,depth_diff`` of one symbol) must store."""
+    return {
+        "trade": len(frames["trade"]),
+        "book_ticker": len(frames["bookTicker"]),
+        "depth_diff": len(frames["depth"]),
+        "depth_snapshot": 1,
+    }
+
+
+def assert_stored_as_captured(
+    data: Path, frames: dict[str, list[dict[str, Any]]], expected: dict[str, int]
+) -> None:
+    """Storage holds ``expected`` rows per channel, and every trade, bookTicker and depth diff of
+    the capture exactly once, equal to its payload field by field; the depth snapshot too."""
+    counts = stored_counts(data)
+    for channel, n in expected.items():
+        assert counts[channel] == n, (channel, counts)
+
+    trades = read_channel(data, "trade").sort_by("trade_id").to_pylist()
+    want = sorted(frames["trade"], key=lambda d: d["t"])
+    assert len(trades) == len(want)
+    for row, d in zip(trades, want, strict=True):
+        assert row["trade_id"] == d["t"]
+        assert row["price"] == float(d["p"])
+        assert row["qty"] == float(d["q"])
+        assert row["is_buyer_maker"] is d["m"]
+        assert row["exchange_ts"] == d["E"] * MS
+        assert row["transaction_ts"] == d["T"] * MS
+        assert row["trade_type"] == d["X"]
+        assert row["symbol"] == "BTC-USDT-PERP"
+        assert row["native"] == "BTCUSDT"
+        assert row["venue"] == "binance-usdm"
+
+    tickers = read_channel(data, "book_ticker").sort_by("update_id").to_pylist()
+    want = sorted(frames["bookTicker"], key=lambda d: d["u"])
+    assert len(tickers) == len(want)
+    for row, d in zip(tickers, want, strict=True):
+        assert (row["update_id"], row["bid_price"], row["bid_qty"], row["ask_price"], row["ask_qty"]) == (
+            d["u"],
+            float(d["b"]),
+            float(d["B"]),
+            float(d["a"]),
+            float(d["A"]),
+        )
+        assert row["exchange_ts"] == d["E"] * MS
+
+    diffs = read_channel(data, "depth_diff").sort_by("final_update_id").to_pylist()
+    want = sorted(frames["depth"], key=lambda d: d["u"])
+    assert len(diffs) == len(want)
+    for row, d in zip(diffs, want, strict=True):
+        assert row["first_update_id"] == d["U"]
+        assert row["final_update_id"] == d["u"]
+        assert row["prev_final_update_id"] == d["pu"]
+        assert [(lv["price"], lv["qty"]) for lv in row["bids"]] == [(float(p), float(q)) for p, q in d["b"]]
+        assert [(lv["price"], lv["qty"]) for lv in row["asks"]] == [(float(p), float(q)) for p, q in d["a"]]
+
+    (snap,) = read_channel(data, "depth_snapshot").to_pylist()
+    body = frames["snapshot"][0]
+    assert snap["last_update_id"] == body["lastUpdateId"]
+    assert len(snap["bids"]) == len(body["bids"])
+    assert [(lv["price"], lv["qty"]) for lv in snap["asks"]] == [
+        (float(p), float(q)) for p, q in body["asks"]
+    ]
+    assert snap["exchange_ts"] == body["E"] * MS

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from ingestd.app import Daemon
 from ingestd.backoff import Backoff
@@ -30,9 +29,9 @@ from ingestd.sim.captures import Capture, load_capture
 from ingestd.venues.binance.endpoints import stream_kind, stream_symbol
 from tests.e2e import settings_for
 from tests.ops import wait_for as until
+from tests.realdata import CF, need
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-CF_FUTURES = REALDATA / "cryptofeed" / "2021-10_head" / "BINANCE_FUTURES.ws.1.0"
+CF_FUTURES = CF / "2021-10_head" / "BINANCE_FUTURES.ws.1.0"
 """Real USDⓈ-M capture (cryptofeed sample data, 2021-07-22): 4 symbols, 30 s, 1,535 frames of
 depth@100ms, bookTicker, aggTrade and kline_1m, plus a REST snapshot per symbol (http.0.0)."""
 CF_CHANNELS = "agg_trade,book_ticker,depth_diff,kline"
@@ -52,9 +51,8 @@ Key = int | tuple[int, int]
 
 
 def real_capture(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real capture not found: {path}")
-    return path
+    """``path``, which must exist (tests/data holds every capture; a missing one fails)."""
+    return need(path)
 
 
 def payload_key(channel: str, d: Mapping[str, Any]) -> Key:

@@ -126,7 +126,9 @@ def _websockets_invalid_status(status: int) -> websockets.exceptions.InvalidStat
         (_handshake_error(200), False),
         (_websockets_invalid_status(500), True),
         (_websockets_invalid_status(401), False),
-        (ssl.SSLCertVerificationError("certificate verify failed"), False),
+        # Retriable by decision (see classify): the fix happens outside the process.
+        (ssl.SSLCertVerificationError("certificate verify failed"), True),
+        (ssl.SSLError("wrong version number"), True),
         (aiohttp.InvalidURL("nope"), False),
         (TransportError("dropped"), True),
         (TransportError("wrong path", retriable=False), False),

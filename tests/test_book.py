@@ -1,7 +1,7 @@
 """OrderBook and BookSync unit tests: the book's arithmetic and Binance's sync rules, in isolation.
 
-Levels and ids come from real payloads (shared/realdata/hftbacktest, nkaz001/hftbacktest, MIT;
-shared/realdata/cryptofeed, bmoscon/cryptofeed: "This product includes software developed by
+Levels and ids come from real payloads (tests/data/hftbacktest, nkaz001/hftbacktest, MIT;
+tests/data/cryptofeed, bmoscon/cryptofeed: "This product includes software developed by
 Bryant Moscon") wherever a rule is about what the real data looks like.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import random
 from decimal import Decimal
-from pathlib import Path
 
 import orjson
 import pytest
@@ -19,8 +18,7 @@ from ingestd.book.book import OrderBook
 from ingestd.book.records import BookTop, Gap, GapKind
 from ingestd.book.sync import APPLIED, NOTHING, BookSync, SyncState
 from ingestd.records import RECORD_TYPES, DepthDiff, DepthSnapshot, Level
-
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+from tests.realdata import HFT, need
 
 
 def lv(rows: list[list[str]]) -> list[Level]:
@@ -31,7 +29,7 @@ def lv(rows: list[list[str]]) -> list[Level]:
 
 
 def test_zero_quantity_deletes_whatever_its_text() -> None:
-    """USD-M writes "0.000", COIN-M "0", spot "0.00000000" (NOTES.md §1): all delete."""
+    """USD-M writes "0.000", COIN-M "0", spot "0.00000000" (docs/binance.md §8.2): all delete."""
     book = OrderBook()
     book.load_snapshot(
         lv([["2681.13", "4.298"], ["61804.7", "35"], ["0.33983000", "1500.00000000"]]),
@@ -129,9 +127,7 @@ def test_cached_tops_agree_with_a_full_scan_under_random_updates() -> None:
 
 def test_float_keys_rebuild_the_same_book_as_decimals() -> None:
     """Real spot ETHUSDT: the float book equals a Decimal book level for level at the end."""
-    path = REALDATA / "hftbacktest" / "spot_ethusdt_20240808.gz"
-    if not path.is_file():
-        pytest.skip(f"real capture not found at {path}")
+    path = need(HFT / "spot_ethusdt_20240808.gz")
     book = OrderBook()
     exact: dict[str, dict[Decimal, Decimal]] = {"b": {}, "a": {}}
     big_l = -1
@@ -180,6 +176,10 @@ def test_gap_and_book_records_are_registered() -> None:
         "buffer_overflow",
         "ban",
         "silent_stream",
+        "id_reset",
+        "trade_gap",  # trade holes (ingestd.producers.backfill)
+        "backfill",
+        "unfilled",
     }
 
 

@@ -1,7 +1,7 @@
 """BookManager on real sequences with one scripted fault each: exactly the hit symbol resyncs,
 the gap log says what happened with the right ids, and everything else is untouched.
 
-Faults are derived from real captures (shared/realdata: hftbacktest, nkaz001/hftbacktest, MIT;
+Faults are derived from real captures (tests/data: hftbacktest, nkaz001/hftbacktest, MIT;
 cryptofeed, bmoscon/cryptofeed: "This product includes software developed by Bryant Moscon"): a
 diff removed, a level or a bookTicker tampered, a snapshot withheld or made too old. A later
 "REST snapshot" is the exact book after a real diff, rebuilt from the untouched sequence.
@@ -17,10 +17,10 @@ from ingestd.book.sync import BookSync, Market, SyncState
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.records import BookTicker, DepthDiff, DepthSnapshot, Record, Trade
 from ingestd.venues.binance.symbols import ContractSet
+from tests.realdata import need
 from tests.test_sync_realdata import (
     CF,
     HFT,
-    REALDATA,
     SPOT,
     USDM,
     Replay,
@@ -35,8 +35,6 @@ SPOT_NATIVES = ["XMRBTC", "FTMUSDT", "SXPBTC", "BADGERBTC"]
 
 @pytest.fixture(scope="module")
 def fut() -> list[Record]:
-    if not REALDATA.is_dir():
-        pytest.skip(f"real captures not found at {REALDATA}")
     return read_cryptofeed(
         CF / "2021-10_head/BINANCE_FUTURES.http.0.0", CF / "2021-10_head/BINANCE_FUTURES.ws.1.0", USDM
     )
@@ -44,16 +42,11 @@ def fut() -> list[Record]:
 
 @pytest.fixture(scope="module")
 def spot() -> list[Record]:
-    if not REALDATA.is_dir():
-        pytest.skip(f"real captures not found at {REALDATA}")
     return read_cryptofeed(CF / "2021-08-14/BINANCE.http.0.0", CF / "2021-08-14/BINANCE.ws.1.0", SPOT)
 
 
 def hft(name: str, venue: str, native: str) -> list[Record]:
-    path = HFT / name
-    if not path.is_file():
-        pytest.skip(f"real capture not found at {path}")
-    return list(read_hft(path, venue, native))
+    return list(read_hft(need(HFT / name), venue, native))
 
 
 def snapshot_after(records: list[Record], native: str, market: Market, u: int, recv_ts: int) -> DepthSnapshot:

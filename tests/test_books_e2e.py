@@ -1,7 +1,7 @@
 """Order books end to end: `ingestd sim` replaying real captures → the daemon's books.
 
 Done-when of the order-book issue: every capture syncs with no false gap and the bookTicker audit
-count equals the figure proven offline (NOTES.md §1); a skipped diff resyncs only its symbol and
+count equals the figure proven offline (docs/binance.md §8.2); a skipped diff resyncs only its symbol and
 is in the gap log; a book rebuilt offline from stored Parquet equals the live book; 429/418 are
 honoured and a ban survives a restart.
 """
@@ -23,7 +23,7 @@ from ingestd.sim import SimVenue
 from tests.e2e import read_channel, run_until, settings_for, wait_for
 
 HFT = {
-    # file: (venue, native, audit checks proven offline in NOTES.md §1)
+    # file: (venue, native, audit checks proven offline in docs/binance.md §8.2)
     "usdm_btcusdt_20240808.gz": ("binance-usdm", "BTCUSDT", 629),
     "usdm_ethusdt_20240808.gz": ("binance-usdm", "ETHUSDT", 551),
     "spot_btcusdt_20240808.gz": ("binance-spot", "BTCUSDT", 564),

@@ -20,7 +20,7 @@ import pytest
 from ingestd.app import Daemon
 from ingestd.observe.records import CLOCK_SYMBOL, ClockSample
 from ingestd.records import RECORD_TYPES
-from ingestd.sim import SimVenue
+from ingestd.sim import Capture, SimVenue, load_capture
 from tests.e2e import read_channel, settings_for, wait_for
 from tests.ops import free_port, running, scrape, value
 
@@ -35,7 +35,7 @@ def _bound(rtt_ms: float) -> float:
     return max(TOLERANCE_MS, rtt_ms / 2 + 1.0)
 
 
-# A real USD-M aggTrade payload (shared/realdata/cryptofeed/2021-10_head/BINANCE_FUTURES.ws.1.0,
+# A real USD-M aggTrade payload (tests/data/cryptofeed/2021-10_head/BINANCE_FUTURES.ws.1.0,
 # CTKUSDT; this product includes software developed by Bryant Moscon), moved to BTCUSDT; E and T
 # are set to the skewed venue clock at the moment of sending.
 _AGG: dict[str, Any] = {"e": "aggTrade", "E": 0, "a": 16599292, "s": "BTCUSDT", "p": "1.01100", "q": "10",
@@ -55,6 +55,23 @@ def _agg_frame(i: int, skew_ms: int) -> bytes:
     return orjson.dumps({"stream": "btcusdt@aggTrade", "data": data})
 
 
+def without_trades(path: Path) -> Capture:
+    """The capture minus its recorded trades, so the sim derives no aggTrade stream from them."""
+    cap = load_capture(path)
+    trade = cap.streams.index("btcusdt@trade")
+    keep = [k for k, s in enumerate(cap.sid) if s != trade]
+    return Capture(
+        cap.name,
+        cap.format,
+        cap.market,
+        streams=cap.streams,
+        ts=[cap.ts[k] for k in keep],
+        sid=[cap.sid[k] for k in keep],
+        frames=[cap.frames[k] for k in keep],
+        snapshots=cap.snapshots,
+    )
+
+
 @pytest.mark.asyncio
 async def test_skewed_venue_clock_is_measured_stored_and_corrected(
     bundled_capture: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -63,14 +80,14 @@ async def test_skewed_venue_clock_is_measured_stored_and_corrected(
     port = free_port()
     data = tmp_path / "data"
     assert RECORD_TYPES["clock"] is ClockSample
-    async with SimVenue([bundled_capture], speed=0) as sim:
+    async with SimVenue([bundled_capture], speed=0, derive_agg_trades=False) as sim:
         sim.faults.clock_skew_ms = SKEW_MS
         settings = settings_for(
             sim.rest_url,
             sim.ws_url,
             data,
             symbols="BTCUSDT",
-            channels="agg_trade",  # the capture has no aggTrade: only the frames injected below
+            channels="agg_trade",  # no aggTrade derived from the trades: only the frames injected below
             clock={"interval_s": 0.2, "samples": 3, "warn_offset_ms": 500},
             health={"port": port},
         )

@@ -71,6 +71,41 @@ async def test_reconnects_resubscribe_the_same_streams_and_lose_nothing(
 
 
 @pytest.mark.asyncio
+async def test_a_looping_replay_whose_ids_restart_is_stored_again_behind_an_id_reset_gap(
+    bundled_capture: Path, tmp_path: Path
+) -> None:
+    """``ingestd sim --loop`` sends the capture again with the same ids: to the daemon the trade
+    ids restart lower. The second pass is new data, not duplicates: every record of it is stored
+    (field by field the capture's), behind one ``id_reset`` gap record that reaches storage."""
+    trades = capture_frames(bundled_capture)["trade"]
+    n = len(trades)
+    data = tmp_path / "data"
+    async with SimVenue([bundled_capture], speed=0, loop=True) as sim:
+        settings = settings_for(sim.rest_url, sim.ws_url, data, symbols="BTCUSDT", channels="trade")
+        daemon = Daemon(settings)
+
+        def second_pass_under_way() -> bool:
+            st = daemon.stats().get("streams", {}).get("streams", {}).get("btcusdt@trade", {})
+            return int(st.get("records", 0)) >= n + 2_000
+
+        await run_until(daemon, second_pass_under_way, timeout=90)
+    st = daemon.stats()["streams"]["streams"]["btcusdt@trade"]
+    rows = read_channel(data, "trade").sort_by([("recv_ts", "ascending")]).to_pylist()
+    assert len(rows) == st["records"] - st["duplicates"] >= n + 2_000  # nothing dropped silently
+    assert st["id_resets"] >= 1
+    for row, d in zip(rows, trades + trades, strict=False):  # pass 1, then pass 2 from the start
+        assert (row["trade_id"], row["price"], row["qty"], row["is_buyer_maker"], row["trade_type"]) == (
+            d["t"], float(d["p"]), float(d["q"]), d["m"], d["X"])  # fmt: skip
+        assert (row["exchange_ts"], row["transaction_ts"]) == (d["E"] * 1_000_000, d["T"] * 1_000_000)
+    gaps = [g for g in read_channel(data, "gap").to_pylist() if g["kind"] == "id_reset"]
+    assert len(gaps) == st["id_resets"]
+    first = gaps[0]
+    assert (first["native"], first["symbol"]) == ("BTCUSDT", "BTC-USDT-PERP")
+    assert (first["last_update_id"], first["first_update_id"]) == (trades[-1]["t"], trades[0]["t"])
+    assert first["started_ts"] == rows[n]["recv_ts"]  # it stands right before the new sequence
+
+
+@pytest.mark.asyncio
 async def test_hooks_get_records_and_contract_context(bundled_capture: Path, tmp_path: Path) -> None:
     seen: list[Record] = []
     contexts: list[HookContext] = []

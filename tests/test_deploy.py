@@ -1,6 +1,6 @@
 """Deployment files: the systemd units carry the directives the daemon relies on (and
 ``systemd-analyze verify`` accepts them when it exists), and the Dockerfile's HEALTHCHECK command
-really follows /readyz of a running health endpoint."""
+really follows liveness (/healthz) of a running endpoint, not readiness (/readyz)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
 
 from ingestd.config import HealthSettings, Settings
-from ingestd.observe.health import HealthServer
 from tests.ops import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +122,8 @@ def _healthcheck_command() -> list[str]:
     cmd = orjson.loads(m.group("cmd"))
     assert isinstance(cmd, list)
     assert cmd[0] == "python"
-    assert "/readyz" in cmd[-1]
+    assert "/healthz" in cmd[-1]  # liveness: a quiet or silent stream must not mark it unhealthy
+    assert "/readyz" not in cmd[-1]
     return [str(c) for c in cmd]
 
 
@@ -135,23 +136,30 @@ async def _run(cmd: list[str], port: int) -> int:
 
 
 @pytest.mark.asyncio
-async def test_docker_healthcheck_follows_readyz() -> None:
+async def test_docker_healthcheck_follows_healthz_not_readyz() -> None:
+    """Healthy while /healthz answers 200, whatever /readyz says; a 503 or no answer fails."""
     cmd = _healthcheck_command()
-    state = {"ok": True}
-    server = HealthServer(
-        "127.0.0.1",
-        free_port(),
-        stats=dict,
-        ready=lambda: (state["ok"], {"not_ready": [] if state["ok"] else ["stream x: no frame yet"]}),
-        metrics=lambda: b"",
-    )
-    await server.start()
+    state = {"live": 200}
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"live": state["live"] == 200}, status=state["live"])
+
+    async def readyz(_: web.Request) -> web.Response:  # a silent stream: never ready here
+        return web.json_response({"ready": False, "not_ready": ["stream x: no frame yet"]}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        assert await _run(cmd, server.port) == 0
-        state["ok"] = False
-        assert await _run(cmd, server.port) != 0
+        assert await _run(cmd, port) == 0
+        state["live"] = 503
+        assert await _run(cmd, port) != 0
     finally:
-        await server.close()
-    assert await _run(cmd, server.port) != 0  # nothing listening
+        await runner.cleanup()
+    assert await _run(cmd, port) != 0  # nothing listening
     assert HealthSettings().port == 9108  # the check's default port is the daemon's default
     assert "'9108'" in cmd[-1]

@@ -164,11 +164,13 @@ def test_sigterm_under_load_flushes_every_record_accepted_before_the_signal(
     assert "not flushed" not in log
     stored = assert_prefixes_of_the_capture(data, truth)
     snapshots = len(read_rows(data, "depth_snapshot"))
+    contracts = len(read_rows(data, "contract"))  # the start-up definition row
+    assert contracts == 1
     # Everything the storage queue had accepted when we looked (and what came until the signal).
-    assert stored + snapshots >= before["put"]
+    assert stored + snapshots + contracts >= before["put"]
     closed = [line for line in log.splitlines() if "parquet writer closed" in line]
     assert len(closed) == 1
-    assert f" {stored + snapshots} rows" in closed[0]
+    assert f" {stored + snapshots + contracts} rows" in closed[0]
     assert closed[0].endswith(", 0 dropped")
     for f in parquet_files(data):
         pq.ParquetFile(f)  # complete

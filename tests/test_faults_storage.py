@@ -140,11 +140,13 @@ async def test_a_full_disk_is_one_clear_error_rows_kept_to_the_bound_then_counte
     assert during["failing"] is True
     assert during["write_errors"] >= 1
     assert during["pending_rows"] == bound  # kept in memory up to the bound ...
-    assert during["dropped_rows"] == want - bound  # ... and the rest dropped, counted
+    # The rows: every stream record plus the start-up contract row of each symbol.
+    total = want + len(daemon.contracts or ())
+    assert during["dropped_rows"] == total - bound  # ... and the rest dropped, counted
     assert during["dropped"] == 0  # the bus queue itself dropped nothing
     assert after["failing"] is False
     assert after["rows"] == bound
-    assert after["dropped_rows"] == want - bound
+    assert after["dropped_rows"] == total - bound
     # One clear error for the episode (path and errno), one for the drops, one line on recovery.
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     failed = [m for m in errors if m.startswith("parquet write failed")]
@@ -169,7 +171,7 @@ async def test_a_full_disk_is_one_clear_error_rows_kept_to_the_bound_then_counte
             for r in got:
                 want_row = expected_row(channel, payloads[row_key(channel, r)])
                 assert {k: r[k] for k in want_row} == want_row
-    assert stored == bound
+    assert stored + len(read_rows(data, "contract")) == bound  # the contract rows came first
 
 
 @pytest.mark.asyncio

@@ -88,7 +88,7 @@ def liveness(
 ) -> Liveness:
     health = HealthSettings(loop_deadline_s=loop_deadline_s, liveness_s=liveness_s)
     streams = StreamSettings(stale_after_s=60.0, backoff_max_s=30.0, connect_timeout_s=10.0)
-    return Liveness(health, streams, intake, clock=clock)
+    return Liveness(health, streams, intake, venue="binance-usdm", clock=clock)
 
 
 def test_loop_deadline_a_late_heartbeat_and_a_missing_one() -> None:
@@ -179,7 +179,13 @@ def test_backoff_cap_and_connect_timeout_widen_the_allowance() -> None:
     carried = {"v/public#0": ["btcusdt@bookTicker"]}
     health = HealthSettings(liveness_s=1.0)
     streams = StreamSettings(stale_after_s=2.0, backoff_max_s=30.0, connect_timeout_s=10.0)
-    live = Liveness(health, streams, lambda: Intake(streams=streams_stats(conns, carried)), clock=clock)
+    live = Liveness(
+        health,
+        streams,
+        lambda: Intake(streams=streams_stats(conns, carried)),
+        venue="binance-usdm",
+        clock=clock,
+    )
     assert live.check()[0]
     clock.now += 41.0  # 30 s backoff + 10 s connect timeout + 1 s
     assert live.check()[0]

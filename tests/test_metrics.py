@@ -30,7 +30,7 @@ FAMILIES = (
     # records per venue/channel/symbol, stream age, per-connection bytes and reconnect reasons
     "ingestd_records", "ingestd_stream_frames", "ingestd_stream_age_seconds", "ingestd_connection_bytes",
     "ingestd_connection_state", "ingestd_reconnects", "ingestd_stream_parse_errors",
-    "ingestd_stream_duplicates",
+    "ingestd_stream_duplicates", "ingestd_stream_id_resets",
     # queues per consumer
     "ingestd_queue_depth", "ingestd_queue_high_water", "ingestd_queue_dropped", "ingestd_queue_capacity",
     # hooks

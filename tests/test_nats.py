@@ -31,6 +31,7 @@ import pytest_asyncio
 from pydantic import ValidationError
 
 from ingestd import tail
+from ingestd.book.records import Gap
 from ingestd.bus import Bus, Consumer, OverflowPolicy
 from ingestd.consumers.nats import (
     MSG_ID_HEADER,
@@ -43,7 +44,8 @@ from ingestd.consumers.nats import (
     subject_for,
 )
 from ingestd.errors import ConfigError, ParseError, StartupError
-from ingestd.records import AggTrade, BookTicker, DepthDiff, DepthSnapshot, Kline, Record, Trade
+from ingestd.producers.poller_records import LongShortRatio, OpenInterest
+from ingestd.records import AggTrade, BookTicker, DepthDiff, DepthSnapshot, Kline, MarkPrice, Record, Trade
 from tests.ops import completes_at_once, wait_for
 
 nats = pytest.importorskip("nats", reason="nats-py (ingestd[nats]) is not installed")
@@ -202,6 +204,76 @@ def test_message_ids_use_the_exchange_identity(real: Real) -> None:
         assert key == str(expected)
         seen[channel] = mid
     assert seen["depth_snapshot"] == "binance-usdm:depth_snapshot:BTCUSDT:5123107852948"
+
+
+def _gap(kind: str, **kw: Any) -> Gap:
+    base: dict[str, Any] = {"venue": "binance-usdm", "symbol": "BTC-USDT-PERP", "native": "BTCUSDT",
+                            "exchange_ts": None, "recv_ts": 1_723_161_256_000_000_000, "reason": "r",
+                            "last_update_id": 5123107837557, "first_update_id": None, "final_update_id": None,
+                            "started_ts": 1_723_161_256_000_000_000}  # fmt: skip
+    base.update(kw)
+    return Gap(kind=kind, **base)
+
+
+def _mark(mark_price: float, recv_ts: int = 1) -> MarkPrice:
+    return MarkPrice(
+        venue="binance-usdm", symbol="BTC-USDT-PERP", native="BTCUSDT", exchange_ts=1_617_308_820_003_000_000,
+        recv_ts=recv_ts, mark_price=mark_price, index_price=58857.26693664, estimated_settle_price=None,
+        funding_rate=0.00058455, next_funding_time=1_617_321_600_000_000_000,
+    )  # fmt: skip
+
+
+def test_a_gap_message_id_includes_its_kind() -> None:
+    """A desync and the resync that ends it share ``started_ts`` (and may share every time):
+    with the same id JetStream would keep one and drop the other as a duplicate."""
+    desync, resync = _gap("desync"), _gap("resync", ended_ts=1_723_161_257_000_000_000)
+    assert message_id(desync) != message_id(resync)
+    assert message_id(desync).startswith("binance-usdm:gap:BTCUSDT:desync:1723161256000000000:")
+    assert message_id(resync).startswith("binance-usdm:gap:BTCUSDT:resync:1723161256000000000:")
+    assert message_id(_gap("disconnect")) != message_id(_gap("disconnect", reason="another connection"))
+    assert message_id(desync) == message_id(_gap("desync"))  # a retry keeps its id
+
+
+def test_records_sharing_a_millisecond_get_distinct_ids_unless_they_say_the_same() -> None:
+    """Mark price, tickers and liquidations are keyed on their event time: their identity is
+    their content, so two different events of one millisecond are two messages."""
+    one, other = _mark(58940.14924532), _mark(58940.2)
+    assert message_id(one) != message_id(other)
+    assert message_id(one) == message_id(_mark(58940.14924532, recv_ts=2))  # the same event, heard twice
+    assert message_id(one).startswith("binance-usdm:mark_price:BTCUSDT:1617308820003000000:")
+
+
+def test_poller_rows_of_one_time_get_distinct_ids() -> None:
+    """Three long/short ratios (and the current vs. historical open interest) share a channel and
+    a timestamp; each is its own record."""
+    base: dict[str, Any] = {"venue": "binance-usdm", "symbol": "BTC-USDT-PERP", "native": "BTCUSDT",
+                            "exchange_ts": 1_583_139_600_000_000_000, "recv_ts": 1, "period": "5m",
+                            "long_short_ratio": 1.4342, "long_share": 0.5891,
+                            "short_share": 0.4108}  # fmt: skip
+    ratios = [LongShortRatio(**base, kind=k) for k in ("top_position", "top_account", "global_account")]
+    assert len({message_id(r) for r in ratios}) == 3
+    oi: dict[str, Any] = {"venue": "binance-usdm", "symbol": "BTC-USDT-PERP", "native": "BTCUSDT",
+                          "exchange_ts": 1_583_127_900_000_000_000, "recv_ts": 1,
+                          "open_interest": 20403.637}  # fmt: skip
+    assert message_id(OpenInterest(**oi)) != message_id(OpenInterest(**oi, period="5m"))
+
+
+@pytest.mark.nats
+@pytest.mark.asyncio
+async def test_distinct_records_sharing_a_time_are_all_stored(nats_url: str, js_admin: Any) -> None:
+    """Through JetStream: nothing distinct is lost to the duplicate window, copies still are."""
+    s = _settings(nats_url, js_admin)
+    pub = NatsPublisher(s)
+    await pub.start()
+    try:
+        distinct: list[Record] = [_gap("desync"), _gap("resync", ended_ts=2), _mark(1.0), _mark(2.0)]
+        await pub.consume([*distinct, _mark(1.0, recv_ts=5), _gap("desync")])
+        await wait_for(lambda: pub.stats()["acked"] == 6, what="acks")
+        stored = [decode_message(m.data) for m in await _stored(js_admin, s.stream)]
+        assert stored == distinct
+        assert pub.stats()["duplicates"] == 2
+    finally:
+        await pub.close()
 
 
 def test_subject_safety() -> None:

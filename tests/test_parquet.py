@@ -1,12 +1,12 @@
 """The Parquet writer: layout, schemas, read-back with pyarrow and DuckDB, rotation, crash safety,
 disk errors.
 
-Records come from real recorded Binance traffic (``shared/realdata``) through the venue parser:
+Records come from real recorded Binance traffic (``tests/data``) through the venue parser:
 the hftbacktest USDⓈ-M BTCUSDT capture (trades, bookTickers, depth diffs, the REST snapshot; it
 crosses midnight UTC, so two date partitions) and crypto-msg-parser's single messages (aggTrade,
 markPrice, depth20, tickers, kline). No genuine miniTicker or forceOrder capture exists: the
 miniTicker is projected out of a real 24hrTicker, the forceOrder is the real IOTXUSDT one quoted in
-tiagosiebler/binance (kept in ``tests/data/parse_frames.ndjson``, see ``tests/data/ORIGIN.md``).
+tiagosiebler/binance (kept in ``tests/data/parse_frames.ndjson``, see ``tests/data/PROVENANCE.md``).
 """
 
 from __future__ import annotations
@@ -580,6 +580,7 @@ async def test_writes_run_off_the_event_loop(tmp_path: Path, realdata: Path) -> 
     many = [r for r in _stream_records(realdata, b"@depth@0ms") if utc_date(r) == "2024-08-08"]
     assert len(many) > 6000
     assert all(isinstance(r, DepthDiff) for r in many)
+    many *= 4  # ~26 k rows of ~66 levels: a write of a few hundred ms
     w = ParquetWriter(settings(tmp_path, rotate_rows=len(many) + 1))
     await w.start()
     await w.consume(list[AnyRecord](many))
@@ -595,8 +596,8 @@ async def test_writes_run_off_the_event_loop(tmp_path: Path, realdata: Path) -> 
     assert w.stats()["rows"] == len(many)
     assert w.stats()["last_write_latency_s"] > 0.05
     assert len(gaps) >= 5  # the loop ran many times during one write
-    # Columns are converted in slices, so the GIL is handed back often (measured: the longest
-    # loop stall is ~0.15 of the write; a write on the loop would stall it for all of it).
+    # The table is made from the column buffers without per-value work and pyarrow releases the
+    # GIL while it encodes and compresses (a write on the loop would stall it for all of it).
     assert max(gaps) < 0.5 * w.stats()["last_write_latency_s"]
 
 

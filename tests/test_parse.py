@@ -2,9 +2,8 @@
 
 Every record is compared with one computed here straight from the JSON (``orjson`` dicts and
 ``float(text)``), an oracle written independently of the msgspec wire structs it checks. The
-slices in ``tests/data/parse_*.ndjson`` are real frames (origins in ``tests/data/ORIGIN.md``);
-the whole-file tests read ``shared/realdata`` (conftest's ``realdata`` fixture) and skip when it
-is absent.
+slices in ``tests/data/parse_*.ndjson`` are real frames, and the whole-file tests read the full
+captures in ``tests/data`` (conftest's ``realdata`` fixture); origins in ``tests/data/PROVENANCE.md``.
 """
 
 from __future__ import annotations
@@ -260,7 +259,7 @@ def test_channels_and_markets_covered() -> None:
     assert ("usdm", "forceOrder") in seen
 
 
-# -- market quirks (NOTES.md §3), spelled out -------------------------------------------------
+# -- market quirks (docs/binance.md §8.3), spelled out -------------------------------------------------
 
 
 def one(market: str, src: str, line: int | None) -> tuple[dict[str, Any], Record]:
@@ -641,9 +640,9 @@ def test_depth_snapshot_errors() -> None:
         )
 
 
-# -- whole recorded files (shared/realdata) ---------------------------------------------------
+# -- whole recorded files (tests/data) ---------------------------------------------------------
 
-HFT_COUNTS = {  # PROVENANCE.md §1: diffs, bookTickers, trades
+HFT_COUNTS = {  # tests/data/PROVENANCE.md §1: diffs, bookTickers, trades
     "usdm_btcusdt": ("binance-usdm", "BTCUSDT", 6_551, 66_089, 21_313),
     "usdm_ethusdt": ("binance-usdm", "ETHUSDT", 6_586, 53_992, 14_076),
     "spot_btcusdt": ("binance-spot", "BTCUSDT", 3_451, 28_040, 9_757),
@@ -654,7 +653,7 @@ HFT_COUNTS = {  # PROVENANCE.md §1: diffs, bookTickers, trades
 
 @pytest.mark.parametrize("name", list(HFT_COUNTS))
 def test_whole_hftbacktest_file(realdata: Path, name: str) -> None:
-    """Every line parses; counts match PROVENANCE.md; every record equals the oracle's."""
+    """Every line parses; counts match tests/data/PROVENANCE.md; every record equals the oracle's."""
     venue, native, n_depth, n_book, n_trade = HFT_COUNTS[name]
     c = contract(venue, native)
     p = FrameParser(venue, ContractSet(venue, (c,)))

@@ -13,7 +13,8 @@ from ingestd.config import StreamSettings
 from ingestd.errors import ConfigError
 from ingestd.producers.plan import ConnectionPlan, plan_connections
 from ingestd.producers.streams import plan_connections as reexported
-from ingestd.venues.binance.endpoints import SPOT, USDM, route_for, stream_symbol
+from ingestd.venues.binance.channels import route_for
+from ingestd.venues.binance.endpoints import SPOT, USDM, stream_symbol
 from ingestd.venues.binance.symbols import Contract, ContractSet, parse_exchange_info
 
 ALL_USDM = ("trade", "agg_trade", "kline", "book_ticker", "depth_diff", "partial_depth", "mark_price",
@@ -163,7 +164,7 @@ def test_real_exchange_info_is_planned_completely(realdata: Path) -> None:
     assert len(matches) == 1
     match = matches[0]
     cs = parse_exchange_info(USDM.name, orjson.loads(match.group(3)))
-    assert len(cs) == 119  # PROVENANCE.md: 119 PERPETUAL (all TRADING in this capture)
+    assert len(cs) == 119  # tests/data/PROVENANCE.md: 119 PERPETUAL (all TRADING in this capture)
     chans = ["trade", "agg_trade", "book_ticker", "depth_diff", "depth_snapshot"]
     plans = plan_connections(USDM, cs, chans, settings())
     public = [p for p in plans if p.route == "/public"]

@@ -24,9 +24,9 @@ from ingestd.report.series import (
     rolling_mean,
     rsi,
     sma,
-    span_ns,
     vwap,
 )
+from ingestd.report.spans import span_ns
 from ingestd.sim import SimVenue
 from tests.e2e import run_until, settings_for
 

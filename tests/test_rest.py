@@ -30,21 +30,15 @@ from ingestd.producers.rest import RestClient, ban_end, retry_after, used_weight
 from ingestd.venues.binance.endpoints import SPOT, USDM, VenueSpec
 from tests.ops import completes_at_once
 from tests.ops import wait_for as until
+from tests.realdata import CF, DATA, HFT, need
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 CAPTURE_LINE = re.compile(r"^(\S+) -> ([\d.]+): (.*)$")
-
-
-def need_realdata() -> Path:
-    if not REALDATA.is_dir():
-        pytest.skip(f"real captures not found at {REALDATA}")
-    return REALDATA
 
 
 def cryptofeed_bodies(name: str) -> dict[str, bytes]:
     """``<url> -> <ts>: <body>`` lines of a cryptofeed capture → {url: body bytes}."""
     out: dict[str, bytes] = {}
-    for line in (need_realdata() / "cryptofeed" / "2021-10_head" / name).read_text().splitlines():
+    for line in (need(CF / "2021-10_head" / name)).read_text().splitlines():
         m = CAPTURE_LINE.match(line)
         if m:
             out[m.group(1)] = m.group(3).encode()
@@ -53,7 +47,7 @@ def cryptofeed_bodies(name: str) -> dict[str, bytes]:
 
 def hftbacktest_snapshot(name: str) -> bytes:
     """The one bare REST depth body in an hftbacktest capture (``<ns> <json>`` lines)."""
-    with gzip.open(need_realdata() / "hftbacktest" / name, "rt") as fh:
+    with gzip.open(need(HFT / name), "rt") as fh:
         for line in fh:
             _, _, body = line.partition(" ")
             if body.startswith('{"lastUpdateId"'):
@@ -62,7 +56,7 @@ def hftbacktest_snapshot(name: str) -> bytes:
 
 
 def nautilus(name: str) -> bytes:
-    return (need_realdata() / "nautilus_trader" / name).read_bytes()
+    return (need(DATA / "nautilus_trader" / name)).read_bytes()
 
 
 # -- the fake venue ---------------------------------------------------------------------------------

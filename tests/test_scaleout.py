@@ -90,8 +90,9 @@ async def test_nats_restart_mid_run_keeps_parquet_complete(
             symbols="BTCUSDT",
             channels="trade",
             nats={"url": own_server.url, "stream": "RESTART", "subject_prefix": "r", "reconnect_wait_s": 0.2},
-            clock={"enabled": False},  # only trades on the stream, so counts compare directly
+            clock={"enabled": False},  # only trades (and the contract row) on the stream
         )
+        total = n_trades + 1  # the start-up contract row is published too
         daemon = Daemon(settings)
         task = asyncio.create_task(daemon.run())
         await wait_for(lambda: daemon.bus.published >= n_trades // 4, 60, "a quarter of the trades")
@@ -109,10 +110,10 @@ async def test_nats_restart_mid_run_keeps_parquet_complete(
                 # acknowledged again as a duplicate, so the publisher's own counts cannot tell.
                 dropped = daemon.bus.stats()["consumers"]["nats"].get("buffer_dropped", 0)
                 stored = (await js.stream_info("RESTART")).state.messages
-                return bool(daemon.bus.published >= n_trades and stored + dropped >= n_trades)
+                return bool(daemon.bus.published >= total and stored + dropped >= total)
 
             await wait_for(
-                through, 60, "every trade published, and stored in JetStream or counted as dropped"
+                through, 60, "every record published, and stored in JetStream or counted as dropped"
             )
             nats_stats = daemon.bus.stats()["consumers"]["nats"]
             daemon.request_stop("test")
@@ -122,7 +123,7 @@ async def test_nats_restart_mid_run_keeps_parquet_complete(
             await nc.close()
     assert stored_counts(data)["trade"] == n_trades  # storage never waited for NATS
     dropped = int(nats_stats.get("buffer_dropped", 0))
-    assert info.state.messages + dropped == n_trades, nats_stats  # complete apart from counted drops
+    assert info.state.messages + dropped == total, nats_stats  # complete apart from counted drops
 
 
 @pytest.mark.asyncio

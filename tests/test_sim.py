@@ -2,7 +2,7 @@
 every fault, REST endpoints and headers, and the ``ingestd sim`` command line.
 
 Ground truth is the real capture bundled with the package (hftbacktest USDⓈ-M BTCUSDT, 2024-08-08)
-and, where present, the other real captures in shared/realdata.
+and the other real captures in tests/data.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from ingestd.errors import ConfigError
 from ingestd.sim import ABORT, BUNDLED_CAPTURE, Capture, CaptureError, SimVenue, load_capture
 from ingestd.sim.cli import main as sim_main
 from ingestd.venues.binance.symbols import parse_exchange_info
+from tests.realdata import DATA, need
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 DEPTH, TICKER, TRADE = "btcusdt@depth@0ms", "btcusdt@bookTicker", "btcusdt@trade"
 PUBLIC = "/public/stream?streams=btcusdt@depth@100ms/btcusdt@bookTicker"
 
@@ -44,10 +44,7 @@ def frames_of(cap: Capture, *names: str) -> list[bytes]:
 
 
 def real(*parts: str) -> Path:
-    path = REALDATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real capture not found: {path}")
-    return path
+    return need(DATA.joinpath(*parts))
 
 
 @asynccontextmanager
@@ -194,7 +191,8 @@ async def test_routed_replay_is_exact_and_complete(cap: Capture) -> None:
             await silent(public)
             await silent(market, 0.05)
         stats = sim.stats()
-    assert stats.frames_sent == {DEPTH: 6551, TICKER: 66089, TRADE: 21313}
+    # The derived btcusdt@aggTrade stream (ingestd.sim.agg_trades) exists, and nobody asked for it.
+    assert stats.frames_sent == {DEPTH: 6551, TICKER: 66089, TRADE: 21313, "btcusdt@aggTrade": 0}
     assert stats.connections_total == 2
     by_route = {c.route: c for c in stats.connections}
     assert by_route["/public"].frames_sent == {DEPTH: 6551, TICKER: 66089}
@@ -480,7 +478,9 @@ async def test_silence_holds_back_one_stream_of_a_connection(cap: Capture) -> No
         stats = sim.stats()
     assert reply == {"result": ["btcusdt@depth@100ms", "btcusdt@bookTicker"], "id": 7}
     assert got == want
-    assert stats.frames_sent == {DEPTH: len(want), TICKER: 0, TRADE: 0}
+    assert stats.frames_sent[DEPTH] == len(want)
+    assert stats.frames_sent[TICKER] == 0
+    assert sum(stats.frames_sent.values()) == len(want)  # nothing else was subscribed
     assert stats.frames_skipped == {TICKER: 66_089}
 
 
@@ -611,7 +611,7 @@ async def test_depth_endpoint(cap: Capture) -> None:
 @pytest.mark.asyncio
 async def test_continue_mode_depth_is_rolled_forward_to_the_replay_position(cap: Capture) -> None:
     """After diff k was sent, /depth is the book at k: lastUpdateId == u_k, and its top equals the
-    real bookTicker carrying the same update id (the capture's own oracle, NOTES.md §1)."""
+    real bookTicker carrying the same update id (the capture's own oracle, docs/binance.md §8.2)."""
     diffs = [orjson.loads(f)["data"] for f in frames_of(cap, DEPTH)]
     tickers = {d["u"]: d for d in (orjson.loads(f)["data"] for f in frames_of(cap, TICKER))}
     snap_id = orjson.loads(cap.snapshots[0].body)["lastUpdateId"]

@@ -23,6 +23,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from ingestd.backoff import Backoff
+from ingestd.book.records import Gap
 from ingestd.config import StreamSettings
 from ingestd.errors import ParseError, TransportError
 from ingestd.producers.connstate import stale_deadline
@@ -364,6 +365,27 @@ async def test_server_close_reconnects_with_the_same_streams(venue: Venue, code:
 
 
 @pytest.mark.asyncio
+async def test_ids_restarting_lower_after_a_reconnect_are_a_new_sequence(venue: Venue) -> None:
+    """Venue maintenance: the new connection's trade ids start again far below the mark. The
+    records are kept, right behind one ``id_reset`` gap record emitted on the same path."""
+    plan = ConnectionPlan("binance-usdm/market#0", "/market", ("btcusdt@trade",), ("BTCUSDT",))
+    first = [trade_frame("btcusdt@trade", i) for i in range(1000, 1200)]
+    again = [trade_frame("btcusdt@trade", i) for i in (1, 2, 3, 3, 4)]
+    venue.scripts = [sender(*first, then=close_with(1001)), sender(*again)]
+    async with produce(venue, fast(), [plan]) as h:
+        await until(lambda: len(trade_ids(h)) == 204)
+        stats = h.producer.stats()
+    assert trade_ids(h) == [*range(1000, 1200), 1, 2, 3, 4]
+    out = [r for b in h.batches for r in b]
+    gaps = [r for r in out if isinstance(r, Gap)]
+    assert len(gaps) == 1
+    assert out.index(gaps[0]) == 200  # right before the first record of the new sequence
+    assert (gaps[0].kind, gaps[0].last_update_id, gaps[0].first_update_id) == ("id_reset", 1199, 1)
+    st = stats["streams"]["btcusdt@trade"]
+    assert (st["duplicates"], st["id_resets"], stats["id_resets"]) == (1, 1, 1)
+
+
+@pytest.mark.asyncio
 async def test_backoff_resets_only_after_data(venue: Venue) -> None:
     silent_close = close_with(1011)
     venue.scripts = [
@@ -670,11 +692,13 @@ def test_stale_deadline_depends_on_what_the_connection_carries() -> None:
     liquidations are quiet on a thin market: such a connection waits 10x longer (keepalive pings
     catch a dead TCP connection meanwhile)."""
     st = fast(stale_after_s=60.0)
-    assert stale_deadline(("btcusdt@depth@100ms", "btcusdt@aggTrade"), st) == 60.0
-    assert stale_deadline(("btcusdt@bookTicker",), st) == 60.0
-    assert stale_deadline(("!markPrice@arr@1s",), st) == 60.0
-    assert stale_deadline(("btcusdt@aggTrade", "btcusdt@kline_1m"), st) == 600.0
-    assert stale_deadline(("!forceOrder@arr",), st) == 600.0
+    v = USDM.name
+    assert stale_deadline(("btcusdt@depth@100ms", "btcusdt@aggTrade"), st, v) == 60.0
+    assert stale_deadline(("btcusdt@bookTicker",), st, v) == 60.0
+    assert stale_deadline(("!markPrice@arr@1s",), st, v) == 60.0
+    assert stale_deadline(("btcusdt@aggTrade", "btcusdt@kline_1m"), st, v) == 600.0
+    assert stale_deadline(("!forceOrder@arr",), st, v) == 600.0
+    assert stale_deadline(("btcusdt@depth20@100ms",), st, "binance-spot") == 60.0
 
 
 @pytest.mark.asyncio

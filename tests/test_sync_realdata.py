@@ -1,11 +1,11 @@
 """Replay real recorded Binance captures through BookManager: every book syncs, no gap, and the
-book's top equals every bookTicker that carries the same update id (NOTES.md §1).
+book's top equals every bookTicker that carries the same update id (docs/binance.md §8.2).
 
 The records are built here from the JSON (``float`` of each decimal string, ids as ints), the way
 the parser must build them, so these tests check the book stage alone. One test at the end runs a
 capture through the real parser too.
 
-Sources (shared/realdata, see PROVENANCE.md): hftbacktest examples (nkaz001/hftbacktest, MIT) and
+Sources (tests/data, see tests/data/PROVENANCE.md): hftbacktest examples (nkaz001/hftbacktest, MIT) and
 cryptofeed sample data (bmoscon/cryptofeed; "This product includes software developed by Bryant
 Moscon").
 """
@@ -27,10 +27,7 @@ from ingestd.book.records import Gap
 from ingestd.book.sync import Market
 from ingestd.records import AnyRecord, BookTicker, DepthDiff, DepthSnapshot, Level, Record
 from ingestd.venues.binance.symbols import Contract, ContractSet
-
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-HFT = REALDATA / "hftbacktest"
-CF = REALDATA / "cryptofeed"
+from tests.realdata import CF, HFT
 
 USDM = "binance-usdm"
 SPOT = "binance-spot"
@@ -191,15 +188,10 @@ def replay(natives: list[str], venue: str, market: Market, **kw: Any) -> Replay:
     return Replay(manager, requests)
 
 
-def need_realdata() -> None:
-    if not REALDATA.is_dir():
-        pytest.skip(f"real captures not found at {REALDATA}")
-
-
-# -- hftbacktest: one symbol each, exact audit counts from NOTES.md §1 ----------------------
+# -- hftbacktest: one symbol each, exact audit counts from docs/binance.md §8.2 -------------
 
 HFT_CASES = [
-    # file, venue, native, market, snapshot L, audit checks (NOTES.md §1), diffs applied
+    # file, venue, native, market, snapshot L, audit checks (docs/binance.md §8.2), diffs applied
     ("usdm_btcusdt_20240808.gz", USDM, "BTCUSDT", "futures", 5123107852948, 629),
     ("usdm_ethusdt_20240808.gz", USDM, "ETHUSDT", "futures", 5123107856276, 551),
     ("cm_btcusd_perp_20240808.gz", USDM, "BTCUSD_PERP", "futures", 1007198635033, 1124),
@@ -212,7 +204,6 @@ HFT_CASES = [
 def test_hftbacktest_capture_syncs_and_matches_every_book_ticker(
     name: str, venue: str, native: str, market: Market, snap_id: int, checks: int
 ) -> None:
-    need_realdata()
     r = replay([native], venue, market)
     records = list(read_hft(HFT / name, venue, native))
     diffs = [x for x in records if isinstance(x, DepthDiff)]
@@ -233,7 +224,7 @@ def test_hftbacktest_capture_syncs_and_matches_every_book_ticker(
     assert st["state"] == "synced"
     assert st["syncs"] == 1
     assert st["gaps"] == {}
-    # NOTES.md §1: every bookTicker whose u equals the last applied diff's u matched exactly.
+    # docs/binance.md §8.2: every bookTicker whose u equals the last applied diff's u matched exactly.
     assert st["audit_checks"] == checks
     assert st["audit_mismatches"] == 0
     # Every diff after the ones contained in the snapshot was applied, and the book ends at the
@@ -255,8 +246,7 @@ def test_hftbacktest_capture_syncs_and_matches_every_book_ticker(
 
 
 def test_hftbacktest_first_applied_events_are_the_documented_edge_cases() -> None:
-    """usdm_ethusdt's first valid event has u == L; spot_btcusdt's straddles L+1 (NOTES.md §1)."""
-    need_realdata()
+    """usdm_ethusdt's first valid event has u == L; spot_btcusdt's straddles L+1 (docs/binance.md §8.2)."""
     eth = [x for x in read_hft(HFT / "usdm_ethusdt_20240808.gz", USDM, "ETHUSDT") if isinstance(x, DepthDiff)]
     big_l = 5123107856276
     first = next(d for d in eth if d.final_update_id >= big_l)
@@ -280,7 +270,7 @@ def test_hftbacktest_first_applied_events_are_the_documented_edge_cases() -> Non
 # -- cryptofeed: several symbols per connection, snapshots among the diffs ---------------------
 
 CF_CASES = [
-    # http file, ws file, venue, market, natives, NOTES.md §1 ranges over the symbols:
+    # http file, ws file, venue, market, natives, docs/binance.md §8.2 ranges over the symbols:
     # (fewest, most) diffs applied and (fewest, most) bookTicker cross-checks
     (
         "2021-10_head/BINANCE_FUTURES.http.0.0",
@@ -351,7 +341,6 @@ def test_cryptofeed_capture_syncs_every_symbol(
     applied: tuple[int, int],
     checks: tuple[int, int],
 ) -> None:
-    need_realdata()
     records = read_cryptofeed(CF / http, CF / ws, venue)
     assert {r.native for r in records} == set(natives)
     r = replay(natives, venue, market)
@@ -372,14 +361,13 @@ def test_cryptofeed_capture_syncs_every_symbol(
         last = max(x.final_update_id for x in records if isinstance(x, DepthDiff) and x.native == native)
         assert view.last_update_id == last
     per_symbol = [stats["symbols"][n] for n in natives]
-    # The spread over symbols is exactly what the independent Decimal rebuild of NOTES.md found.
+    # The spread over symbols is exactly what the independent Decimal rebuild found (docs/binance.md §8.2).
     assert (min(s["applied"] for s in per_symbol), max(s["applied"] for s in per_symbol)) == applied
     assert (min(s["audit_checks"] for s in per_symbol), max(s["audit_checks"] for s in per_symbol)) == checks
 
 
 def test_cryptofeed_coin_m_discards_up_to_42_buffered_diffs() -> None:
-    """NOTES.md §1: up to 42 buffered diffs per symbol are already in the COIN-M snapshots."""
-    need_realdata()
+    """docs/binance.md §8.2: up to 42 buffered diffs per symbol are already in the COIN-M snapshots."""
     http, ws, venue, _, natives, _, _ = CF_CASES[-1]
     r = replay(natives, venue, "futures")
     r.feed(read_cryptofeed(CF / http, CF / ws, venue))
@@ -389,7 +377,6 @@ def test_cryptofeed_coin_m_discards_up_to_42_buffered_diffs() -> None:
 
 def test_real_parser_feeds_the_book_manager() -> None:
     """The whole USDⓈ-M BTCUSDT capture through the real frame parser and snapshot parser."""
-    need_realdata()
     parse = pytest.importorskip("ingestd.venues.binance.parse")
     cs = ContractSet(USDM, (contract("BTCUSDT", USDM),))
     parser = parse.FrameParser(USDM, cs)

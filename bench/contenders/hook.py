@@ -21,12 +21,11 @@ import time
 from typing import Any, Final
 
 from bench.probe import Probe
+from ingestd.venues.binance.channels import PUBLIC_ROUTE, USDM_CHANNELS
 
-_STREAM_CHANNELS: Final = frozenset(
-    ("depth_diff", "agg_trade", "book_ticker", "mark_price", "kline", "ticker", "trade")
-)
+_STREAM_CHANNELS: Final = frozenset(s.channel for s in USDM_CHANNELS.streamed)
 """Records that come from a websocket frame (one per frame in this workload)."""
-_PUBLIC: Final = frozenset(("depth_diff", "book_ticker"))
+_PUBLIC: Final = frozenset(s.channel for s in USDM_CHANNELS.streamed if s.route == PUBLIC_ROUTE)
 
 _OUT = os.environ.get("BENCH_OUT", "")
 _EXPECT = int(os.environ.get("BENCH_EXPECT", "0") or 0)

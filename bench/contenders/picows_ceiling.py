@@ -1,7 +1,7 @@
 """The ceiling with picows: receive every frame with picows and decode it with ``orjson.loads``.
 
 Same connections and count as :mod:`bench.contenders.ceiling`, another websocket client: it
-measures what swapping aiohttp for picows could gain (PERF.md: picows receives 2-3x faster).
+measures what swapping aiohttp for picows could gain (docs/performance.md §2: picows receives 2-3x faster).
 Runs in its own virtualenv (``bench/.cache/picows-venv``: picows, orjson, uvloop), so it imports
 only those and the standard library (plus :mod:`bench.probe`).
 

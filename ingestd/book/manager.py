@@ -35,7 +35,8 @@ from ingestd.book.records import BookTop, Gap, GapKind
 from ingestd.book.sync import APPLIED, NOTHING, BookSync, GapInfo, Market, SyncResult, SyncState
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
 from ingestd.records import AnyRecord, BookTicker, DepthDiff, DepthSnapshot, Level, Record
-from ingestd.venues.binance.endpoints import stream_kind, stream_symbol
+from ingestd.venues.binance.channels import channel_of
+from ingestd.venues.binance.endpoints import stream_symbol
 from ingestd.venues.binance.symbols import Contract, ContractSet
 
 log = logging.getLogger("ingestd.book")
@@ -116,6 +117,7 @@ class BookManager:
 
     ``book_depth > 0`` adds a :class:`BookTop` of that many levels every ``book_every`` applied
     diffs (``1`` or ``0`` = after every diff) and whenever a book becomes synced.
+    ``book_factory(contract)`` makes each symbol's :class:`OrderBook` (default: a plain one).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class BookManager:
         max_buffered: int = 10_000,
         book_depth: int = 0,
         book_every: int = 0,
+        book_factory: Callable[[Contract], OrderBook] | None = None,
     ) -> None:
         if book_depth < 0 or book_every < 0:
             raise ValueError("book_depth and book_every must be >= 0")
@@ -139,7 +142,8 @@ class BookManager:
         self._by_native: dict[str, _Symbol] = {}
         self._views: dict[str, BookView] = {}
         for c in contracts:
-            sym = _Symbol(c, BookSync(market, max_buffered))
+            book = book_factory(c) if book_factory is not None else None
+            sym = _Symbol(c, BookSync(market, max_buffered, book))
             # Tickers wait while the book is behind them: as many as diffs may wait for a
             # snapshot, so a slow snapshot (or a burst replay) does not thin out the audit.
             sym.ahead = deque(maxlen=max(AUDIT_AHEAD, max_buffered))
@@ -504,7 +508,7 @@ class BookManager:
             return [n for n in ev.natives if n in self._by_native]
         found: dict[str, None] = {}
         for stream in ev.streams:
-            if stream_kind(stream) != "depth":
+            if channel_of(self.venue, stream) != "depth_diff":
                 continue
             native = (stream_symbol(stream) or "").upper()
             if native in self._by_native:

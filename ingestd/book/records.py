@@ -9,7 +9,19 @@ of kind ``resync`` carrying the same ``started_ts`` and the ``ended_ts`` at whic
 synced. Mask ``[started_ts, ended_ts]`` of every ``resync`` record (and ``[started_ts, end of
 data]`` of a start record with no ``resync`` after it). Several start records may precede one
 ``resync`` (a disconnect, then a stale snapshot); the ``resync`` record spans all of them.
-``silent_stream`` records are notices: they open no episode and no ``resync`` follows them.
+``silent_stream`` and ``id_reset`` records are notices: they open no episode and no ``resync``
+follows them (ids restarting on depth data also break the diffs' continuity, so the book writes
+its own ``desync`` and ``resync``). On an ``id_reset`` record ``last_update_id`` is the stream's
+last key before the restart and ``first_update_id`` the first key after it (the channel's
+ordering key: update id, trade id, or event time in ns; ``None`` when that key is not one
+integer); ``reason`` names the stream.
+
+Trade holes (``data_channel`` ``agg_trade`` or ``trade``) are delimited by ids, not by time: a
+``trade_gap`` record names the ids the stream skipped (``first_update_id`` … ``final_update_id``,
+``count`` of them, ``last_update_id`` the id before the hole) and ``started_ts`` / ``ended_ts``,
+the receive times of the records on either side. A ``backfill`` record with the same
+``started_ts`` says the ids were fetched from REST and stored (``count`` of them, marked
+``source="rest"``); an ``unfilled`` record says why ``count`` of them could not be.
 """
 
 from __future__ import annotations
@@ -41,6 +53,16 @@ class GapKind(enum.StrEnum):
     """Snapshots cannot be fetched (HTTP 418/429 on the REST host)."""
     SILENT_STREAM = "silent_stream"
     """A subscribed stream delivered no first frame within its deadline (a notice)."""
+    ID_RESET = "id_reset"
+    """A stream's ids restarted below what was already emitted (venue maintenance, a looping
+    replay): the records after it are a new sequence, kept, not duplicates (a notice, written by
+    the duplicate filter for any channel, right before the first record of the new sequence)."""
+    TRADE_GAP = "trade_gap"
+    """Trade or aggregate ids the stream skipped (a reconnect, a restart): a hole to backfill."""
+    BACKFILL = "backfill"
+    """A ``trade_gap`` filled from REST (``count`` records stored with ``source="rest"``)."""
+    UNFILLED = "unfilled"
+    """Ids of a ``trade_gap`` that could not be filled (``count``; ``reason`` says why)."""
 
 
 class Gap(Record, frozen=True, kw_only=True, gc=False):
@@ -67,6 +89,10 @@ class Gap(Record, frozen=True, kw_only=True, gc=False):
     started_ts: int
     ended_ts: int | None = None
     prev_final_update_id: int | None = None
+    count: int | None = None
+    """Trade holes: ids missing (``trade_gap``), stored (``backfill``), given up (``unfilled``)."""
+    data_channel: str | None = None
+    """The channel a trade-hole entry is about (``agg_trade``, ``trade``); ``None``: the book."""
 
 
 class BookTop(Record, frozen=True, kw_only=True, gc=False):

@@ -114,7 +114,8 @@ class BookSync:
         "syncs",
     )
 
-    def __init__(self, market: Market, max_buffered: int) -> None:
+    def __init__(self, market: Market, max_buffered: int, book: OrderBook | None = None) -> None:
+        """``book``: the (empty) book to keep, e.g. a subclass that records each change."""
         if market not in ("spot", "futures"):
             raise ValueError(f"market must be 'spot' or 'futures', not {market!r}")
         if max_buffered < 1:
@@ -122,7 +123,7 @@ class BookSync:
         self.market: Market = market
         self.spot = market == "spot"
         self.max_buffered = max_buffered
-        self.book = OrderBook()
+        self.book = book if book is not None else OrderBook()
         self.state = SyncState.IDLE
         self._buffer: deque[DepthDiff] = deque()
         self.snapshot_id: int | None = None

@@ -1,4 +1,4 @@
-"""Every public market-data REST endpoint ``ingestd collect`` fetches, as data (BINANCE.md §3).
+"""Every public market-data REST endpoint ``ingestd collect`` fetches, as data (docs/binance.md §4).
 
 One :class:`Endpoint` row per call: where it lives, which parameters it takes (named after the
 collect options that fill them), its request weight as a function of those parameters, whether
@@ -66,7 +66,7 @@ WINDOWS: Final = ("1h", "4h", "1d")
 CONTRACT_TYPES: Final = ("PERPETUAL", "CURRENT_QUARTER", "NEXT_QUARTER", "TRADIFI_PERPETUAL")
 
 
-# -- weights (BINANCE.md §3.2, §3.3) -----------------------------------------------------------
+# -- weights (docs/binance.md §4.2, §4.3) ------------------------------------------------------
 
 
 def _limit(q: Query, default: int) -> int:
@@ -182,7 +182,7 @@ _TLIMIT = ("limit", "trade_limit")
 _RATIO = (_FUT_SYM, ("period", "period"), ("limit", "metric_limit"))
 
 ENDPOINTS: Final[tuple[Endpoint, ...]] = (
-    # Spot /api/v3 (BINANCE.md §3.2)
+    # Spot /api/v3 (docs/binance.md §4.2)
     _spot("ping", "/api/v3/ping"),
     _spot("time", "/api/v3/time"),
     _spot("exchangeInfo", "/api/v3/exchangeInfo", _SPOT_SYM, weight=20),
@@ -216,7 +216,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     _spot(
         "ticker_rolling", "/api/v3/ticker", _SPOT_SYM, ("windowSize", "window"), weight=_per_symbol_4_cap_200
     ),
-    # USDⓈ-M /fapi and /futures/data (BINANCE.md §3.3)
+    # USDⓈ-M /fapi and /futures/data (docs/binance.md §4.3)
     _fut("ping", "/fapi/v1/ping"),
     _fut("time", "/fapi/v1/time"),
     _fut("exchangeInfo", "/fapi/v1/exchangeInfo"),

@@ -5,8 +5,9 @@ key), levels as ``[[price, qty], …]``; JSON by default, MessagePack with ``for
 through msgspec, a core dependency, so neither needs an extra package). Floats are written in
 their shortest round-trip form, so :func:`decode_record` rebuilds a record equal to the original.
 Each message carries a ``Nats-Msg-Id`` header (:func:`message_id`) built from the venue, channel,
-native symbol and the record's exchange identity (update id, trade id …): JetStream's duplicate
-window drops the copies a reconnect, a make-before-break rotation or a retry would publish.
+native symbol and the record's identity from the channel table (update id, trade id …, plus a
+content digest where those are not unique): JetStream's duplicate window drops the copies a
+reconnect, a make-before-break rotation or a retry would publish, and nothing else.
 
 The publisher never holds the bus up. :meth:`NatsPublisher.consume` only appends to a bounded
 buffer (policy ``drop_oldest``: drops are counted and logged once per episode) and returns; one
@@ -32,7 +33,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ingestd.errors import ConfigError, ParseError, StartupError
-from ingestd.records import RECORD_TYPES, AnyRecord, Kline, Record
+from ingestd.records import RECORD_TYPES, AnyRecord, Record
+from ingestd.venues.binance.channels import channel_spec
 
 log = logging.getLogger("ingestd.nats")
 
@@ -45,15 +47,6 @@ SUBJECT_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 MAX_ATTEMPTS: Final = 8
 """Publishes of one message before it is counted as failed (the stream keeps refusing it)."""
-
-_ID_FIELDS: Final[Mapping[str, str]] = {
-    "depth_diff": "final_update_id",
-    "book_ticker": "update_id",
-    "trade": "trade_id",
-    "agg_trade": "agg_id",
-    "depth_snapshot": "last_update_id",
-    "partial_depth": "final_update_id",
-}
 
 
 class NatsSettings(BaseModel):
@@ -134,21 +127,15 @@ def subject_for(prefix: str, record: Record) -> str | None:
 
 
 def message_id(record: Record) -> str:
-    """``venue:channel:native:key``, the key being the record's exchange identity.
+    """``venue:channel:native:key``, the key being the record's identity (the channel table's).
 
     Update ids for book data, trade/agg ids for trades, ``open_time:exchange_ts`` for a kline
-    (a bar is updated many times), else the event time (the receive time if there is none).
+    (a bar is updated many times); where those fields are not unique (event-time keyed channels,
+    the gap log), a digest of the content follows them (``exchange_ts:<16 hex>``,
+    ``kind:started_ts:<16 hex>``).
     """
-    channel = record.channel
-    if isinstance(record, Kline):
-        key: object = f"{record.open_time}:{record.exchange_ts}"
-    else:
-        field = _ID_FIELDS.get(channel)
-        if field is not None:
-            key = getattr(record, field)
-        else:
-            key = record.exchange_ts if record.exchange_ts is not None else record.recv_ts
-    return f"{record.venue}:{channel}:{record.native}:{key}"
+    key = channel_spec(record.venue, type(record)).message_key(record)
+    return f"{record.venue}:{record.channel}:{record.native}:{key}"
 
 
 def encode_record(record: Record, fmt: Format = "json") -> bytes:

@@ -22,18 +22,20 @@ def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
 
 
 def streams(st: Mapping[str, Any]) -> Iterator[Metric]:
-    """Per stream: frames, records, parse errors, duplicates, age; per connection: state,
-    reconnects by reason, bytes, frames."""
+    """Per stream: frames, records, parse errors, duplicates, id restarts, age; per connection:
+    state, reconnects by reason, bytes, frames."""
     frames = _counter("ingestd_stream_frames", "Frames received per stream", "stream")
     records = _counter("ingestd_stream_records", "Records parsed per stream", "stream")
     errors = _counter("ingestd_stream_parse_errors", "Malformed frames per stream", "stream")
     dups = _counter("ingestd_stream_duplicates", "Duplicates dropped by id per stream", "stream")
+    resets = _counter("ingestd_stream_id_resets", "Times a stream's ids restarted lower", "stream")
     age = _gauge("ingestd_stream_age_seconds", "Seconds since the stream's last frame", "stream")
     for name, v in (st.get("streams") or {}).items():
         frames.add_metric([name], v.get("frames", 0))
         records.add_metric([name], v.get("records", 0))
         errors.add_metric([name], v.get("parse_errors", 0))
         dups.add_metric([name], v.get("duplicates", 0))
+        resets.add_metric([name], v.get("id_resets", 0))
         if v.get("last_frame_age_s") is not None:
             age.add_metric([name], float(v["last_frame_age_s"]))
     state = _gauge("ingestd_connection_state", "1 for the connection's current state", "connection", "state")
@@ -53,7 +55,7 @@ def streams(st: Mapping[str, Any]) -> Iterator[Metric]:
         cbytes.add_metric([name], c.get("bytes", 0))
         cframes.add_metric([name], c.get("frames", 0))
         failures.add_metric([name], c.get("connect_failures", 0))
-    yield from (frames, records, errors, dups, age, silent, state, rec, cbytes, cframes, failures)
+    yield from (frames, records, errors, dups, resets, age, silent, state, rec, cbytes, cframes, failures)
 
 
 def bus(bus_stats: Mapping[str, Any]) -> Iterator[Metric]:
@@ -176,3 +178,19 @@ def clock(clock_stats: Mapping[str, Any]) -> Iterator[Metric]:
         measured.add_metric([], clock_stats.get("measurements", 0))
         failures.add_metric([], clock_stats.get("failures", 0))
     yield from (offset, rtt, measured, failures)
+
+
+def backfill(bf: Mapping[str, Any]) -> Iterator[Metric]:
+    """Trade holes found, records filled from REST, ids given up, holes waiting."""
+    holes = _counter("ingestd_backfill_holes", "Trade holes found (stream id jumps, restarts, listings)")
+    rows = _counter("ingestd_backfill_rows", "Records fetched from REST into trade holes")
+    unfilled = _counter("ingestd_backfill_unfilled_ids", "Trade ids given up (too old, no key, refused)")
+    failures = _counter("ingestd_backfill_failures", "Backfill requests that failed (retried)")
+    pending = _gauge("ingestd_backfill_pending", "Trade holes waiting to be fetched")
+    if bf:
+        holes.add_metric([], bf.get("holes", 0))
+        rows.add_metric([], bf.get("rows", 0))
+        unfilled.add_metric([], bf.get("unfilled_ids", 0))
+        failures.add_metric([], bf.get("failures", 0))
+        pending.add_metric([], bf.get("pending", 0) + bf.get("active", 0))
+    yield from (holes, rows, unfilled, failures, pending)

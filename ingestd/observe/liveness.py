@@ -61,7 +61,8 @@ class Intake:
 class Liveness:
     """Evaluates the rule (:meth:`check`) and owns the heartbeat task (:meth:`start`, :meth:`close`).
 
-    ``intake`` is called on every check; ``clock`` is ``time.monotonic`` unless a test drives it.
+    ``intake`` is called on every check; ``venue`` names whose channel cadences decide a
+    connection's stale deadline; ``clock`` is ``time.monotonic`` unless a test drives it.
     """
 
     def __init__(
@@ -70,8 +71,10 @@ class Liveness:
         streams: StreamSettings,
         intake: Callable[[], Intake],
         *,
+        venue: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.venue = venue
         self.loop_deadline_s = health.loop_deadline_s
         self.liveness_s = health.liveness_s
         self.tick_s = min(HEARTBEAT_MAX_S, self.loop_deadline_s / 4)
@@ -218,7 +221,7 @@ class Liveness:
             per_stream: Mapping[str, Mapping[str, Any]] = streams_stats.get("streams") or {}
             carried = [n for n, st in per_stream.items() if st.get("connection") == connection]
             s = self._streams_settings
-            own = max(stale_deadline(carried, s), s.backoff_max_s + s.connect_timeout_s)
+            own = max(stale_deadline(carried, s, self.venue), s.backoff_max_s + s.connect_timeout_s)
             found = self._allowance[connection] = own + self.liveness_s
         return found
 

@@ -21,8 +21,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ingestd.channels import Source
 from ingestd.observe import families
-from ingestd.records import CHANNELS, AnyRecord, BookTicker, Record
+from ingestd.records import AnyRecord, BookTicker, Record
+from ingestd.venues.binance.channels import channel_spec
 
 log = logging.getLogger("ingestd.observe")
 
@@ -31,11 +33,9 @@ LATENCY_BUCKETS_S: Final = (
 )  # fmt: skip
 """Upper bounds (s) of the exchange→receive latency histogram; one more bucket holds the rest."""
 
-_PRICE_FIELDS: Final = ("price", "bid_price", "ask_price", "mark_price", "index_price", "close", "last_price")
-_MARKET_CHANNELS: Final = frozenset(CHANNELS)
-"""Latency is observed on market data only: gap, book and clock records carry derived times."""
-_EVENT_TIME_VENUES: Final = frozenset({"binance-usdm"})
-"""Venues whose every market payload carries ``E`` (spot bookTicker, for one, has none)."""
+_MARKET: Final = frozenset((Source.STREAM, Source.SNAPSHOT))
+"""Latency is observed and records validated on market data only: gap, book and clock records
+carry derived times, and pollers' rows their own period times."""
 
 OffsetSource = Callable[[], int | None]
 """Server clock minus local clock in ns; ``None`` while unknown (latency is then not observed)."""
@@ -69,9 +69,16 @@ class LatencyHistogram:
         return math.inf
 
 
-def _validators(cls: type[Record]) -> tuple[str, ...]:
-    fields = getattr(cls, "__struct_fields__", ())
-    return tuple(f for f in _PRICE_FIELDS if f in fields)
+class _Checks:
+    """What to check on records of one (venue, channel), from the channel table."""
+
+    __slots__ = ("event_time", "market", "prices")
+
+    def __init__(self, venue: str, cls: type[Record]) -> None:
+        spec = channel_spec(venue, cls)
+        self.market = spec.source in _MARKET
+        self.prices = spec.prices
+        self.event_time = spec.event_time
 
 
 class MetricsTap:
@@ -92,7 +99,7 @@ class MetricsTap:
         self.episodes = 0
         self._open: dict[tuple[str, str], dict[str, int]] = {}
         """(symbol, channel) → kinds failing now, with the count of the current episode."""
-        self._fields: dict[type[Record], tuple[str, ...]] = {}
+        self._checks: dict[tuple[str, type[Record]], _Checks] = {}
 
     async def start(self) -> None:
         return None
@@ -106,7 +113,11 @@ class MetricsTap:
             channel = r.channel
             key = (r.venue, channel, r.symbol)
             counts[key] = counts.get(key, 0) + 1
-            if channel not in _MARKET_CHANNELS:
+            ck = (r.venue, type(r))
+            checks = self._checks.get(ck)
+            if checks is None:
+                checks = self._checks[ck] = _Checks(r.venue, type(r))
+            if not checks.market:
                 continue
             if r.exchange_ts is not None:
                 if offset is None:
@@ -118,15 +129,11 @@ class MetricsTap:
                     if h is None:
                         h = self.latency[channel] = LatencyHistogram()
                     h.observe(max((r.recv_ts - r.exchange_ts + offset) / 1e9, 0.0))
-            self._validate(r)
+            self._validate(r, checks)
 
-    def _validate(self, r: Record) -> None:
-        cls = type(r)
-        fields = self._fields.get(cls)
-        if fields is None:
-            fields = self._fields[cls] = _validators(cls)
+    def _validate(self, r: Record, checks: _Checks) -> None:
         problems: list[str] = []
-        for f in fields:
+        for f in checks.prices:
             v = getattr(r, f)
             if v is None:
                 continue
@@ -141,7 +148,8 @@ class MetricsTap:
                 problems.append("crossed_spread")
             elif r.bid_price == r.ask_price:
                 problems.append("locked_spread")
-        if r.exchange_ts is None and r.venue in _EVENT_TIME_VENUES:
+        # REST history rows (backfill, source "rest") have no event time by nature.
+        if r.exchange_ts is None and checks.event_time and getattr(r, "source", "ws") == "ws":
             problems.append("missing_event_time")
         if problems:
             self._bad(r, problems)
@@ -218,6 +226,7 @@ class _DaemonCollector(Collector):
         yield from families.rest(s.get("rest") or {}, s.get("snapshots") or {})
         yield from families.books(s.get("books") or {})
         yield from families.clock(s.get("clock") or {})
+        yield from families.backfill(s.get("backfill") or {})
         up = GaugeMetricFamily("ingestd_uptime_seconds", "Seconds since the daemon started")
         up.add_metric([], float(s.get("uptime_s", 0.0)))
         yield up

@@ -1,6 +1,6 @@
 """Request-weight budget for one REST host, and the ban state that survives restarts.
 
-Binance limits REST use per IP in *request weight* per minute (BINANCE.md §4: 2400 on USDⓈ-M,
+Binance limits REST use per IP in *request weight* per minute (docs/binance.md §5: 2400 on USDⓈ-M,
 6000 on spot). The budget keeps this process under ``limit x headroom`` with two rules that must
 both hold before a request is sent:
 

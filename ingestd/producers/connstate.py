@@ -15,26 +15,27 @@ from collections.abc import Sequence
 from typing import Any
 
 from ingestd.backoff import Backoff
+from ingestd.channels import Cadence, ChannelSpec
 from ingestd.config import StreamSettings
-from ingestd.producers.dedupe import Handover, KeyFn
+from ingestd.producers.dedupe import Handover
 from ingestd.producers.plan import ConnectionPlan
 from ingestd.producers.transport import WsConnection
-from ingestd.venues.binance.endpoints import stream_kind
+from ingestd.venues.binance.channels import cadence_of
 
 HANDOVER_MAX_HELD = 100_000
 """Records a rotation candidate may buffer before the switch is forced (bounds its memory)."""
 
-STEADY_KINDS = ("depth", "bookTicker", "markPrice", "rpiDepth")
-"""Stream kinds the venue pushes on a fixed cadence, trades or not: silence on them means a stall."""
 QUIET_STALE_FACTOR = 10
-"""A connection with only event-driven streams (trades, liquidations…) waits this many times
-``stale_after_s`` before it calls itself stale: a thin market is quiet, and the keepalive pings
-already catch a dead TCP connection."""
+"""A connection without a book-driven stream (only trades, klines, tickers, liquidations…) waits
+this many times ``stale_after_s`` before it calls itself stale: a thin market is quiet, and the
+keepalive pings already catch a dead TCP connection."""
 
 
-def stale_deadline(streams: Sequence[str], settings: StreamSettings) -> float:
-    """Seconds without any frame after which a connection carrying ``streams`` is stale."""
-    steady = any(stream_kind(s).lstrip("!").startswith(STEADY_KINDS) for s in streams)
+def stale_deadline(streams: Sequence[str], settings: StreamSettings, venue: str) -> float:
+    """Seconds without any frame after which a connection carrying ``streams`` on ``venue`` is
+    stale: ``stale_after_s`` when one of them is :attr:`~ingestd.channels.Cadence.BOOK` (pushed
+    on a cadence, trades or not: silence is a stall), else :data:`QUIET_STALE_FACTOR` times it."""
+    steady = any(cadence_of(venue, s) is Cadence.BOOK for s in streams)
     return settings.stale_after_s if steady else settings.stale_after_s * QUIET_STALE_FACTOR
 
 
@@ -59,29 +60,36 @@ class StreamStats:
     """Counters of one stream (across every socket that carried it)."""
 
     __slots__ = (
-        "connection", "duplicates", "errors_in_episode", "first_frame_ts", "frames",
-        "keyfn", "last_frame", "parse_errors", "records",
+        "cadence", "connection", "duplicates", "errors_in_episode", "first_frame_ts", "frames",
+        "id_reset_at", "id_resets", "last_frame", "parse_errors", "records", "spec",
     )  # fmt: skip
 
-    def __init__(self, connection: str) -> None:
+    def __init__(self, connection: str, cadence: Cadence) -> None:
         self.connection = connection
+        self.cadence = cadence
         self.frames = 0
         self.records = 0
         self.parse_errors = 0
         self.duplicates = 0
+        self.id_resets = 0
+        """Times the stream's ids restarted lower (each wrote an ``id_reset`` gap record)."""
+        self.id_reset_at = float("-inf")
         self.errors_in_episode = 0
         self.first_frame_ts: int | None = None
         self.last_frame = 0.0
-        self.keyfn: KeyFn | None = None
+        self.spec: ChannelSpec | None = None
+        """The channel of the stream's records (identity and order key for the duplicate filter)."""
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """The stream's part of ``stats()``."""
         return {
             "connection": self.connection,
+            "cadence": self.cadence.value,
             "frames": self.frames,
             "records": self.records,
             "parse_errors": self.parse_errors,
             "duplicates": self.duplicates,
+            "id_resets": self.id_resets,
             "first_frame_seen": self.first_frame_ts is not None,
             "first_frame_ts": self.first_frame_ts,
             "last_frame_age_s": _age(now, self.last_frame),
@@ -93,7 +101,7 @@ class Live:
 
     __slots__ = (
         "busy_at", "connected", "data_seen", "emitting", "end_reason", "handover", "last_frame",
-        "reader", "shutdown_notice", "silence_checked", "unseen", "ws",
+        "reader", "shutdown_notice", "silence_checked", "source", "unseen", "ws",
     )  # fmt: skip
 
     def __init__(self, ws: WsConnection, streams: Sequence[str], *, candidate: bool) -> None:
@@ -113,7 +121,10 @@ class Live:
         self.shutdown_notice = False
         """The venue announced ``serverShutdown`` on this socket; a rotation replaces it."""
         self.reader: asyncio.Task[None] | None = None
-        self.handover: Handover | None = Handover() if candidate else None
+        self.source = object()
+        """Names this socket to the duplicate filter (a token: the marks must not keep a closed
+        socket alive)."""
+        self.handover: Handover | None = Handover(self.source) if candidate else None
         """Set while this socket is a rotation candidate; ``None`` once it is the primary."""
 
     def heard_at(self) -> float:
@@ -138,13 +149,13 @@ class Live:
 class Slot:
     """Everything about one planned connection that outlives its sockets."""
 
-    def __init__(self, plan: ConnectionPlan, ws_url: str, settings: StreamSettings) -> None:
+    def __init__(self, plan: ConnectionPlan, ws_url: str, settings: StreamSettings, venue: str) -> None:
         self.plan = plan
         self.url = plan.url(ws_url)
         self.source = plan.source(ws_url)
         self.backoff = Backoff.from_settings(settings)
         self.rotate_backoff = Backoff.from_settings(settings)
-        self.stale_after_s = stale_deadline(plan.streams, settings)
+        self.stale_after_s = stale_deadline(plan.streams, settings, venue)
         self.state = SlotState.IDLE
         self.primary: Live | None = None
         self.candidate: Live | None = None

@@ -6,7 +6,7 @@ an IP ban and when it ends, or a body that is not an exchangeInfo document — s
 print it and exit 3 before anything else starts.
 
 The body's ``rateLimits`` also carries the live ``REQUEST_WEIGHT`` per minute; when it is lower
-than the venue table's, the client's budget follows it (BINANCE.md §4: read the live value).
+than the venue table's, the client's budget follows it (docs/binance.md §5: read the live value).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Connection planning (pure): which streams ride on which websocket.
 
-Rules (DESIGN.md "Routing", BINANCE.md §1.1):
+Rules (docs/binance.md §2.1, §2.2):
 
-* USDⓈ-M streams go to the route :func:`~ingestd.venues.binance.endpoints.route_for` names
-  (``/public`` for book data, ``/market`` for the rest); one connection never mixes routes,
-  because a stream on the wrong route is acknowledged and then silent.
+* USDⓈ-M streams go to the route their channel's spec names
+  (:mod:`ingestd.venues.binance.channels`: ``/public`` for book data, ``/market`` for the rest);
+  one connection never mixes routes, because a stream on the wrong route is acknowledged and then
+  silent.
 * Spot has no routes: every connection is ``/stream``.
 * At most ``max_streams_per_connection`` streams per connection (and never more than the
   venue's own limit).
@@ -20,13 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ingestd.channels import ChannelSpec
 from ingestd.config import StreamSettings
 from ingestd.errors import ConfigError
-from ingestd.venues.binance.endpoints import SPOT_ONLY_MISSING, STREAM_TEMPLATES, VenueSpec, route_for
+from ingestd.venues.binance.channels import SELECTABLE, TABLES, stream_name, stream_specs
+from ingestd.venues.binance.endpoints import VenueSpec
 from ingestd.venues.binance.symbols import ContractSet
-
-REST_ONLY_CHANNELS = frozenset({"depth_snapshot"})
-"""Channels served by REST, not by a stream: the planner skips them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,33 +55,28 @@ class ConnectionPlan:
         return f"{urlsplit(ws_url).path.rstrip('/')}{self.path}"
 
 
-def stream_names(native: str, channels: Sequence[str], settings: StreamSettings) -> list[tuple[str, str]]:
-    """``(channel, stream name)`` for one symbol, in channel order; REST-only channels skipped."""
-    s = native.lower()
-    out = []
-    for ch in channels:
-        if ch in REST_ONLY_CHANNELS:
-            continue
-        template = STREAM_TEMPLATES[ch]
-        out.append(
-            (ch, template.format(s=s, interval=settings.kline_interval, levels=settings.partial_depth_levels))
-        )
-    return out
+def stream_names(
+    native: str, specs: Sequence[ChannelSpec], settings: StreamSettings
+) -> list[tuple[ChannelSpec, str]]:
+    """``(spec, stream name)`` for one symbol, in ``specs`` order (stream specs only)."""
+    params = {"interval": settings.kline_interval, "levels": settings.partial_depth_levels}
+    return [(spec, stream_name(spec, native, **params)) for spec in specs]
 
 
-def _check_channels(venue: VenueSpec, channels: Sequence[str]) -> list[str]:
+def _check_channels(venue: VenueSpec, channels: Sequence[str]) -> list[ChannelSpec]:
+    """The stream specs of ``channels`` (REST-only ones skipped); a channel that does not exist on
+    ``venue`` is a :class:`ConfigError`."""
     wanted = list(dict.fromkeys(channels))
-    unknown = [c for c in wanted if c not in STREAM_TEMPLATES and c not in REST_ONLY_CHANNELS]
+    table = TABLES[venue.name]
+    unknown = [c for c in wanted if c not in SELECTABLE]
     if unknown:
         raise ConfigError(
-            f"no stream for channel(s) {', '.join(unknown)}; streams exist for {', '.join(STREAM_TEMPLATES)}",
-            key="channels",
+            f"no such channel(s) {', '.join(unknown)}; channels are {', '.join(SELECTABLE)}", key="channels"
         )
-    if not venue.routed:
-        missing = [c for c in wanted if c in SPOT_ONLY_MISSING]
-        if missing:
-            raise ConfigError(f"channel(s) {', '.join(missing)} do not exist on {venue.name}", key="channels")
-    return wanted
+    missing = [c for c in wanted if c not in table.selectable]
+    if missing:
+        raise ConfigError(f"channel(s) {', '.join(missing)} do not exist on {venue.name}", key="channels")
+    return stream_specs(venue.name, wanted)
 
 
 def _chunks(groups: list[tuple[str, list[str]]], cap: int) -> list[list[tuple[str, list[str]]]]:
@@ -124,8 +119,8 @@ def plan_connections(
     by_route: dict[str, list[tuple[str, list[str]]]] = {}
     for native in sorted(contracts.natives):
         per_route: dict[str, list[str]] = {}
-        for _, stream in stream_names(native, wanted, settings):
-            route = route_for(stream) if venue.routed else ""
+        for spec, stream in stream_names(native, wanted, settings):
+            route = spec.route or ""
             per_route.setdefault(route, []).append(stream)
         for route, streams in per_route.items():
             by_route.setdefault(route, []).append((native, streams))

@@ -6,8 +6,8 @@ Parquet, NDJSON, NATS and hooks handle them like market records. Times are ns li
 ``exchange_ts`` is the row's own time (``time``, ``fundingTime``, ``timestamp``), which is also
 what the pollers deduplicate on.
 
-No genuine capture of these endpoints exists (shared/realdata/NOTES.md §4): the payload shapes
-below are Binance's documented ones (BINANCE.md §3.3). Parsers are tolerant where Binance is
+No genuine capture of these endpoints exists (docs/binance.md §8.4): the payload shapes
+below are Binance's documented ones (docs/binance.md §4.4). Parsers are tolerant where Binance is
 inconsistent: ``/futures/data/*`` ``timestamp`` comes as a string in the doc examples and as a
 number live, so both are read; numbers may be strings or JSON numbers.
 """
@@ -151,7 +151,7 @@ def _check_symbol(row: Mapping[str, Any], contract: Contract, where: str) -> Non
 
 
 def parse_premium_index(venue: str, contract: Contract, body: Any, recv_ts: int) -> list[PremiumIndex]:
-    """``/fapi/v1/premiumIndex?symbol=X`` → one record [BINANCE.md §3.3 shape]::
+    """``/fapi/v1/premiumIndex?symbol=X`` → one record [docs/binance.md §4.4 shape]::
 
     {"symbol":"BTCUSDT","markPrice":"11793.63104562","indexPrice":"11781.80495970",
      "estimatedSettlePrice":"11781.16138815","lastFundingRate":"0.00038246",
@@ -177,7 +177,7 @@ def parse_premium_index(venue: str, contract: Contract, body: Any, recv_ts: int)
 
 
 def parse_funding_rates(venue: str, contract: Contract, body: Any, recv_ts: int) -> list[FundingRate]:
-    """``/fapi/v1/fundingRate?symbol=X`` → one record per settlement [BINANCE.md §3.3 shape]::
+    """``/fapi/v1/fundingRate?symbol=X`` → one record per settlement [docs/binance.md §4.4 shape]::
 
     [{"symbol":"BTCUSDT","fundingRate":"-0.03750000","fundingTime":1570608000000,
       "markPrice":"34287.54619963","rateType":"Regular"}]

@@ -7,7 +7,7 @@ daemon's data path, so they reach Parquet, NDJSON, NATS and hooks like stream re
 
 Budgets: every request takes its weight from the host's shared
 :class:`~ingestd.producers.budget.WeightBudget` (at a priority below depth snapshots), and the
-endpoints that carry no IP weight also respect their own per-IP buckets (BINANCE.md §4):
+endpoints that carry no IP weight also respect their own per-IP buckets (docs/binance.md §5):
 ``fundingRate`` 500 and ``/futures/data/*`` 1000 requests per 5 minutes, of which the pollers
 use half. Settings that could never fit a bucket are refused up front (``ConfigError``).
 
@@ -149,7 +149,7 @@ POLLS: Final[tuple[Poll, ...]] = (
 )  # fmt: skip
 
 BUCKET_LIMITS: Final = {"funding": 500, "data": 1000}
-"""Requests per IP per 5 minutes (BINANCE.md §3.3, §4)."""
+"""Requests per IP per 5 minutes (docs/binance.md §4.3, §5)."""
 
 
 class RequestBucket:

@@ -2,9 +2,10 @@
 
 Every request first takes its weight from the host's :class:`~ingestd.producers.budget.WeightBudget`
 (paced, priority-ordered, corrected by ``X-MBX-USED-WEIGHT-1M``). Failures are classified once,
-here (BINANCE.md §4):
+here (docs/binance.md §5):
 
-* 5xx, 408, timeouts and connection errors: retried with capped, jittered backoff up to
+* 5xx, 408, timeouts and connection errors (TLS failures too, an untrusted certificate
+  included, named by OpenSSL's reason): retried with capped, jittered backoff up to
   ``max_retries``, then :class:`~ingestd.errors.RestError` (``retriable=True``);
 * 429: the whole host pauses for ``Retry-After`` seconds (exponential when absent), then the
   request is retried, counting against ``max_retries``; past that
@@ -25,6 +26,7 @@ import asyncio
 import email.utils
 import logging
 import re
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ import orjson
 from ingestd.backoff import Backoff
 from ingestd.errors import BannedError, ParseError, RateLimitedError, RestError
 from ingestd.producers.budget import WeightBudget, load_ban, save_ban
+from ingestd.tls import tls_reason
 from ingestd.venues.binance.endpoints import VenueSpec
 
 log = logging.getLogger("ingestd.rest")
@@ -147,6 +150,8 @@ class RestClient:
     ``headroom`` is the share of the venue's per-minute weight limit this process may use;
     ``state_file`` remembers a 418 ban across restarts (``None``: in memory only). A
     ``budget`` may be passed to share one between clients of the same host, or for tests.
+    ``ssl_context`` verifies ``https://`` hosts (the daemon's shared one, :mod:`ingestd.tls`);
+    ``None`` uses aiohttp's default verifying context.
     """
 
     def __init__(
@@ -161,6 +166,7 @@ class RestClient:
         budget: WeightBudget | None = None,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -178,6 +184,7 @@ class RestClient:
         self.max_retries = max_retries
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._banned_until = load_ban(state_file, self.host) if state_file is not None else 0.0
@@ -211,7 +218,9 @@ class RestClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                connector=aiohttp.TCPConnector(limit=8, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(
+                    limit=8, ttl_dns_cache=300, ssl=self.ssl_context if self.ssl_context is not None else True
+                ),
                 headers={"User-Agent": "ingestd", "Accept": "application/json"},
             )
         return self._session
@@ -293,10 +302,13 @@ class RestClient:
             try:
                 resp = await self._send(url, params, weight, priority, headers)
             except (TimeoutError, aiohttp.ClientError) as exc:
-                kind = "timeout" if isinstance(exc, TimeoutError) else "connection"
+                # A TLS failure (an untrusted certificate too) is retried like any connection
+                # error, and its message is OpenSSL's reason, not aiohttp's wrapper.
+                tls = tls_reason(exc)
+                kind = "timeout" if isinstance(exc, TimeoutError) else "tls" if tls else "connection"
                 self._count_error(kind)
                 if attempt >= self.max_retries:
-                    what = f"timed out after {self.timeout_s:g} s" if kind == "timeout" else repr(exc)
+                    what = f"timed out after {self.timeout_s:g} s" if kind == "timeout" else tls or repr(exc)
                     raise RestError(
                         f"GET {url}: {what} ({attempt + 1} attempts)", url=url, retriable=True
                     ) from exc

@@ -8,10 +8,12 @@ first-frame deadline, rotation) and re-checks.
 
 Frames: ``recv_ts`` is read once per frame; with ``raw`` the exact bytes are emitted first as a
 :class:`~ingestd.records.RawFrame`; the parser's records are emitted as one batch per frame.
-Before emission every record passes a per-``(stream, native)`` high-water mark of its id
-(``final_update_id``, ``update_id``, ``trade_id``, ``agg_id``, kline ``(open_time, exchange_ts)``,
-else ``exchange_ts``): a record at or below the mark is a duplicate, dropped and counted. The
-marks outlive connections, so a venue that replays after a reconnect adds no duplicates.
+Before emission every record passes a per-``(stream, native)`` high-water mark of its channel's
+ordering key (the channel table's: ``final_update_id``, ``update_id``, ``trade_id``, ``agg_id``,
+kline ``(open_time, exchange_ts)``, else ``exchange_ts``; :mod:`ingestd.producers.dedupe` has the
+rule): a proven copy is dropped and counted, so a venue replaying the last records after a
+reconnect adds no duplicates; ids that restart lower are a new sequence, emitted behind an
+``id_reset`` gap record (counted per stream, logged).
 
 Rotation (make-before-break, before Binance's 24 h cut): a second socket is opened on the same
 streams while the primary keeps emitting. The new socket's records are buffered per key until
@@ -22,25 +24,36 @@ already read is still admitted), the new one becomes the primary, and one ``ROTA
 replaces the ``DISCONNECTED``/``CONNECTED`` pair: no data was lost, books need not resync. A new
 socket that delivers nothing within ``first_frame_deadline_s`` is dropped and the rotation
 retried with backoff; one that has data but no proof by then is switched to anyway (logged).
+
+The contract set can change during a run (listings): :meth:`StreamsProducer.add` opens new
+connections for new plans while the others run on untouched (never closed, re-subscribed or
+changed: a reconnect keeps resubscribing exactly its own streams), and
+:meth:`StreamsProducer.retire` stops expecting the streams of contracts that stopped trading —
+they leave ``stats()["streams"]`` (so neither silence nor staleness is reported for them), and a
+connection whose every stream is retired is closed for good; one that still carries live
+streams keeps them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
 from ingestd.backoff import classify
 from ingestd.config import StreamSettings
 from ingestd.errors import ParseError, TransportError
 from ingestd.producers.connstate import Live, Slot, SlotState, StreamStats
-from ingestd.producers.dedupe import HighWaterMarks, key_for
+from ingestd.producers.dedupe import HighWaterMarks
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind, Emit, OnConnectionEvent
 from ingestd.producers.plan import ConnectionPlan, plan_connections
 from ingestd.producers.transport import AiohttpTransport, WsConnection, WsTransport
 from ingestd.records import AnyRecord, RawFrame, Record
+from ingestd.venues.binance.channels import cadence_of, channel_spec
 from ingestd.venues.binance.endpoints import VenueSpec, stream_kind, stream_symbol
 
 __all__ = ["ConnectionPlan", "FrameParserLike", "SlotState", "StreamsProducer", "plan_connections"]
@@ -51,6 +64,8 @@ SERVER_SHUTDOWN_STREAM: Final = "!serverShutdown"
 ROTATION_POLL_S: Final = 0.05
 """How often the controller re-checks a rotation's hand-over conditions (only while rotating)."""
 
+ID_RESET_LOG_S: Final = 60.0
+"""An id restart is logged as a warning unless the same stream restarted less than this ago."""
 SHUTDOWN_REPEAT_S: Final = 10.0
 """A second serverShutdown within this many seconds reconnects with backoff, not at once."""
 RELEASE_BATCH: Final = 4096
@@ -78,7 +93,8 @@ class StreamsProducer:
 
     ``emit`` receives one batch per frame (it may wait: back-pressure reaches the socket).
     ``on_event`` receives :class:`~ingestd.producers.events.ConnectionEvent` transitions.
-    ``transport`` defaults to aiohttp with the venue's keepalive cadence.
+    ``transport`` defaults to aiohttp with the venue's keepalive cadence, verifying ``wss://``
+    peers with ``ssl_context`` (``None``: aiohttp's default context).
     """
 
     def __init__(  # noqa: PLR0917 - positional order is the daemon's call (app.py)
@@ -93,6 +109,7 @@ class StreamsProducer:
         raw: bool = False,
         on_event: OnConnectionEvent | None = None,
         transport: WsTransport | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         names = [p.name for p in plans]
         if len(set(names)) != len(names):
@@ -106,9 +123,18 @@ class StreamsProducer:
         self._transport: WsTransport = transport or AiohttpTransport(
             max_frame_bytes=settings.max_frame_bytes,
             ping_interval_s=settings.ping_interval_s or venue.ping_interval_s,
+            ssl_context=ssl_context,
         )
-        self._slots = [Slot(p, ws_url, settings) for p in plans]
-        self._streams: dict[str, StreamStats] = {s: StreamStats(p.name) for p in plans for s in p.streams}
+        self._ws_url = ws_url
+        self._slots = [Slot(p, ws_url, settings, venue.name) for p in plans]
+        self._group: asyncio.TaskGroup | None = None
+        self._retired: set[str] = set()
+        """Streams no longer expected (their contract stopped trading)."""
+        self._retired_slots: set[str] = set()
+        """Connections whose every stream is retired: closed, never reconnected."""
+        self._streams: dict[str, StreamStats] = {
+            s: StreamStats(p.name, cadence_of(venue.name, s)) for p in plans for s in p.streams
+        }
         self._aliases: dict[str, str] = {}
         """Received stream name → planned name, when the venue's spelling differs."""
         self._marks = HighWaterMarks()
@@ -118,6 +144,7 @@ class StreamsProducer:
         self._finished = asyncio.Event()
         self.parse_errors = 0
         self.duplicates = 0
+        self.id_resets = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -132,7 +159,9 @@ class StreamsProducer:
         self._stop = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.TaskGroup() as tg:
-                for slot in self._slots:
+                # Kept for add(): connections planned later join the same group.
+                self._group = tg
+                for slot in list(self._slots):
                     tg.create_task(self._run_slot(slot), name=f"streams:{slot.plan.name}")
         except BaseExceptionGroup as group:
             # Only fatal errors reach the group; surface the first one as itself.
@@ -141,6 +170,7 @@ class StreamsProducer:
                 raise
             raise fatal from group
         finally:
+            self._group = None
             self._running = False
             self._finished.set()
 
@@ -158,13 +188,63 @@ class StreamsProducer:
         if self._running:
             await self._finished.wait()
 
+    # -- a contract set that changes --------------------------------------------------------------
+
+    def add(self, plans: Sequence[ConnectionPlan]) -> list[str]:
+        """Open a new connection for each of ``plans`` (streams of contracts listed during the
+        run). Existing connections are not touched. A name already taken gets the next free
+        index of its route. Returns the names of the new connections."""
+        if self._stopping:
+            return []
+        taken = {s.plan.name for s in self._slots}
+        names: list[str] = []
+        for plan in plans:
+            if plan.name in taken:
+                plan = dataclasses.replace(plan, name=_free_name(plan.name, taken))  # noqa: PLW2901 - the renamed plan
+            taken.add(plan.name)
+            slot = Slot(plan, self._ws_url, self._settings, self._venue.name)
+            self._slots.append(slot)
+            for stream in plan.streams:
+                self._retired.discard(stream)
+                self._streams[stream] = StreamStats(plan.name, cadence_of(self._venue.name, stream))
+            if self._group is not None:
+                self._group.create_task(self._run_slot(slot), name=f"streams:{plan.name}")
+            names.append(plan.name)
+            log.info("%s planned: %d stream(s) of %d new contract(s)", plan.name, len(plan.streams),
+                     len(plan.natives))  # fmt: skip
+        return names
+
+    async def retire(self, natives: Iterable[str]) -> list[str]:
+        """Stop expecting every stream of ``natives`` (native symbols). A connection left with no
+        expected stream is closed for good (no reconnect, no ``DISCONNECTED`` event); any other
+        connection goes on as it is. Returns the names of the connections closed."""
+        lower = {n.lower() for n in natives}
+        gone = {name for name in self._streams if (stream_symbol(name) or "") in lower}
+        gone.update(a for a, planned in self._aliases.items() if planned in gone)
+        self._retired |= gone
+        closed: list[str] = []
+        for slot in self._slots:
+            name = slot.plan.name
+            if name in self._retired_slots or not all(s in self._retired for s in slot.plan.streams):
+                continue
+            self._retired_slots.add(name)
+            closed.append(name)
+            # Closing the sockets wakes the controller, which sees the retirement and returns.
+            for lv in (slot.primary, slot.candidate):
+                if lv is not None:
+                    lv.end_reason = lv.end_reason or "retired"
+                    await lv.ws.close()
+            slot.poke()
+            log.info("%s closed: every stream it carried is retired", name)
+        return closed
+
     # -- one planned connection -----------------------------------------------------------------
 
     async def _run_slot(self, slot: Slot) -> None:
         name = slot.plan.name
         graceful = False
         try:
-            while not self._stopping:
+            while not self._stopping and name not in self._retired_slots:
                 if slot.connects or slot.connect_failures:
                     # At once only right after a serverShutdown notice (not hours later).
                     fresh = time.monotonic() - slot.last_shutdown < SHUTDOWN_REPEAT_S * 6
@@ -186,7 +266,7 @@ class StreamsProducer:
                 if live is None:
                     break
                 reason = await self._serve(slot, live)
-                if self._stopped():
+                if self._stopped() or name in self._retired_slots:
                     break
                 slot.reconnects += 1
                 slot.reasons[reason] = slot.reasons.get(reason, 0) + 1
@@ -275,7 +355,7 @@ class StreamsProducer:
                         continue
                     graceful = True
                     return reason
-                if self._stopped():
+                if self._stopped() or slot.plan.name in self._retired_slots:
                     graceful = True
                     return "closed"
                 now = time.monotonic()
@@ -419,11 +499,13 @@ class StreamsProducer:
                 log.warning("%s disconnected (%s) mid-rotation; the new socket takes over, %d key(s) "
                             "without proven overlap", slot.plan.name, old_ended, unproven)  # fmt: skip
                 self._event(Kind.DISCONNECTED, slot, reason=old_ended)
-            keyfns = {name: st.keyfn for name, st in self._streams.items() if st.keyfn is not None}
-            kept, dropped = self._marks.release(handover, keyfns)
+            specs = {name: st.spec for name, st in self._streams.items() if st.spec is not None}
+            kept, dropped = self._marks.release(handover, specs)
             for name, n in dropped.items():
                 self._streams[name].duplicates += n
                 self.duplicates += n
+            if self._marks.reset_log:
+                self._id_resets()
             new.handover = None
             slot.primary, slot.candidate = new, None
             for i in range(0, len(kept), RELEASE_BATCH):
@@ -586,16 +668,36 @@ class StreamsProducer:
         self, slot: Slot, live: Live, stream: str, st: StreamStats, records: list[Record]
     ) -> list[Record]:
         """Drop records at or below their (stream, native) high-water mark; advance the marks."""
-        keyfn = st.keyfn
-        if keyfn is None:
-            keyfn = st.keyfn = key_for(records[0].channel)
+        spec = st.spec
+        if spec is None:
+            spec = st.spec = channel_spec(self._venue.name, type(records[0]))
         cand = slot.candidate
         rival = cand.handover if cand is not None and cand is not live else None
-        kept, dropped = self._marks.admit(stream, records, keyfn, candidate=live.handover, rival=rival)
+        marks = self._marks
+        kept, dropped = marks.admit(
+            stream, records, spec, source=live.source, candidate=live.handover, rival=rival
+        )
         if dropped:
             st.duplicates += dropped
             self.duplicates += dropped
+        if marks.reset_log:
+            self._id_resets()
         return kept
+
+    def _id_resets(self) -> None:
+        """Count and log the id restarts the marks just saw (their gap records are emitted)."""
+        now = time.monotonic()
+        for stream, gap in self._marks.reset_log:
+            st = self._streams.get(stream)
+            self.id_resets += 1
+            level = logging.WARNING
+            if st is not None:
+                st.id_resets += 1
+                if now - st.id_reset_at < ID_RESET_LOG_S:
+                    level = logging.DEBUG
+                st.id_reset_at = now
+            log.log(level, "%s: %s; records kept, id_reset gap written", gap.native, gap.reason)
+        self._marks.reset_log.clear()
 
     def _canonical(self, slot: Slot, stream: str) -> str:
         """The planned name of a stream the venue spells differently (same symbol and kind, another
@@ -612,7 +714,7 @@ class StreamsProducer:
 
     def _new_stream(self, slot: Slot, stream: str) -> StreamStats:
         # A stream the plan did not name (the venue's spelling differs): counted, still emitted.
-        st = self._streams[stream] = StreamStats(slot.plan.name)
+        st = self._streams[stream] = StreamStats(slot.plan.name, cadence_of(self._venue.name, stream))
         return st
 
     def _data_transitions(self, slot: Slot, live: Live, stream: str, st: StreamStats) -> None:
@@ -683,7 +785,7 @@ class StreamsProducer:
         return False
 
     def _report_silent(self, slot: Slot, live: Live) -> None:
-        silent = tuple(s for s in slot.plan.streams if s in live.unseen)
+        silent = tuple(s for s in slot.plan.streams if s in live.unseen and s not in self._retired)
         slot.silent = silent
         if not silent:
             return
@@ -724,14 +826,29 @@ class StreamsProducer:
     def stats(self) -> dict[str, Any]:
         """A snapshot: per connection, per stream, and totals (``reconnects``, ``parse_errors``)."""
         now = time.monotonic()
+        retired = self._retired
         return {
-            "connections": {s.plan.name: s.snapshot(now) for s in self._slots},
-            "streams": {name: st.snapshot(now) for name, st in self._streams.items()},
+            "connections": {
+                s.plan.name: s.snapshot(now) for s in self._slots if s.plan.name not in self._retired_slots
+            },
+            "streams": {name: st.snapshot(now) for name, st in self._streams.items() if name not in retired},
+            "retired_streams": sorted(retired & self._streams.keys()),
+            "retired_connections": sorted(self._retired_slots),
             "reconnects": sum(s.reconnects for s in self._slots),
             "parse_errors": self.parse_errors,
             "duplicates": self.duplicates,
+            "id_resets": self.id_resets,
             "frames": sum(s.frames for s in self._slots),
         }
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    """``<venue>/<route>#<n>`` with the lowest index not in ``taken``."""
+    prefix = name.rpartition("#")[0]
+    index = 0
+    while f"{prefix}#{index}" in taken:
+        index += 1
+    return f"{prefix}#{index}"
 
 
 def _never_ready() -> bool:

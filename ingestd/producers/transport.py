@@ -2,7 +2,7 @@
 aiohttp implementation.
 
 The producer only needs "open a URL, read frames as bytes, know why it closed". aiohttp's
-``ws_connect`` receives about 3x faster than ``websockets`` (PERF.md), and with
+``ws_connect`` receives about 3x faster than ``websockets`` (docs/performance.md §2), and with
 ``decode_text=False`` it hands text frames over as the received ``bytes``: no UTF-8 decode here
 and no re-encode in the parser (orjson/msgspec read bytes directly).
 
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Final, Protocol
 
 import aiohttp
 
 from ingestd.backoff import classify
 from ingestd.errors import TransportError
+from ingestd.tls import origin, tls_reason
 
 log = logging.getLogger("ingestd.streams")
 
@@ -122,8 +124,9 @@ class AiohttpConnection:
             # aiohttp records a protocol error's own code (1009 for a frame over the limit).
             code = self._ws.close_code
             self._close_code = int(code) if code else ABNORMAL_CLOSURE
+            what = (tls_reason(exc) if isinstance(exc, BaseException) else None) or repr(exc)
             raise TransportError(
-                f"websocket failed: {exc!r}",
+                f"websocket failed: {what}",
                 url=self.url,
                 retriable=classify(exc) if isinstance(exc, BaseException) else True,
             ) from (exc if isinstance(exc, BaseException) else None)
@@ -157,6 +160,8 @@ class AiohttpTransport:
     ``ping_interval_s``: client keepalive cadence (use the venue's: spot 20 s, USDⓈ-M 180 s);
     ``None`` disables client pings (server pings are still answered). ``max_frame_bytes``: a
     larger frame fails the connection. ``close_timeout_s`` bounds the closing handshake.
+    ``ssl_context`` verifies ``wss://`` peers (the daemon's shared one, :mod:`ingestd.tls`);
+    ``None`` uses aiohttp's default verifying context.
     """
 
     def __init__(
@@ -165,10 +170,12 @@ class AiohttpTransport:
         max_frame_bytes: int = 4 * 1024 * 1024,
         ping_interval_s: float | None = None,
         close_timeout_s: float = 2.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.ping_interval_s = ping_interval_s
         self.close_timeout_s = close_timeout_s
+        self.ssl_context = ssl_context
 
     async def connect(self, url: str, timeout: float) -> AiohttpConnection:  # noqa: ASYNC109 - see WsTransport.connect
         session = aiohttp.ClientSession()
@@ -183,15 +190,17 @@ class AiohttpTransport:
                     decode_text=False,
                     compress=0,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout_s),
+                    ssl=self.ssl_context if self.ssl_context is not None else True,
                 )
         except TimeoutError as exc:
             await session.close()
             raise TransportError(f"connect to {url} timed out after {timeout:g} s", url=url) from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             await session.close()
-            raise TransportError(
-                f"connect to {url} failed: {_describe(exc)}", url=url, retriable=classify(exc)
-            ) from exc
+            reason = tls_reason(exc)
+            # A TLS failure names the peer, not the whole stream list: one readable line.
+            what = f"{origin(url)}: {reason}" if reason else f"connect to {url} failed: {_describe(exc)}"
+            raise TransportError(what, url=url, retriable=classify(exc)) from exc
         except BaseException:
             await session.close()
             raise

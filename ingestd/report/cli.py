@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
-from ingestd.report.series import span_ns
+from ingestd.report.spans import span_ns
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -144,10 +144,11 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     try:
         import matplotlib  # noqa: PLC0415 - the optional extra, checked before any work
+        import numpy  # noqa: F401, PLC0415 - matplotlib brings it; the series code uses it directly
 
         matplotlib.use("Agg")
-    except ImportError:
-        sys.stderr.write("ingestd report: needs matplotlib: pip install 'ingestd[report]'\n")
+    except ImportError as exc:
+        sys.stderr.write(f"ingestd report: needs {exc.name or 'matplotlib'}: pip install 'ingestd[report]'\n")
         return EXIT_USAGE
     from ingestd.report.load import ReportData  # noqa: PLC0415 - reads Parquet, after the checks
 

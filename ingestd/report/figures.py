@@ -30,10 +30,10 @@ from ingestd.report.series import (
     rolling_mean,
     rsi,
     sma,
-    span_ns,
     sum_per_bucket,
     vwap,
 )
+from ingestd.report.spans import span_ns
 
 UP: Final = "#26a69a"
 DOWN: Final = "#ef5350"

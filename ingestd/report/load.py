@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingestd.consumers.schema import open_dataset
-from ingestd.report.series import F64, I64, Bars, resample_bars, resample_trades, span_ns
+from ingestd.report.series import F64, I64, Bars, resample_bars, resample_trades
+from ingestd.report.spans import span_ns
 
 Market = Literal["spot", "futures"]
 VENUE = {"spot": "binance-spot", "futures": "binance-usdm"}

@@ -9,28 +9,18 @@ smoothing, MACD 12/26/9, VWAP cumulative over the shown range (typical price x v
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
+from ingestd.report.spans import NS_PER_S, span_ns
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-NS_PER_S: Final = 1_000_000_000
 SECONDS_PER_YEAR: Final = 365 * 24 * 3600
-_SPAN = re.compile(r"^(\d+)(s|m|h|d)$")
-_UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def span_ns(text: str) -> int:
-    """``"1m"`` → 60e9; ``"5s"``, ``"15m"``, ``"1h"``, ``"1d"``. ``ValueError`` otherwise."""
-    m = _SPAN.match(text)
-    if m is None or int(m[1]) == 0:
-        raise ValueError(f"not a duration like 5s, 1m, 15m, 1h: {text!r}")
-    return int(m[1]) * _UNIT_S[m[2]] * NS_PER_S
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Recorded captures → one replay timeline (pure parsing; the only I/O is reading the file).
 
-Three on-disk formats are read (see shared/realdata/NOTES.md §2):
+Three on-disk formats are read (docs/binance.md §8.1):
 
 * **hftbacktest** (``.gz`` or plain): ``<local_ns> <json>`` per line. Websocket lines are
   combined-stream frames ``{"stream":..,"data":..}``; the REST depth snapshot is a bare body with

@@ -4,7 +4,11 @@ When ready it prints exactly one line to stdout, flushed::
 
     rest=http://127.0.0.1:PORT ws=ws://127.0.0.1:PORT
 
-Exit codes: 0 clean stop, 2 missing/unreadable capture or bad flag, 3 could not listen.
+With ``--tls-cert FILE --tls-key FILE`` it serves the same venue over TLS and prints
+``rest=https://… ws=wss://…``.
+
+Exit codes: 0 clean stop, 2 missing/unreadable capture, certificate or key, or a bad flag,
+3 could not listen.
 ``python -m ingestd.sim.cli …`` runs it without the main CLI (tests start it that way).
 """
 
@@ -14,12 +18,15 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ingestd.errors import ConfigError
+from ingestd.sim.schedule import ListingChange, parse_change
 from ingestd.sim.venue import BUNDLED_CAPTURE, SimVenue
+from ingestd.tls import server_context
 
 EXIT_OK, EXIT_USAGE, EXIT_STARTUP = 0, 2, 3
 
@@ -34,6 +41,21 @@ def _speed(text: str) -> float:
             f"speed must be a number >= 0 (0 = as fast as the client reads): {text!r}"
         )
     return value
+
+
+def _change(text: str, *, listed: bool) -> ListingChange:
+    try:
+        return parse_change(text, listed=listed)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _listed(text: str) -> ListingChange:
+    return _change(text, listed=True)
+
+
+def _delisted(text: str) -> ListingChange:
+    return _change(text, listed=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +81,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume",
-        choices=("restart", "continue"),
+        choices=("restart", "continue", "live"),
         default="restart",
-        help="new connections replay from the start (restart) or go on where the last one left (continue)",
+        help="new connections replay from the start (restart), go on where the last one left (continue), "
+        "or join the venue's own clock, which runs from the first connection whether anyone listens (live)",
+    )
+    parser.add_argument(
+        "--list-at",
+        action="append",
+        type=_listed,
+        default=[],
+        metavar="SECONDS:SYMBOL",
+        help="SYMBOL becomes TRADING at SECONDS of replay time (before: PENDING_TRADING on USDⓈ-M, "
+        "absent on spot; its streams send nothing); repeatable",
+    )
+    parser.add_argument(
+        "--delist-at",
+        action="append",
+        type=_delisted,
+        default=[],
+        metavar="SECONDS:SYMBOL",
+        help="SYMBOL stops trading at SECONDS (USDⓈ-M: SETTLING, spot: BREAK; its streams go quiet); "
+        "repeatable",
+    )
+    parser.add_argument(
+        "--no-derived-agg-trades",
+        action="store_true",
+        help="do not derive an @aggTrade stream from the recorded trades of symbols that have none",
     )
     parser.add_argument("--clock-skew-ms", type=int, default=0, help="added to serverTime")
+    parser.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serve https/wss with this PEM certificate (chain)"
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="the PEM private key of --tls-cert")
     parser.add_argument(
         "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log to stderr at this level"
     )
@@ -74,6 +124,16 @@ def _fail(message: str) -> None:
     sys.stderr.flush()
 
 
+def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server context of ``--tls-cert``/``--tls-key``; ``None`` without them."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("--tls-cert and --tls-key go together")
+    return server_context(cert, key)
+
+
 async def run(args: argparse.Namespace) -> int:
     """Start the venue, print the ready line, serve until SIGINT/SIGTERM, close, return 0."""
     if getattr(args, "log_level", None):
@@ -82,6 +142,7 @@ async def run(args: argparse.Namespace) -> int:
         setup_logging("auto", args.log_level)
     captures = list(args.capture or [BUNDLED_CAPTURE])
     try:
+        tls = _server_tls(args)
         venue = SimVenue(
             captures,
             host=args.host,
@@ -90,10 +151,13 @@ async def run(args: argparse.Namespace) -> int:
             loop=args.loop,
             resume=args.resume,
             loop_shift=args.loop_shift,
+            ssl_context=tls,
+            listings=[*getattr(args, "list_at", []), *getattr(args, "delist_at", [])],
+            derive_agg_trades=not getattr(args, "no_derived_agg_trades", False),
         )
         venue.faults.clock_skew_ms = args.clock_skew_ms
         await venue.start()
-    except ConfigError as exc:  # CaptureError included: missing, unreadable or unknown capture
+    except ConfigError as exc:  # CaptureError included; a bad certificate or key too
         _fail(str(exc))
         return EXIT_USAGE
     except OSError as exc:

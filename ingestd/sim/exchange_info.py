@@ -5,12 +5,12 @@ symbol such as ``BTCUSD_211231`` is a ``CURRENT_QUARTER`` contract). Tick and st
 inferred from the decimals of the price and quantity strings the capture carries: Binance writes
 prices with the symbol's precision, and a column whose last decimal is always ``0`` means a
 coarser tick (fapi BTCUSDT writes ``61800.20``: two decimals, tick ``0.10``). The shape follows
-BINANCE.md §5 and the real responses in shared/realdata (nautilus_trader, cryptofeed).
+docs/binance.md §6 and the real responses in tests/data (nautilus_trader, cryptofeed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -295,3 +295,27 @@ def build_exchange_info(timeline: Timeline, market: Market) -> dict[str, Any]:
         "assets": [{"asset": a, "marginAvailable": True, "autoAssetExchange": "-10000"} for a in assets],
         "symbols": entries,
     }
+
+
+def with_statuses(
+    doc: dict[str, Any],
+    status_of: Callable[[str], str | None],
+    onboard_of: Callable[[str], int | None],
+) -> dict[str, Any]:
+    """``doc`` with each symbol's ``status`` from ``status_of(native)`` (``None``: left out of the
+    list) and, where ``onboard_of(native)`` gives one, its ``onboardDate`` (futures)."""
+    symbols: list[dict[str, Any]] = []
+    for entry in doc["symbols"]:
+        native = entry["symbol"]
+        status = status_of(native)
+        if status is None:
+            continue
+        onboard = onboard_of(native)
+        if status == entry["status"] and (onboard is None or "onboardDate" not in entry):
+            symbols.append(entry)
+            continue
+        changed = dict(entry, status=status)
+        if onboard is not None and "onboardDate" in changed:
+            changed["onboardDate"] = onboard
+        symbols.append(changed)
+    return dict(doc, symbols=symbols)

@@ -4,15 +4,17 @@ Websocket faults act on the connections that match a :class:`Where` (all of them
 close now or after N more data frames with a close code (``1006`` aborts TCP with no close
 frame), stall (connected, nothing sent) until resumed or for N s, inject raw frames, announce
 ``serverShutdown``. A ``sticky`` fault also hits connections opened later, until :meth:`Faults.clear`.
-Depth diffs can be skipped (never sent, on any connection), and a whole stream silenced (it is
-subscribed and acknowledged, then never sends, while the rest of its connection streams on).
-REST faults (a status with
-``Retry-After``, a delay, a bad JSON body) apply to the next N requests of a path. The clock skew
-shifts ``serverTime``. Everything is plain state read by the venue; this module does no I/O.
+``drop`` aborts connections and refuses new handshakes on their route for N seconds: in a
+``live`` replay the venue goes on meanwhile, so the client comes back to a hole. Depth diffs can
+be skipped (never sent, on any connection), and a whole stream silenced (it is subscribed and
+acknowledged, then never sends, while the rest of its connection streams on). REST faults (a
+status with ``Retry-After``, a delay, a bad JSON body) apply to the next N requests of a path.
+The clock skew shifts ``serverTime``. Everything is plain state read by the venue; this module does no I/O.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -117,6 +119,10 @@ class RestFault:
 class _Refusal:
     status: int
     remaining: int
+    route: str | None = None
+    """Only handshakes on this route (``None``: any)."""
+    until: float | None = None
+    """Monotonic deadline instead of a count (``None``: ``remaining`` counts)."""
 
 
 def server_shutdown_frames(now_ms: int) -> tuple[bytes, bytes]:
@@ -268,15 +274,26 @@ class Faults:
         """The next ``count`` websocket handshakes fail with HTTP ``status``."""
         self._refusals.append(_Refusal(status, count))
 
-    def take_refusal(self) -> int | None:
-        """Venue side: the status to refuse this handshake with, if any."""
-        while self._refusals:
-            head = self._refusals[0]
-            if head.remaining <= 0:
-                self._refusals.pop(0)
+    def drop(self, seconds: float, *, route: str | None = None, code: int = ABORT, status: int = 503) -> int:
+        """An outage: close matching connections (default: abort TCP) and refuse every handshake
+        on ``route`` (``None``: any) with HTTP ``status`` for ``seconds``. Returns the connections hit."""
+        if not seconds >= 0 or seconds == float("inf"):
+            raise ConfigError(f"drop: seconds must be a finite number >= 0, not {seconds}")
+        self._refusals.append(_Refusal(status, 0, route=route, until=time.monotonic() + seconds))
+        return self.close(code, route=route)
+
+    def take_refusal(self, route: str = "") -> int | None:
+        """Venue side: the status to refuse this handshake on ``route`` with, if any."""
+        now = time.monotonic()
+        self._refusals = [
+            r for r in self._refusals if (r.remaining > 0 if r.until is None else r.until > now)
+        ]
+        for r in self._refusals:
+            if r.route is not None and r.route != route:
                 continue
-            head.remaining -= 1
-            return head.status
+            if r.until is None:
+                r.remaining -= 1
+            return r.status
         return None
 
     # ------------------------------------------------------------------ REST faults
@@ -331,7 +348,8 @@ class Faults:
     def apply_json(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /_sim/faults``: ``{"action": ..., ...}`` → ``{"ok": true, ...}``.
 
-        Actions: ``close`` (code, after_frames, reason, sticky), ``stall`` (seconds, sticky),
+        Actions: ``close`` (code, after_frames, reason, sticky), ``drop`` (seconds, code, status),
+        ``stall`` (seconds, sticky),
         ``resume``, ``inject`` (frames: list of strings, binary), ``server_shutdown``,
         ``skip_depth_diff`` (symbol, index | update_id, market), ``silence`` (stream, market),
         ``refuse_connections``
@@ -347,6 +365,10 @@ class Faults:
             match action:
                 case "close":
                     return {"ok": True, "connections": self.close(**args, **where)}
+                case "drop":
+                    if set(where) - {"route"}:
+                        raise ConfigError("drop: only 'route' selects the connections")
+                    return {"ok": True, "connections": self.drop(**args, **where)}
                 case "stall":
                     return {"ok": True, "connections": self.stall(**args, **where)}
                 case "resume":

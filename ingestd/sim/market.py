@@ -1,10 +1,11 @@
 """The sim's market-data REST endpoints beyond depth/exchangeInfo/time/ping (pure: no I/O, no clock).
 
-Every endpoint ``ingestd collect`` fetches (BINANCE.md §3) is answered here, with Binance's
+Every endpoint ``ingestd collect`` fetches (docs/binance.md §4) is answered here, with Binance's
 shapes, types and error bodies (``-1102`` missing parameter, ``-1121`` unknown symbol, ``-1120``
 bad interval, ``-2014`` missing API key …). Trades, aggregated trades, klines, tickers, average
 price and best bid/ask come from the capture's own trades and bookTickers; the rest is generated
-(see :mod:`ingestd.sim.tape`). Weights are the documented ones, from
+(see :mod:`ingestd.sim.tape`). Aggregated trades are answered by the venue from the aggTrade
+stream (:mod:`ingestd.sim.agg_trades`). Weights are the documented ones, from
 :func:`ingestd.collect.endpoints.request_weight`.
 
 :meth:`MarketData.answer` returns ``(status, weight, body)`` like the venue's other handlers.
@@ -84,7 +85,6 @@ def _limit(q: Query, default: int, hi: int) -> int:
 ROUTES: Final[dict[str, tuple[Market, str]]] = {
     "/api/v3/trades": ("spot", "_trades"),
     "/api/v3/historicalTrades": ("spot", "_historical"),
-    "/api/v3/aggTrades": ("spot", "_agg_trades"),
     "/api/v3/klines": ("spot", "_klines"),
     "/api/v3/uiKlines": ("spot", "_klines"),
     "/api/v3/avgPrice": ("spot", "_avg_price"),
@@ -95,7 +95,6 @@ ROUTES: Final[dict[str, tuple[Market, str]]] = {
     "/api/v3/ticker/bookTicker": ("spot", "_book_ticker"),
     "/fapi/v1/trades": ("futures", "_trades"),
     "/fapi/v1/historicalTrades": ("futures", "_historical"),
-    "/fapi/v1/aggTrades": ("futures", "_agg_trades"),
     "/fapi/v1/klines": ("futures", "_klines"),
     "/fapi/v1/continuousKlines": ("futures", "_continuous"),
     "/fapi/v1/indexPriceKlines": ("futures", "_index_klines"),
@@ -220,18 +219,6 @@ class MarketData:
             return self._trade_rows(tape, range(max(0, len(tape) - limit), len(tape)))
         first = next((k for k, i in enumerate(tape.ids) if i >= from_id), len(tape))
         return self._trade_rows(tape, range(first, min(len(tape), first + limit)))
-
-    def _agg_trades(self, market: Market, q: Query, _h: Mapping[str, str]) -> Any:
-        aggs = self._need(market, q).agg_trades()
-        limit = _limit(q, 500, 1000)
-        from_id = _int(q, "fromId", None, lo=0)
-        start, end = _int(q, "startTime", None, lo=0), _int(q, "endTime", None, lo=0)
-        if from_id is not None:
-            return [a for a in aggs if a["a"] >= from_id][:limit]
-        if start is not None or end is not None:
-            lo, hi = start or 0, end if end is not None else 2**62
-            return [a for a in aggs if lo <= a["T"] <= hi][:limit]
-        return aggs[-limit:]
 
     # -- klines --------------------------------------------------------------------------------
 

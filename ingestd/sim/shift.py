@@ -1,9 +1,10 @@
 """Fresh ids for looped replays (pure: no I/O, no clock).
 
 A looping replay sends the same capture again and again. A client that drops records at or below
-the highest id it has seen (as ingestd does) would drop every pass after the first, so a long
-soak run would only exercise the first few minutes. With ``loop_shift`` the sim moves every id
-and time of pass ``n`` forward by ``n`` strides, so each pass looks like new live data:
+the highest id it has seen would drop every pass after the first (ingestd takes each pass for
+ids that restarted: it stores it behind an ``id_reset`` gap record, and its books resync). With
+``loop_shift`` the sim moves every id and time of pass ``n`` forward by ``n`` strides, so each
+pass looks like new live data, as a long soak run wants:
 
 * times (``E``, ``T``, kline ``t``/``T``) by a whole number of minutes covering the capture,
   so kline open times stay on minute boundaries;
@@ -12,7 +13,9 @@ and time of pass ``n`` forward by ``n`` strides, so each pass looks like new liv
   of a pass does not continue the last one: a client's book resyncs once per pass, from a
   REST snapshot shifted the same way);
 * trade ids (trade ``t``, aggTrade ``f``/``l``, kline ``f``/``L``) and aggregate ids (``a``)
-  by their own spans.
+  by their own spans **per symbol** (Binance numbers them per symbol): pass ``n+1`` of a symbol
+  continues its pass ``n`` with the next id, so a client that checks id continuity (trade
+  backfill) sees no hole at a pass boundary.
 
 ``-1`` ids (Binance's "none": ``pu`` of a first event, kline ``f`` with no trades) stay ``-1``.
 """
@@ -40,8 +43,10 @@ class LoopShift:
 
     time_ms: int
     update_ids: int
-    trade_ids: int
-    agg_ids: int
+    trade_ids: dict[str, int]
+    """Per native symbol (upper case)."""
+    agg_ids: dict[str, int]
+    """Per native symbol (upper case)."""
 
     @classmethod
     def measure(cls, frames: Iterable[bytes], snapshots: Iterable[bytes], span_ns: int) -> LoopShift:
@@ -55,6 +60,10 @@ class LoopShift:
                 lo[kind] = min(lo.get(kind, v), v)
                 hi[kind] = max(hi.get(kind, v), v)
 
+        def sym(data: dict[str, Any]) -> str:
+            s = data.get("s")
+            return s.upper() if isinstance(s, str) else ""
+
         for frame in frames:
             data = orjson.loads(frame).get("data")
             if not isinstance(data, dict):
@@ -64,12 +73,12 @@ class LoopShift:
             if event in ("depthUpdate", "bookTicker"):
                 note("update", [data.get(k) for k in _UPDATE_KEYS])
             elif event == "trade":
-                note("trade", [data.get("t")])
+                note("trade:" + sym(data), [data.get("t")])
             elif event == "aggTrade":
-                note("agg", [data.get("a")])
-                note("trade", [data.get("f"), data.get("l")])
+                note("agg:" + sym(data), [data.get("a")])
+                note("trade:" + sym(data), [data.get("f"), data.get("l")])
             elif event == "kline" and isinstance(data.get("k"), dict):
-                note("trade", [data["k"].get("f"), data["k"].get("L")])
+                note("trade:" + sym(data), [data["k"].get("f"), data["k"].get("L")])
         for body in snapshots:
             snap = orjson.loads(body)
             if isinstance(snap, dict):
@@ -80,7 +89,11 @@ class LoopShift:
 
         # Whole minutes longer than both the receive-time and the event-time span.
         minutes = max(span_ns // 1_000_000, stride("time")) // _MINUTE_MS + 1
-        return cls(minutes * _MINUTE_MS, stride("update"), stride("trade"), stride("agg"))
+        per_symbol = {
+            kind: {k.partition(":")[2]: stride(k) for k in lo if k.startswith(kind + ":")}
+            for kind in ("trade", "agg")
+        }
+        return cls(minutes * _MINUTE_MS, stride("update"), per_symbol["trade"], per_symbol["agg"])
 
     def frame(self, payload: bytes, n: int) -> bytes:
         """``payload`` (a combined-stream frame or a bare one) as pass ``n`` sends it."""
@@ -110,15 +123,18 @@ class LoopShift:
         _add(data, _TIME_KEYS, n * self.time_ms)
         if event in ("depthUpdate", "bookTicker"):
             _add(data, _UPDATE_KEYS, n * self.update_ids)
-        elif event == "trade":
-            _add(data, ("t",), n * self.trade_ids)
+        s = data.get("s")
+        native = s.upper() if isinstance(s, str) else ""
+        trades = self.trade_ids.get(native, 1)
+        if event == "trade":
+            _add(data, ("t",), n * trades)
         elif event == "aggTrade":
-            _add(data, ("a",), n * self.agg_ids)
-            _add(data, ("f", "l"), n * self.trade_ids)
+            _add(data, ("a",), n * self.agg_ids.get(native, 1))
+            _add(data, ("f", "l"), n * trades)
         elif event == "kline" and isinstance(data.get("k"), dict):
             k = data["k"]
             _add(k, ("t", "T"), n * self.time_ms)
-            _add(k, ("f", "L"), n * self.trade_ids)
+            _add(k, ("f", "L"), n * trades)
 
 
 def _add(obj: dict[str, Any], keys: Iterable[str], delta: int) -> None:

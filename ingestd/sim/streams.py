@@ -4,7 +4,7 @@ Each connection owns two tasks, both owned by the venue's handler: a *pump* that
 frames of the subscribed streams in capture order, and a *reader* that answers Binance's live
 control messages (SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, SET/GET_PROPERTY). Frames are
 encoded here and written to the transport in bulk: aiohttp's per-frame ``send_*`` caps a replay
-far below what a client can read (PERF.md), and a chunk per drain keeps the loop responsive.
+far below what a client can read (docs/performance.md §2), and a chunk per drain keeps the loop responsive.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from aiohttp import web
 
 from ingestd.sim.captures import Market, Timeline
 from ingestd.sim.faults import ABORT, Close, Command, Faults, Inject, Resume, Stall
+from ingestd.sim.schedule import Schedule
 from ingestd.sim.shift import LoopShift
-from ingestd.venues.binance.endpoints import MARKET_ROUTE, PUBLIC_ROUTE, SPOT, USDM, route_for
+from ingestd.venues.binance.channels import MARKET_ROUTE, PUBLIC_ROUTE, route_for
+from ingestd.venues.binance.endpoints import SPOT, USDM
 
 log = logging.getLogger("ingestd.sim")
 
-ResumeMode = Literal["restart", "continue"]
+ResumeMode = Literal["restart", "continue", "live"]
 
 _CHUNK_BYTES: Final = 256 * 1024
 _CHUNK_FRAMES: Final = 4096
@@ -69,6 +71,7 @@ class ReplayState:
         loop: bool,
         resume: ResumeMode,
         shift: LoopShift | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self.timeline = timeline
         self.faults = faults
@@ -78,6 +81,10 @@ class ReplayState:
         self.shift = shift
         """With ``loop``: moves ids and times of each pass after the first (``None``: replay as is)."""
         n = len(timeline.streams)
+        self.schedule = schedule or Schedule(
+            timeline, speed=speed, live=resume == "live", furthest=lambda: max(self.position, default=-1)
+        )
+        """Venue time and listing windows (see :mod:`ingestd.sim.schedule`)."""
         self.position = [-1] * n
         """Per stream: timeline index of the frame sent last, on any connection (last write wins)."""
         self.passes = [0] * n
@@ -94,7 +101,8 @@ class ReplayState:
 
     def serves(self, route: str, requested: str) -> int | None:
         """The timeline stream a subscription gets on ``route``; ``None``: silent, like Binance
-        on a wrong route (a ``/market`` stream on ``/public`` or on an unrouted connection)."""
+        on a wrong route (a ``/market`` stream on ``/public`` or on an unrouted connection). The
+        route a stream belongs on is its channel's, from the channel table."""
         market = self.market_for(route)
         if market == "futures" and route_for(requested) != (route or PUBLIC_ROUTE):
             return None
@@ -180,10 +188,14 @@ class WsConnection:
                 floor = max(floor, st.position[sid])
                 if st.shift is not None and not self.started:
                     self.loops = max(self.loops, st.passes[sid])  # go on in the same (shifted) pass
+            elif st.resume == "live":
+                # The venue went on without this connection: what it published before is history.
+                floor = max(floor, st.schedule.position(asyncio.get_running_loop().time()))
             else:
                 # A restarted replay: REST snapshots follow this connection's position.
                 st.position[sid] = floor
-            self.floor[sid] = floor
+            # Frames of a symbol before its listing are never published.
+            self.floor[sid] = max(floor, st.schedule.floor[sid])
         self.wake.set()
 
     def unsubscribe(self, names: list[str]) -> None:
@@ -278,7 +290,7 @@ class WsConnection:
     def _restart(self) -> None:
         self.loops += 1
         for s in self._wanted():
-            self.floor[s] = -1
+            self.floor[s] = self.state.schedule.floor[s]
         self.pos, self.t0 = 0, None
 
     async def pump(self) -> Close | None:
@@ -315,6 +327,10 @@ class WsConnection:
             if not self.started:
                 self.pos = min(self.floor[s] for s in wanted) + 1
                 self.started = True
+                sched = self.state.schedule
+                if sched.live and sched.anchor is not None:
+                    # Paced by the venue's clock, not from this connection's first frame.
+                    self.t0 = (sched.anchor, sched.t0_ns)
             if self.pos >= n:
                 if self.state.loop:
                     self._restart()
@@ -334,7 +350,7 @@ class WsConnection:
         st = self.state
         tl = st.timeline
         sids, frames, floor, shift, loops = tl.sid, tl.frames, self.floor, st.shift, self.loops
-        skip = st.faults.skip
+        skip, ceil = st.faults.skip, st.schedule.ceil
         speed_ns = st.speed * 1e9
         limit = _CHUNK_FRAMES if self._close_after is None else min(_CHUNK_FRAMES, self._close_after)
         parts: list[bytes] = []
@@ -344,7 +360,7 @@ class WsConnection:
         end = min(len(sids), i + _SCAN)
         while i < end:
             s = sids[i]
-            if i > floor[s]:
+            if i > floor[s] and (ceil is None or i < ceil[s]):
                 if skip and i in skip:
                     self.skipped += 1
                     st.skipped[s] += 1

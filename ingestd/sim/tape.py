@@ -98,7 +98,6 @@ class Tape:
     price_dp: int
     qty_dp: int
     _klines: dict[str, list[list[Any]]] = field(default_factory=dict)
-    _aggs: list[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.time)
@@ -170,39 +169,6 @@ class Tape:
             )
         self._klines[interval] = rows
         return rows
-
-    def agg_trades(self) -> list[dict[str, Any]]:
-        """Trades aggregated like Binance does: same time, price and taker side in a row."""
-        if self._aggs is not None:
-            return self._aggs
-        out: list[dict[str, Any]] = []
-        base = self.ids[0] if self.ids else 0
-        k, n = 0, len(self.time)
-        while k < n:
-            j = k + 1
-            qty = self.qtys[k]
-            while (
-                j < n
-                and self.time[j] == self.time[k]
-                and self.prices[j] == self.prices[k]
-                and self.buyer_maker[j] == self.buyer_maker[k]
-            ):
-                qty += self.qtys[j]
-                j += 1
-            agg: dict[str, Any] = {
-                "a": base // 2 + len(out),
-                "p": fmt(self.prices[k], self.price_dp),
-                "q": fmt(qty, self.qty_dp),
-            }
-            if self.market == "futures":
-                agg["nq"] = agg["q"]
-            agg.update({"f": self.ids[k], "l": self.ids[j - 1], "T": self.time[k], "m": self.buyer_maker[k]})
-            if self.market == "spot":
-                agg["M"] = True
-            out.append(agg)
-            k = j
-        self._aggs = out
-        return out
 
     def window_stats(self, start: int, end: int) -> dict[str, Any] | None:
         """Rolling-window ticker figures over trades in ``[start, end]`` (``None``: no trade)."""

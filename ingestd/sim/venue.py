@@ -1,14 +1,18 @@
 """``SimVenue``: a Binance-compatible venue on 127.0.0.1 replaying recorded captures (aiohttp).
 
-REST: ``/fapi/v1/{exchangeInfo,depth,time,ping}`` and ``/api/v3/{exchangeInfo,depth,time,ping}``,
-plus every other market-data endpoint (trades, klines, tickers, funding, open interest …, see
+REST: ``/fapi/v1/{exchangeInfo,depth,time,ping,aggTrades}`` and
+``/api/v3/{exchangeInfo,depth,time,ping,aggTrades}``, plus every other market-data endpoint
+(trades, klines, tickers, funding, open interest …, see
 :mod:`ingestd.sim.market`), every answer carrying ``X-MBX-USED-WEIGHT-1M`` (Binance's documented
 weights, per rolling minute and API family; past the limit a 429 with ``Retry-After``).
 Websockets: ``/public/stream``, ``/market/stream`` (USDⓈ-M routes; a stream on the wrong route
 is acknowledged and silent),
 ``/stream`` (spot, or ``/public`` when the sim holds no spot capture; spot captures also serve the
 generated ``<symbol>@ticker_<1h|4h|1d>`` streams), ``/ws/<name>`` raw streams,
-and the live control messages. ``POST /_sim/faults`` and ``GET /_sim/stats`` let tests drive a
+and the live control messages. Every symbol with trades has an ``@aggTrade`` stream (recorded,
+or derived from its trades: :mod:`ingestd.sim.agg_trades`), and ``aggTrades`` answers from it.
+A ``live`` replay runs on the venue's own clock, and listings can change during a run
+(:mod:`ingestd.sim.schedule`). ``POST /_sim/faults`` and ``GET /_sim/stats`` let tests drive a
 sim running in another process.
 
 Usage::
@@ -23,6 +27,7 @@ import asyncio
 import itertools
 import logging
 import math
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,12 +38,15 @@ from typing import Any, Final, Literal, Self
 import orjson
 from aiohttp import web
 
+from ingestd.collect.endpoints import request_weight
 from ingestd.errors import ConfigError
+from ingestd.sim.agg_trades import AggTradeIndex, with_agg_trades
 from ingestd.sim.books import DepthBooks
 from ingestd.sim.captures import Capture, CaptureError, Market, Timeline, load_capture
-from ingestd.sim.exchange_info import build_exchange_info
+from ingestd.sim.exchange_info import build_exchange_info, with_statuses
 from ingestd.sim.faults import Close, Command, Faults, RestFault, Where
 from ingestd.sim.market import MarketData
+from ingestd.sim.schedule import ListingChange, Schedule
 from ingestd.sim.shift import LoopShift
 from ingestd.sim.streams import ReplayState, ResumeMode, WsConnection, parse_ws_path, serve_connection
 from ingestd.sim.window_tickers import with_window_tickers
@@ -166,6 +174,15 @@ class SimVenue:
     client that asks on its first diff. A client that buffers from its first diff then bridges
     on it and applies every later diff of the connection: tests that must exercise a book (and
     its bookTicker audit) get the whole capture, however far another connection ran ahead.
+
+    ``ssl_context`` (a server context, :func:`ingestd.tls.server_context`) serves the same app
+    over TLS: ``https://`` and ``wss://``.
+
+    ``resume`` ``"live"``: the venue runs on its own clock from its first connection (``speed`` > 0), a new
+    connection starts at the venue's "now" and REST answers what was published up to then: a
+    client that was away has a hole. ``listings`` change exchangeInfo and the symbols' streams
+    during the run. ``derive_agg_trades``: symbols with recorded trades but no recorded
+    ``@aggTrade`` get one derived from the trades.
     """
 
     def __init__(
@@ -179,11 +196,16 @@ class SimVenue:
         resume: ResumeMode = "restart",
         loop_shift: bool = False,
         snapshot_at: SnapshotAt = "now",
+        ssl_context: ssl.SSLContext | None = None,
+        listings: Sequence[ListingChange] = (),
+        derive_agg_trades: bool = True,
     ) -> None:
         if not math.isfinite(speed) or speed < 0:
             raise ConfigError(f"speed must be a finite number >= 0, not {speed}")
-        if resume not in ("restart", "continue"):
-            raise ConfigError(f"resume must be 'restart' or 'continue', not {resume!r}")
+        if resume not in ("restart", "continue", "live"):
+            raise ConfigError(f"resume must be 'restart', 'continue' or 'live', not {resume!r}")
+        if resume == "live" and (speed <= 0 or loop):
+            raise ConfigError("a live replay needs a speed > 0 and cannot loop")
         if snapshot_at not in ("now", "subscribed"):
             raise ConfigError(f"snapshot_at must be 'now' or 'subscribed', not {snapshot_at!r}")
         if snapshot_at == "subscribed" and loop:
@@ -194,11 +216,16 @@ class SimVenue:
         self.speed, self.loop, self.resume = speed, loop, resume
         self.loop_shift = loop_shift
         self.snapshot_at: SnapshotAt = snapshot_at
+        self.ssl_context = ssl_context
+        self.listings = tuple(listings)
+        self.derive_agg_trades = derive_agg_trades
         self.faults = Faults()
         self.timeline: Timeline | None = None
         self._state: ReplayState | None = None
         self._books: DepthBooks | None = None
         self._market: MarketData | None = None
+        self._aggs: AggTradeIndex | None = None
+        self.schedule: Schedule | None = None
         self._info: dict[Market, dict[str, Any]] = {}
         self._runner: web.AppRunner | None = None
         self._conns: dict[int, WsConnection] = {}
@@ -213,11 +240,13 @@ class SimVenue:
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self._host_in_url}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self._host_in_url}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self._host_in_url}:{self.port}"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self._host_in_url}:{self.port}"
 
     @property
     def _host_in_url(self) -> str:
@@ -235,13 +264,25 @@ class SimVenue:
             raise CaptureError("no capture given")
         # Spot captures gain the generated <symbol>@ticker_<window> streams (no capture has them).
         captures = [await asyncio.to_thread(with_window_tickers, c) for c in captures]
+        if self.derive_agg_trades:
+            captures = [await asyncio.to_thread(with_agg_trades, c) for c in captures]
         self.timeline = tl = await asyncio.to_thread(Timeline, captures)
         shift = await asyncio.to_thread(_loop_shift, tl) if self.loop and self.loop_shift else None
+        self.schedule = Schedule(
+            tl, self.listings, speed=self.speed, live=self.resume == "live", furthest=self._furthest
+        )
         self._state = ReplayState(
-            tl, self.faults, speed=self.speed, loop=self.loop, resume=self.resume, shift=shift
+            tl,
+            self.faults,
+            speed=self.speed,
+            loop=self.loop,
+            resume=self.resume,
+            shift=shift,
+            schedule=self.schedule,
         )
         self._books = DepthBooks(tl)
         self._market = MarketData(tl)
+        self._aggs = AggTradeIndex(tl)
         self._info = {m: await asyncio.to_thread(build_exchange_info, tl, m) for m in ("futures", "spot")}
         self.faults.bind(tl, self, _now_ms)
         app = web.Application()
@@ -257,7 +298,7 @@ class SimVenue:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_CLOSE_GRACE_S)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
+            site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -313,12 +354,21 @@ class SimVenue:
             log.info("sim fault %s on %d connection(s)", type(command).__name__, hit)
         return hit
 
+    def _furthest(self) -> int:
+        return max(self._state.position, default=-1) if self._state is not None else -1
+
+    def start_clock(self) -> None:
+        """Start a live replay's clock now (otherwise its first websocket connection does)."""
+        assert self.schedule is not None
+        self.schedule.start(asyncio.get_running_loop().time())
+
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
         assert self._state is not None
-        refused = self.faults.take_refusal()
+        route, combined, names = parse_ws_path(request)
+        refused = self.faults.take_refusal(route)
         if refused is not None:
             return web.Response(status=refused, text="sim: connection refused by fault\n")
-        route, combined, names = parse_ws_path(request)
+        self.start_clock()
         ws = web.WebSocketResponse(autoping=True, compress=False, max_msg_size=1 << 20)
         await ws.prepare(request)
         conn = WsConnection(
@@ -352,6 +402,7 @@ class SimVenue:
             out += [
                 (f"{prefix}/exchangeInfo", family, self._exchange_info),
                 (f"{prefix}/depth", family, self._depth),
+                (f"{prefix}/aggTrades", family, self._agg_trades),
                 (f"{prefix}/time", family, self._time),
                 (f"{prefix}/ping", family, self._ping),
             ]
@@ -416,7 +467,21 @@ class SimVenue:
     def _exchange_info(self, _request: web.Request, family: str) -> tuple[int, int, bytes]:
         spec, market = _FAMILIES[family]
         doc = dict(self._info[market], serverTime=self._server_time())
+        sched = self.schedule
+        if sched is not None and sched.changes:
+            now = sched.now_ns(asyncio.get_running_loop().time())
+            doc = with_statuses(doc, lambda native: sched.status(native, market, now), sched.onboard_ms)
         return 200, EXCHANGE_INFO_WEIGHT[spec.name], orjson.dumps(doc)
+
+    def _agg_trades(self, request: web.Request, family: str) -> tuple[int, int, bytes]:
+        """``aggTrades``: from the symbol's aggTrade stream, only what the venue has published."""
+        assert self._aggs is not None
+        assert self.schedule is not None
+        schedule, loop_now = self.schedule, asyncio.get_running_loop().time()
+        status, body = self._aggs.request(
+            _FAMILIES[family][1], request.query, lambda sid: schedule.window(sid, loop_now)
+        )
+        return status, request_weight(request.path, request.query), body
 
     def _time(self, _request: web.Request, _family: str) -> tuple[int, int, bytes]:
         return 200, TIME_WEIGHT, orjson.dumps({"serverTime": self._server_time()})
@@ -459,7 +524,12 @@ class SimVenue:
         else:
             sids_at = sids
         position = max((self._state.position[s] for s in sids_at), default=-1)
-        body = self._books.body(market, symbol, position, live=self.resume == "continue", limit=limit)
+        live = self.resume != "restart"
+        if self.resume == "live":
+            # The venue's book now, whatever any connection was sent.
+            assert self.schedule is not None
+            position = self.schedule.position(asyncio.get_running_loop().time())
+        body = self._books.body(market, symbol, position, live=live, limit=limit)
         shift = self._state.shift
         if body is not None and shift is not None and sids:
             # The pass of the stream the book follows: ids of a looped pass are shifted.

@@ -1,7 +1,7 @@
 """The spot rolling-window ticker stream ``<symbol>@ticker_<1h|4h|1d>``, generated from trades.
 
-No genuine capture of this stream exists (shared/realdata/NOTES.md §4), so the sim computes it
-from a spot capture's own trades, in the documented shape (BINANCE.md §1.3, spot ``1hTicker``)::
+No genuine capture of this stream exists (docs/binance.md §8.4), so the sim computes it
+from a spot capture's own trades, in the documented shape (docs/binance.md §2.3, spot ``1hTicker``)::
 
     {"e":"1hTicker","E":1723161300000,"s":"BTCUSDT","p":"-12.01000000","P":"-0.019",
      "o":"61837.63000000","h":"61850.00000000","l":"61790.10000000","c":"61825.62000000",

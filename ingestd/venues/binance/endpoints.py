@@ -1,8 +1,7 @@
-"""Binance endpoint and stream tables (data, not code). Facts from shared/BINANCE.md.
+"""Binance endpoint and stream tables (data, not code). Facts: docs/binance.md.
 
-USDⓈ-M routing (since 2026-04-23): book streams (``@depth*``, ``@bookTicker``) on ``/public``,
-everything else on ``/market``. A stream on the wrong route is acked and then silent, so the
-route is decided here, from the stream name, and never mixed on one connection.
+Hosts, paths, limits, weights and the stream-name grammar. Which stream carries a channel and on
+which route is the channel table's (:mod:`ingestd.venues.binance.channels`).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ class VenueSpec:
         return table[-1][1]
 
 
-# (max limit, weight) rows, ascending. Spot: BINANCE.md §3.2; USDⓈ-M: §3.3.
+# (max limit, weight) rows, ascending. Spot: docs/binance.md §4.2; USDⓈ-M: §4.3.
 SPOT_DEPTH_WEIGHT: Final = ((100, 5), (500, 25), (1000, 50), (5000, 250))
 FUTURES_DEPTH_WEIGHT: Final = ((50, 2), (100, 5), (500, 10), (1000, 20))
 
@@ -82,26 +81,6 @@ VENUES: Final[dict[str, VenueSpec]] = {USDM.name: USDM, SPOT.name: SPOT}
 EXCHANGE_INFO_WEIGHT: Final = {USDM.name: 1, SPOT.name: 20}
 TIME_WEIGHT: Final = 1
 
-# channel → Binance stream name template; {s} is the lowercase native symbol.
-STREAM_TEMPLATES: Final[dict[str, str]] = {
-    "trade": "{s}@trade",
-    "agg_trade": "{s}@aggTrade",
-    "kline": "{s}@kline_{interval}",
-    "book_ticker": "{s}@bookTicker",
-    "depth_diff": "{s}@depth@100ms",
-    "partial_depth": "{s}@depth{levels}@100ms",
-    "mark_price": "{s}@markPrice@1s",
-    "liquidation": "{s}@forceOrder",
-    "ticker": "{s}@ticker",
-    "mini_ticker": "{s}@miniTicker",
-}
-
-# Channels a venue serves on websockets. depth_snapshot comes from REST, never a stream.
-SPOT_ONLY_MISSING: Final = frozenset({"mark_price", "liquidation"})
-
-PUBLIC_ROUTE: Final = "/public"
-MARKET_ROUTE: Final = "/market"
-
 
 def _is_speed(part: str) -> bool:
     return part.endswith("ms") or part == "1s"
@@ -124,11 +103,3 @@ def stream_symbol(stream: str) -> str | None:
     if stream.startswith("!"):
         return None
     return stream.partition("@")[0]
-
-
-def route_for(stream: str) -> str:
-    """USDⓈ-M route of ``stream``: ``/public`` for book data, ``/market`` for everything else."""
-    kind = stream_kind(stream).lstrip("!")
-    if kind.startswith(("depth", "bookTicker", "rpiDepth")):
-        return PUBLIC_ROUTE
-    return MARKET_ROUTE

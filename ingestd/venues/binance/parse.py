@@ -1,8 +1,9 @@
 """Binance frames and REST depth bodies → normalized records. Pure: no I/O, no clock, no logging.
 
 The stream name, not the payload, decides the channel: we subscribed it, and some payloads carry
-no event type at all (spot ``bookTicker``, spot ``depth<N>``). Each stream name is resolved once
-into a :class:`_Route` (channel, contract, typed decoders) and cached.
+no event type at all (spot ``bookTicker``, spot ``depth<N>``). Each stream name is resolved once,
+against the venue's channel table (:mod:`.channels`: wire shape and builder per stream kind),
+into a :class:`_Route` (builder, contract, typed decoders) and cached.
 
 Decoding is done once, by msgspec, into typed wire Structs (:mod:`.wire`) with ``strict=False``:
 prices and quantities arrive as float64 while the JSON is parsed, and depth levels as lists of
@@ -38,7 +39,6 @@ recorded captures equals ``float(text)`` exactly (checked in ``tests/test_parse.
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -46,324 +46,23 @@ from typing import Any, Final
 import msgspec
 
 from ingestd.errors import ParseError
-from ingestd.records import (
-    AggTrade,
-    BookTicker,
-    DepthDiff,
-    DepthSnapshot,
-    Kline,
-    Liquidation,
-    MarkPrice,
-    MiniTicker,
-    PartialDepth,
-    Record,
-    Ticker,
-    Trade,
-)
-from ingestd.venues.binance.endpoints import SPOT, VENUES, stream_kind, stream_symbol
+from ingestd.records import DepthSnapshot, Record
+from ingestd.venues.binance.channels import TOP_LEVEL_SYMBOL, match_stream
+from ingestd.venues.binance.endpoints import VENUES, stream_symbol
 from ingestd.venues.binance.symbols import Contract, ContractSet
-from ingestd.venues.binance.wire import (
-    AggTradeWire,
-    DepthSnapshotWire,
-    Envelope,
-    ErrorBody,
-    ForceOrderWire,
-    Frame,
-    FuturesBookTickerWire,
-    FuturesDepthWire,
-    KlineWire,
-    MarkPriceWire,
-    MiniTickerWire,
-    SpotBookTickerWire,
-    SpotDepthWire,
-    SpotPartialDepthWire,
-    TickerWire,
-    TradeWire,
-)
+from ingestd.venues.binance.wire import DepthSnapshotWire, Envelope, ErrorBody, Frame
 
 __all__ = ["SERVER_SHUTDOWN", "FrameParser", "parse_depth_snapshot"]
 
-# -- stream tables (data) ----------------------------------------------------------------------
-
 SERVER_SHUTDOWN: Final = "!serverShutdown"
 """What :meth:`FrameParser.parse` returns as the stream name when the venue announces a shutdown."""
-
-KLINE_INTERVALS: Final = frozenset(
-    ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
-)
-"""Intervals Binance serves (``1M`` is a month, ``1m`` a minute: case matters)."""
-
-PARTIAL_DEPTHS: Final = {"depth5": 5, "depth10": 10, "depth20": 20}
-
-ALL_MARKET_STREAMS: Final = {
-    "!ticker@arr": "ticker",
-    "!miniTicker@arr": "miniTicker",
-    "!markPrice@arr": "markPrice",
-    "!bookTicker": "bookTicker",
-    "!forceOrder@arr": "forceOrder",
-}
-"""All-market stream (speed suffix stripped) → the per-symbol kind its elements have."""
 
 _PREFIX: Final = b'{"stream":"'
 _NAME_AT: Final = len(_PREFIX)
 _MS: Final = 1_000_000
 """Binance ms → ns."""
 
-
-# -- per-channel builders ----------------------------------------------------------------------
-# Each takes (route, contract, wire struct, recv_ts) and returns one record. The docstring shows a
-# real payload, trimmed, from shared/realdata (source in brackets).
-
-
-def _trade(r: _Route, c: Contract, w: TradeWire, recv_ts: int) -> Trade:
-    """``<s>@trade`` → :class:`Trade`; futures ``X`` becomes ``trade_type`` (spot: ``None``).
-
-    USDⓈ-M [hftbacktest usdm_btcusdt]::
-
-        {"e":"trade","E":1723161256322,"T":1723161256322,"s":"BTCUSDT","t":5266583935,
-         "p":"61800.30","q":"0.006","X":"MARKET","m":false}
-
-    spot [hftbacktest spot_btcusdt]: ``{"e":"trade",...,"T":1723161255342,"m":true,"M":true}``.
-    """
-    return Trade(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
-        transaction_ts=w.trade_time * _MS, trade_id=w.trade_id, price=w.price, qty=w.qty,
-        is_buyer_maker=w.buyer_is_maker, trade_type=w.trade_type,
-    )  # fmt: skip
-
-
-def _agg_trade(r: _Route, c: Contract, w: AggTradeWire, recv_ts: int) -> AggTrade:
-    """``<s>@aggTrade`` → :class:`AggTrade`. ``f > l`` has been seen live: not checked.
-
-    USDⓈ-M [crypto-msg-parser line 5]::
-
-        {"e":"aggTrade","E":1616202009196,"a":389551486,"s":"BTCUSDT","p":"58665.00",
-         "q":"0.043","f":621622993,"l":621622993,"T":1616202009188,"m":false}
-
-    Spot adds ``"M":true``; futures may add ``nq`` (→ ``normal_qty``).
-    """
-    return AggTrade(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
-        transaction_ts=w.trade_time * _MS, agg_id=w.agg_id, first_trade_id=w.first_trade_id,
-        last_trade_id=w.last_trade_id, price=w.price, qty=w.qty, is_buyer_maker=w.buyer_is_maker,
-        normal_qty=w.normal_qty,
-    )  # fmt: skip
-
-
-def _book_ticker(
-    r: _Route, c: Contract, w: SpotBookTickerWire | FuturesBookTickerWire, recv_ts: int
-) -> BookTicker:
-    """``<s>@bookTicker`` / ``!bookTicker`` → :class:`BookTicker`.
-
-    USDⓈ-M [hftbacktest usdm_btcusdt]::
-
-        {"e":"bookTicker","u":5123107839020,"s":"BTCUSDT","b":"61800.20","B":"2.507",
-         "a":"61800.30","A":"2.510","T":1723161256313,"E":1723161256313}
-
-    spot has no ``e``, ``E`` or ``T`` (``exchange_ts`` is ``None``) [hftbacktest spot_btcusdt]::
-
-        {"u":50093239212,"s":"BTCUSDT","b":"61837.63000000","B":"3.78826000",
-         "a":"61837.64000000","A":"1.54698000"}
-    """
-    e, t = w.event_time, w.trade_time
-    return BookTicker(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=None if e is None else e * _MS,
-        recv_ts=recv_ts, transaction_ts=None if t is None else t * _MS, update_id=w.update_id,
-        bid_price=w.bid_price, bid_qty=w.bid_qty, ask_price=w.ask_price, ask_qty=w.ask_qty,
-    )  # fmt: skip
-
-
-def _depth_diff(r: _Route, c: Contract, w: SpotDepthWire | FuturesDepthWire, recv_ts: int) -> DepthDiff:
-    """``<s>@depth[@100ms|@0ms]`` → :class:`DepthDiff`; futures ``pu`` → ``prev_final_update_id``.
-
-    USDⓈ-M [hftbacktest usdm_btcusdt, levels cut]::
-
-        {"e":"depthUpdate","E":1723161256299,"T":1723161256298,"s":"BTCUSDT",
-         "U":5123107832006,"u":5123107837557,"pu":5123107831937,
-         "b":[["58710.20","0.014"],["61510.90","0.000"]],"a":[["61800.30","3.330"]]}
-
-    spot has no ``T``/``pu``; COIN-M adds ``ps``. A side may be ``[]``.
-    """
-    t = w.trade_time
-    return DepthDiff(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
-        transaction_ts=None if t is None else t * _MS, first_update_id=w.first_update_id,
-        final_update_id=w.final_update_id, prev_final_update_id=w.prev_final_update_id, bids=w.bids,
-        asks=w.asks,
-    )  # fmt: skip
-
-
-def _partial_depth_spot(r: _Route, c: Contract, w: SpotPartialDepthWire, recv_ts: int) -> PartialDepth:
-    """Spot ``<s>@depth<N>[@100ms]`` → :class:`PartialDepth`: only ``lastUpdateId`` and levels.
-
-    The payload names neither symbol nor time [crypto-msg-parser line 16]::
-
-        {"lastUpdateId":17044571457,"bids":[["1782.00000000","6.48300000"]],
-         "asks":[["1782.01000000","15.46080000"]]}
-    """
-    return PartialDepth(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=None, recv_ts=recv_ts, depth=r.depth,
-        first_update_id=None, final_update_id=w.last_update_id, prev_final_update_id=None, bids=w.bids,
-        asks=w.asks,
-    )  # fmt: skip
-
-
-def _partial_depth_futures(r: _Route, c: Contract, w: FuturesDepthWire, recv_ts: int) -> PartialDepth:
-    """Futures ``<s>@depth<N>[@100ms]`` → :class:`PartialDepth`: a full ``depthUpdate`` object.
-
-    ``pu`` can be ``-1`` and a side can be empty [crypto-msg-parser line 20, COIN-M]::
-
-        {"e":"depthUpdate","E":1648006221596,"T":1648006221340,"s":"RUNEUSD_PERP","ps":"RUNEUSD",
-         "U":395028983849,"u":395028983849,"pu":-1,"b":[],"a":[["8.4400","2"]]}
-    """
-    t = w.trade_time
-    return PartialDepth(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
-        transaction_ts=None if t is None else t * _MS, depth=r.depth, first_update_id=w.first_update_id,
-        final_update_id=w.final_update_id, prev_final_update_id=w.prev_final_update_id, bids=w.bids,
-        asks=w.asks,
-    )  # fmt: skip
-
-
-def _kline(r: _Route, c: Contract, w: KlineWire, recv_ts: int) -> Kline:
-    """``<s>@kline_<i>`` → :class:`Kline`; bar open/close times in ns, ``closed`` from ``k.x``.
-
-    [cryptofeed 2021-10_head BINANCE_FUTURES.ws.1.0]::
-
-        {"e":"kline","E":1626992741424,"s":"CTKUSDT","k":{"t":1626992700000,"T":1626992759999,
-         "s":"CTKUSDT","i":"1m","f":23961275,"L":23961322,"o":"1.01000","c":"1.01100",
-         "h":"1.01100","l":"1.01000","v":"3917","n":48,"x":false,"q":"3957.89900",
-         "V":"1729","Q":"1748.01900","B":"0"}}
-    """
-    k = w.kline
-    return Kline(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
-        interval=k.interval, open_time=k.open_time * _MS, close_time=k.close_time * _MS, open=k.open,
-        high=k.high, low=k.low, close=k.close, volume=k.volume, quote_volume=k.quote_volume,
-        trades=k.trades, taker_buy_volume=k.taker_buy_volume,
-        taker_buy_quote_volume=k.taker_buy_quote_volume, closed=k.closed,
-    )  # fmt: skip
-
-
-def _mark_price(r: _Route, c: Contract, w: MarkPriceWire, recv_ts: int) -> MarkPrice:
-    """``<s>@markPrice[@1s]`` / ``!markPrice@arr`` → :class:`MarkPrice` (futures only).
-
-    ``T`` here is the next funding time, not a transaction time: ``transaction_ts`` stays ``None``.
-    Delivery contracts send ``T: 0`` (no funding), stored as ``None``. USDⓈ-M
-    [crypto-msg-parser line 9]::
-
-        {"e":"markPriceUpdate","E":1617308820003,"s":"BTCUSDT","p":"58940.14924532",
-         "P":"58905.14663658","i":"58857.26693664","r":"0.00058455","T":1617321600000}
-
-    COIN-M has no ``i`` (``index_price`` is ``None``); ``ap`` is read when present.
-    """
-    nft = w.next_funding_time
-    return MarkPrice(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
-        mark_price=w.mark_price, index_price=w.index_price,
-        estimated_settle_price=w.estimated_settle_price, funding_rate=w.funding_rate,
-        next_funding_time=nft * _MS if nft else None, mark_price_avg=w.mark_price_avg,
-    )  # fmt: skip
-
-
-def _liquidation(r: _Route, c: Contract, w: ForceOrderWire, recv_ts: int) -> Liquidation:
-    """``<s>@forceOrder`` / ``!forceOrder@arr`` → :class:`Liquidation`; ``transaction_ts`` is ``o.T``.
-
-    [tiagosiebler/binance test/websocket-client.test.ts, IOTXUSDT 2021-10-19]::
-
-        {"e":"forceOrder","E":1634653599186,"o":{"s":"IOTXUSDT","S":"SELL","o":"LIMIT",
-         "f":"IOC","q":"3661","p":"0.06606","ap":"0.06669","X":"FILLED","l":"962",
-         "z":"3661","T":1634653599180}}
-    """
-    o = w.order
-    return Liquidation(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
-        transaction_ts=o.trade_time * _MS, side=o.side, order_type=o.order_type,
-        time_in_force=o.time_in_force, qty=o.qty, price=o.price, avg_price=o.avg_price, status=o.status,
-        last_filled_qty=o.last_filled_qty, filled_qty=o.filled_qty,
-    )  # fmt: skip
-
-
-def _ticker(r: _Route, c: Contract, w: TickerWire, recv_ts: int) -> Ticker:
-    """``<s>@ticker`` / ``!ticker@arr`` → :class:`Ticker`. Futures: no ``x``/bid/ask (``None``).
-
-    spot [crypto-msg-parser line 27]::
-
-        {"e":"24hrTicker","E":1653812650349,"s":"ETHUSDT","p":"28.23000000","P":"1.600",
-         "w":"1781.16275609","x":"1764.61000000","c":"1792.84000000","Q":"0.55720000",
-         "b":"1792.83000000","B":"1.62740000","a":"1792.84000000","A":"20.29140000",
-         "o":"1764.61000000","h":"1808.98000000","l":"1748.94000000","v":"471703.53110000",
-         "q":"840180761.51358100","O":1653726250344,"C":1653812650344,"F":841094172,
-         "L":841646650,"n":552479}
-    """
-    return Ticker(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
-        price_change=w.price_change, price_change_pct=w.price_change_pct,
-        weighted_avg_price=w.weighted_avg_price, last_price=w.last_price, last_qty=w.last_qty,
-        open=w.open, high=w.high, low=w.low, volume=w.volume, quote_volume=w.quote_volume,
-        open_time=w.open_time * _MS, close_time=w.close_time * _MS, first_trade_id=w.first_trade_id,
-        last_trade_id=w.last_trade_id, trades=w.trades, prev_close=w.prev_close, bid_price=w.bid_price,
-        bid_qty=w.bid_qty, ask_price=w.ask_price, ask_qty=w.ask_qty,
-    )  # fmt: skip
-
-
-def _mini_ticker(r: _Route, c: Contract, w: MiniTickerWire, recv_ts: int) -> MiniTicker:
-    """``<s>@miniTicker`` / ``!miniTicker@arr`` → :class:`MiniTicker`.
-
-    No capture exists in shared/realdata; the keys are the 24hrTicker's ``E,s,c,o,h,l,v,q``::
-
-        {"e":"24hrMiniTicker","E":1653812650349,"s":"ETHUSDT","c":"1792.84000000",
-         "o":"1764.61000000","h":"1808.98000000","l":"1748.94000000",
-         "v":"471703.53110000","q":"840180761.51358100"}
-    """
-    return MiniTicker(
-        venue=r.venue, symbol=c.symbol, native=c.native, exchange_ts=w.event_time * _MS, recv_ts=recv_ts,
-        close=w.close, open=w.open, high=w.high, low=w.low, volume=w.volume, quote_volume=w.quote_volume,
-    )  # fmt: skip
-
-
-# -- per-market channel specs (data) -----------------------------------------------------------
-
 Build = Callable[["_Route", Contract, Any, int], Record]
-
-
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    """How one stream kind is decoded on one market."""
-
-    wire: type[msgspec.Struct]
-    build: Build
-    symbol_of: Callable[[Any], str] | None
-    """Reads the payload's symbol; ``None`` when the payload has none (spot ``depth<N>``)."""
-
-
-_SYMBOL: Final = operator.attrgetter("symbol")
-
-_SHARED_SPECS: Final[dict[str, _Spec]] = {
-    "trade": _Spec(TradeWire, _trade, _SYMBOL),
-    "aggTrade": _Spec(AggTradeWire, _agg_trade, _SYMBOL),
-    "kline": _Spec(KlineWire, _kline, _SYMBOL),
-    "ticker": _Spec(TickerWire, _ticker, _SYMBOL),
-    "miniTicker": _Spec(MiniTickerWire, _mini_ticker, _SYMBOL),
-}
-
-_SPOT_SPECS: Final[dict[str, _Spec]] = {
-    **_SHARED_SPECS,
-    "depth": _Spec(SpotDepthWire, _depth_diff, _SYMBOL),
-    "depthN": _Spec(SpotPartialDepthWire, _partial_depth_spot, None),
-    "bookTicker": _Spec(SpotBookTickerWire, _book_ticker, _SYMBOL),
-}
-"""Spot has no markPrice or forceOrder streams."""
-
-_FUTURES_SPECS: Final[dict[str, _Spec]] = {
-    **_SHARED_SPECS,
-    "depth": _Spec(FuturesDepthWire, _depth_diff, _SYMBOL),
-    "depthN": _Spec(FuturesDepthWire, _partial_depth_futures, _SYMBOL),
-    "bookTicker": _Spec(FuturesBookTickerWire, _book_ticker, _SYMBOL),
-    "markPrice": _Spec(MarkPriceWire, _mark_price, _SYMBOL),
-    "forceOrder": _Spec(ForceOrderWire, _liquidation, operator.attrgetter("order.symbol")),
-}
-"""USDⓈ-M (COIN-M payloads have the same shapes plus ``ps``, so they parse too)."""
 
 
 @functools.cache
@@ -494,14 +193,13 @@ class FrameParser:
     subscribed streams: only names with a known kind and symbol are cached). Not thread-safe.
     """
 
-    __slots__ = ("_by_key", "_by_name", "_specs", "contracts", "venue")
+    __slots__ = ("_by_key", "_by_name", "contracts", "venue")
 
     def __init__(self, venue: str, contracts: ContractSet) -> None:
         if venue not in VENUES:
             raise ValueError(f"unknown venue {venue!r}; expected one of {', '.join(VENUES)}")
         self.venue = venue
         self.contracts = contracts
-        self._specs = _SPOT_SPECS if venue == SPOT.name else _FUTURES_SPECS
         self._by_name: dict[str, _Route] = {}
         self._by_key: dict[bytes, _Route] = {}
 
@@ -564,24 +262,11 @@ class FrameParser:
 
     def _resolve(self, name: str) -> _Route:
         """Stream name → route, or :class:`ParseError` for an unknown kind or symbol."""
-        kind = stream_kind(name)
+        match = match_stream(self.venue, name)
+        spec = match.spec
+        assert spec.wire is not None
+        assert spec.build is not None
         contract: Contract | None = None
-        depth = 0
-        if name.startswith("!"):
-            channel = ALL_MARKET_STREAMS.get(kind)
-            if channel is None:
-                raise ParseError(f"unknown stream kind {kind!r}", stream=name)
-        elif kind.startswith("kline_"):
-            if kind[6:] not in KLINE_INTERVALS:
-                raise ParseError(f"unknown kline interval {kind[6:]!r}", stream=name)
-            channel = "kline"
-        elif kind in PARTIAL_DEPTHS:
-            channel, depth = "depthN", PARTIAL_DEPTHS[kind]
-        else:
-            channel = kind
-        spec = self._specs.get(channel)
-        if spec is None:
-            raise ParseError(f"unknown stream kind {kind!r} on {self.venue}", stream=name)
         if not name.startswith("!"):
             native = (stream_symbol(name) or "").upper()
             contract = self.contracts.get(native)
@@ -591,7 +276,7 @@ class FrameParser:
             emit: Emit = _emit_many
         elif spec.symbol_of is None:
             emit = _emit_one_unnamed
-        elif spec.symbol_of is _SYMBOL:
+        elif spec.symbol_of is TOP_LEVEL_SYMBOL:
             emit = _emit_one
         else:
             emit = _emit_one_nested
@@ -604,7 +289,7 @@ class FrameParser:
             symbol_of=spec.symbol_of,
             contract=contract,
             by_native=self.contracts.by_native(),
-            depth=depth,
+            depth=match.depth,
             frame_decoder=frame_decoder,
             data_decoder=data_decoder,
         )

@@ -4,6 +4,12 @@ USDⓈ-M keeps ``status == TRADING`` and ``contractType == PERPETUAL``; spot kee
 Symbols from the exchange are validated before they name a file or a NATS subject: only
 upper-case ASCII letters, digits and ``_`` are accepted (Binance also lists non-ASCII test
 symbols; they are skipped and counted, never written to disk).
+
+Each :class:`Contract` also keeps its :class:`ContractDefinition`: the exchangeInfo fields a
+backtest needs (status, assets, tick/step/min sizes as the exact decimal strings Binance wrote,
+precisions, onboard and delivery times). They are stored as the ``contract`` channel
+(:mod:`ingestd.producers.contract_records`) so replay and exports know the definition valid at
+each moment; a tick size kept as a string never drifts through float.
 """
 
 from __future__ import annotations
@@ -22,8 +28,38 @@ SAFE_NATIVE = re.compile(r"^[A-Z0-9_]{2,40}$")
 
 
 @dataclass(frozen=True, slots=True)
+class ContractDefinition:
+    """One contract as exchangeInfo defines it, decimals kept as the exact strings it wrote.
+
+    ``price_precision`` / ``qty_precision`` are the venue's own ``pricePrecision`` /
+    ``quantityPrecision`` (USDⓈ-M only; ``None`` on spot, which sends none): Binance says not to
+    use them as tick or step sizes, so :attr:`Contract.price_precision` is derived from
+    ``tick_size`` instead. ``min_notional`` is USDⓈ-M ``MIN_NOTIONAL.notional`` or spot
+    ``NOTIONAL``/``MIN_NOTIONAL.minNotional``; ``onboard_ts`` / ``delivery_ts`` are ns (USDⓈ-M
+    only). ``None`` wherever the venue gives nothing (see docs/binance.md, exchangeInfo).
+    """
+
+    status: str
+    contract_type: str | None
+    base_asset: str
+    quote_asset: str
+    margin_asset: str | None
+    tick_size: str
+    step_size: str
+    min_qty: str
+    min_notional: str | None
+    price_precision: int | None
+    qty_precision: int | None
+    onboard_ts: int | None
+    delivery_ts: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Contract:
-    """One instrument. ``price_precision`` is the number of decimals of ``tick_size``."""
+    """One instrument. ``price_precision`` is the number of decimals of ``tick_size``.
+
+    ``definition`` is what exchangeInfo said about it (``None`` for contracts built by hand).
+    """
 
     venue: str
     native: str
@@ -35,6 +71,7 @@ class Contract:
     min_qty: float
     step_size: float
     contract_type: str | None = None
+    definition: ContractDefinition | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +152,88 @@ def _filters(sym: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return out
 
 
+def _text(value: Any, default: str | None) -> str | None:
+    """A decimal field as the exact string Binance wrote (numbers are written back as given)."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return default
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _ms_to_ns(value: Any) -> int | None:
+    ms = _int(value)
+    return None if ms is None else ms * 1_000_000
+
+
+def parse_definition(
+    sym: Mapping[str, Any], base: str, quote: str, status: str, contract_type: Any
+) -> ContractDefinition:
+    """One exchangeInfo ``symbols[]`` entry → its :class:`ContractDefinition` (pure).
+
+    Trimmed real USDⓈ-M entry (nautilus_trader's recorded ``/fapi/v1/exchangeInfo``)::
+
+        {"symbol":"BTCUSDT","pair":"BTCUSDT","contractType":"PERPETUAL",
+         "deliveryDate":4133404802000,"onboardDate":1569398400000,"status":"TRADING",
+         "baseAsset":"BTC","quoteAsset":"USDT","marginAsset":"USDT","pricePrecision":2,
+         "quantityPrecision":3,"filters":[{"minPrice":"402","maxPrice":"1246396.60",
+         "filterType":"PRICE_FILTER","tickSize":"0.10"},{"stepSize":"0.001",
+         "filterType":"LOT_SIZE","maxQty":"1000","minQty":"0.001"},
+         {"notional":"10","filterType":"MIN_NOTIONAL"}, ...]}
+
+    Spot writes ``"tickSize":"0.01000000"`` and ``{"filterType":"MIN_NOTIONAL",
+    "minNotional":"10.00000000",...}`` (``NOTIONAL`` in newer documents), with no precisions,
+    margin asset or dates.
+    """
+    filt = _filters(sym)
+    price_f = filt.get("PRICE_FILTER", {})
+    lot_f = filt.get("LOT_SIZE", {})
+    notional = _text(filt.get("MIN_NOTIONAL", {}).get("notional"), None)  # USDⓈ-M spelling
+    if notional is None:
+        notional_f = filt.get("NOTIONAL") or filt.get("MIN_NOTIONAL") or {}
+        notional = _text(notional_f.get("minNotional"), None)  # spot spelling
+    margin = sym.get("marginAsset")
+    return ContractDefinition(
+        status=status,
+        contract_type=contract_type if isinstance(contract_type, str) and contract_type else None,
+        base_asset=base,
+        quote_asset=quote,
+        margin_asset=margin if isinstance(margin, str) and margin else None,
+        tick_size=_text(price_f.get("tickSize"), "0") or "0",
+        step_size=_text(lot_f.get("stepSize"), "0") or "0",
+        min_qty=_text(lot_f.get("minQty"), "0") or "0",
+        min_notional=notional,
+        price_precision=_int(sym.get("pricePrecision")),
+        qty_precision=_int(sym.get("quantityPrecision")),
+        onboard_ts=_ms_to_ns(sym.get("onboardDate")),
+        delivery_ts=_ms_to_ns(sym.get("deliveryDate")),
+    )
+
+
+def contract_from_definition(venue: VenueSpec, native: str, definition: ContractDefinition) -> Contract:
+    """The run's :class:`Contract` of ``native`` from its definition: the one derivation used
+    at discovery and when replay rebuilds contracts from stored ``contract`` rows."""
+    tick = float(definition.tick_size)
+    fallback = definition.price_precision if definition.price_precision is not None else 8
+    return Contract(
+        venue=venue.name,
+        native=native,
+        symbol=normalize(venue, definition.base_asset, definition.quote_asset),
+        base=definition.base_asset,
+        quote=definition.quote_asset,
+        tick_size=tick,
+        price_precision=decimals(definition.tick_size) if tick > 0 else fallback,
+        min_qty=float(definition.min_qty),
+        step_size=float(definition.step_size),
+        contract_type=definition.contract_type,
+        definition=definition,
+    )
+
+
 def parse_exchange_info(venue_name: str, body: Any) -> ContractSet:
     """exchangeInfo body → the trading contracts of ``venue_name``.
 
@@ -145,22 +264,6 @@ def parse_exchange_info(venue_name: str, body: Any) -> ContractSet:
         base, quote = sym.get("baseAsset"), sym.get("quoteAsset")
         if not isinstance(base, str) or not isinstance(quote, str):
             raise ParseError(f"exchangeInfo: {native} lacks baseAsset/quoteAsset", stream="exchangeInfo")
-        filt = _filters(sym)
-        price_f = filt.get("PRICE_FILTER", {})
-        lot_f = filt.get("LOT_SIZE", {})
-        tick = str(price_f.get("tickSize", "0") or "0")
-        contracts.append(
-            Contract(
-                venue=venue.name,
-                native=native,
-                symbol=normalize(venue, base, quote),
-                base=base,
-                quote=quote,
-                tick_size=float(tick),
-                price_precision=decimals(tick) if float(tick) > 0 else int(sym.get("pricePrecision", 8)),
-                min_qty=float(lot_f.get("minQty", 0) or 0),
-                step_size=float(lot_f.get("stepSize", 0) or 0),
-                contract_type=ctype if isinstance(ctype, str) else None,
-            )
-        )
+        definition = parse_definition(sym, base, quote, status, ctype)
+        contracts.append(contract_from_definition(venue, native, definition))
     return ContractSet(venue.name, tuple(contracts), tuple(unsafe))

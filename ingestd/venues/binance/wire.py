@@ -6,7 +6,7 @@ as ``"61800.20"`` become float64 while the JSON is parsed (the same value ``floa
 gives: msgspec rounds correctly), and ``[["61800.20","0.014"], ...]`` becomes a list of
 ``(price, qty)`` tuples with no Python loop.
 
-Shapes differ per market (shared/realdata/NOTES.md §3), so there is one Struct per shape:
+Shapes differ per market (docs/binance.md §8.3), so there is one Struct per shape:
 
 - required fields are the ones a record cannot do without (ids, prices, the futures ``pu``);
 - fields a market does not send default to ``None`` (spot bookTicker has no ``E``/``T``, futures
