@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -575,30 +576,42 @@ async def test_kill_9_leaves_only_complete_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_writes_run_off_the_event_loop(tmp_path: Path, realdata: Path) -> None:
-    """While a large depth file is built and compressed, the loop keeps ticking."""
+async def test_writes_run_off_the_event_loop(
+    tmp_path: Path, realdata: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a large depth file is built and compressed, the loop keeps ticking: the write runs
+    in a worker thread and hands the GIL back (pyarrow releases it while it encodes and
+    compresses). How often it does is a speed property, measured by the bench, not here."""
     many = [r for r in _stream_records(realdata, b"@depth@0ms") if utc_date(r) == "2024-08-08"]
     assert len(many) > 6000
     assert all(isinstance(r, DepthDiff) for r in many)
     many *= 4  # ~26 k rows of ~66 levels: a write of a few hundred ms
     w = ParquetWriter(settings(tmp_path, rotate_rows=len(many) + 1))
+    writing = threading.Event()
+    writers: list[int] = []
+    original = w._write_chunk
+
+    def spy(chunk: Any) -> Any:
+        writers.append(threading.get_ident())
+        writing.set()
+        try:
+            return original(chunk)
+        finally:
+            writing.clear()
+
+    monkeypatch.setattr(w, "_write_chunk", spy)
     await w.start()
     await w.consume(list[AnyRecord](many))
-    gaps: list[float] = []
+    ticks_while_writing = 0
     closing = asyncio.create_task(w.close())
-    last = time.perf_counter()
     while not closing.done():
         await asyncio.sleep(0.005)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
+        ticks_while_writing += writing.is_set()
     await closing
     assert w.stats()["rows"] == len(many)
-    assert w.stats()["last_write_latency_s"] > 0.05
-    assert len(gaps) >= 5  # the loop ran many times during one write
-    # The table is made from the column buffers without per-value work and pyarrow releases the
-    # GIL while it encodes and compresses (a write on the loop would stall it for all of it).
-    assert max(gaps) < 0.5 * w.stats()["last_write_latency_s"]
+    assert writers  # the one file was written ...
+    assert threading.main_thread().ident not in writers  # ... by a worker thread
+    assert ticks_while_writing >= 1  # and the loop ran while it did
 
 
 @pytest.mark.asyncio
