@@ -37,6 +37,7 @@ from ingestd.errors import IngestError, PhaseTimeoutError, StartupError
 from ingestd.observe.health import HealthServer
 from ingestd.observe.liveness import Intake, Liveness
 from ingestd.observe.metrics import MetricsTap, render
+from ingestd.observe.quiet import QuietStreams, QuietWatch
 from ingestd.observe.records import clock_sample, silent_stream_notices
 from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
 from ingestd.producers.backfill import Backfiller
@@ -106,6 +107,7 @@ class Daemon:
         self.notifier = SdNotifier()
         self._phase: str | None = "starting"
         """What the intake does before the producers run (and while stopping); see :meth:`_intake`."""
+        self.quiet: QuietWatch | None = None
         self.liveness = Liveness(settings.health, settings.streams, self._intake, venue=settings.venue)
         self.service = ServiceNotifier(self.notifier, self.readiness, self.liveness.check)
         self._clock_skewed = False
@@ -226,6 +228,7 @@ class Daemon:
             "connection_events": dict(self._conn_events),
             "book_errors": self.book_errors,
             "liveness": self.liveness.stats(),
+            "quiet": self.quiet.quiet.stats() if self.quiet is not None else {},
             "speedups": speedups.active(),
         }
         if self.streams is not None:
@@ -395,9 +398,19 @@ class Daemon:
                 ssl_context=self.tls,
             )
             self._spawn(self.streams.run(), "streams")
+            self._watch_quiet(self.streams)
         else:
             self.service.ready("running: no websocket streams to wait for")
         self._phase = None
+
+    def _watch_quiet(self, streams: StreamsProducer) -> None:
+        """Data quality: quiet streams into the gap log and metrics (never liveness)."""
+        assert self.contracts is not None
+        hs = self.settings.health
+        quiet = QuietStreams(self.venue.name, self.contracts, hs)
+        interval = max(0.05, min(5.0, hs.freshness_s / 4, hs.quiet_freshness_s / 4))
+        self.quiet = QuietWatch(quiet, lambda: streams.stats()["streams"], self._emit, interval)
+        self.quiet.start()
 
     async def _discover(self) -> ContractSet:
         """The run's contracts: discovered, narrowed to ``--symbols`` and to this shard."""
@@ -659,6 +672,9 @@ class Daemon:
         if self.clock is not None:
             with contextlib.suppress(Exception):
                 await self.clock.close()
+        if self.quiet is not None:
+            with contextlib.suppress(Exception):
+                await self.quiet.close()
         # Phase 1: stop intake. Producers close their sockets; nothing new enters the bus.
         for name, part in (
             ("streams", self.streams),

@@ -30,10 +30,13 @@ import pytest
 import pytest_asyncio
 
 from ingestd.app import Daemon
+from ingestd.book.records import Gap
 from ingestd.config import HealthSettings, StreamSettings
 from ingestd.observe.liveness import Intake, Liveness
+from ingestd.observe.quiet import QuietStreams
 from ingestd.records import Record
 from ingestd.sim import SimVenue
+from ingestd.venues.binance.symbols import Contract, ContractSet
 from tests.e2e import read_channel, settings_for
 from tests.ops import Listener, free_port, get_json, running, scrape, value, wait_for
 
@@ -310,6 +313,98 @@ async def test_silent_streams_reach_the_gap_log_without_order_books(
     )  # fmt: skip
     assert gap["reason"] == f"binance-usdm/public#0: no first frame on {TICKER}"
     assert gap["started_ts"] == gap["recv_ts"]
+
+
+@pytest.mark.asyncio
+async def test_a_quiet_stream_is_reported_never_a_restart(
+    bundled_capture: Path, tmp_path: Path, notify: Listener
+) -> None:
+    """The trades stop (the sim stalls their socket) past quiet_freshness_s, then resume: the
+    gap log gets a quiet_stream record when it is noticed and one closing it, the metrics name
+    the stream meanwhile, /readyz too, and every watchdog round pings."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    trade = "btcusdt@trade"
+    async with SimVenue([bundled_capture], speed=1.0) as sim:
+        settings = _settings(sim, tmp_path / "data", health={"port": port, "quiet_freshness_s": 1.0})
+        daemon = Daemon(settings)
+        svc = daemon.service
+        seen: list[Gap] = []
+
+        async def gaps(record: Record) -> None:
+            if isinstance(record, Gap) and record.kind == "quiet_stream":
+                seen.append(record)
+
+        daemon.add_hook(gaps, channels=["gap"])
+        async with running(daemon) as task:
+            await wait_for(lambda: svc.ready_sent and daemon.readiness()[0], what="ready")
+            assert sim.faults.stall(stream=trade) == 1
+            await wait_for(lambda: len(seen) == 1, what="the quiet_stream record")
+            fams = await scrape(base)
+            status_r, ready = await get_json(base + "/readyz")
+            status_h, _ = await get_json(base + "/healthz")
+            sim.faults.resume()
+            await wait_for(lambda: len(seen) == 2, what="the record closing the quiet period")
+        assert task.result() == 0
+    assert svc.withheld == 0
+    assert value(fams, "ingestd_stream_quiet", stream=trade) == 1
+    assert len(fams["ingestd_stream_quiet"]) == 1
+    assert (status_r, status_h) == (503, 200)
+    not_ready = ready["not_ready"]
+    assert isinstance(not_ready, list)
+    assert any(r.startswith(f"stream {trade}: last frame ") for r in not_ready)
+    began, ended = seen
+    for g in seen:
+        assert (g.symbol, g.native, g.data_channel, g.last_update_id) == (
+            "BTC-USDT-PERP",
+            "BTCUSDT",
+            "trade",
+            None,
+        )
+        assert g.reason.startswith(f"binance-usdm/market#0: {trade} ")
+    assert began.ended_ts is None
+    assert "sent nothing for" in began.reason
+    assert "limit 1 s" in began.reason
+    assert ended.started_ts == began.started_ts
+    assert ended.ended_ts is not None
+    assert ended.ended_ts > ended.started_ts
+    assert "delivered again" in ended.reason
+    assert daemon.stats()["quiet"] == {"quiet_streams": [], "episodes": 1}
+
+
+def test_quiet_scan_opens_and_closes_periods_per_stream() -> None:
+    """The rule, on stats snapshots: book streams against freshness_s, trade-driven against
+    quiet_freshness_s, liquidations exempt, never-seen streams left to the first-frame deadline."""
+    btc = Contract("binance-usdm", "BTCUSDT", "BTC-USDT-PERP", "BTC", "USDT", 0.1, 1, 0.001, 0.001)
+    contracts = ContractSet("binance-usdm", (btc,))
+    quiet = QuietStreams("binance-usdm", contracts, HealthSettings(freshness_s=2.0, quiet_freshness_s=10.0))
+
+    def st(cadence: str, age: float | None, seen: bool = True) -> dict[str, Any]:
+        return {"connection": "c#0", "cadence": cadence, "last_frame_age_s": age, "first_frame_seen": seen}
+
+    now = 1_000 * 10**9
+    snap = {
+        "btcusdt@bookTicker": st("book", 2.5),
+        "btcusdt@trade": st("trade", 9.0),
+        "btcusdt@forceOrder": st("event", 3600.0),
+        "btcusdt@depth@100ms": st("book", None, seen=False),
+        "!markPrice@arr@1s": st("book", 3.0),
+    }
+    began = quiet.scan(snap, now)
+    assert [(g.kind, g.data_channel, g.started_ts, g.ended_ts) for g in began if isinstance(g, Gap)] == [
+        ("quiet_stream", "book_ticker", now - int(2.5e9), None)
+    ]
+    assert quiet.stats() == {"quiet_streams": ["!markPrice@arr@1s", "btcusdt@bookTicker"], "episodes": 2}
+    assert quiet.scan(snap, now + 10**9) == []  # still quiet: nothing new
+    snap["btcusdt@bookTicker"] = st("book", 0.1)
+    snap["btcusdt@trade"] = st("trade", 10.5)
+    later = now + 5 * 10**9
+    out = [g for g in quiet.scan(snap, later) if isinstance(g, Gap)]
+    assert [(g.data_channel, g.started_ts, g.ended_ts) for g in out] == [
+        ("book_ticker", now - int(2.5e9), later - int(0.1e9)),
+        ("trade", later - int(10.5e9), None),
+    ]
+    assert quiet.stats()["quiet_streams"] == ["!markPrice@arr@1s", "btcusdt@trade"]
 
 
 def _block(seconds: float, sent: threading.Event) -> None:

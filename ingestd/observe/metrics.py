@@ -222,6 +222,14 @@ class _DaemonCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
         yield from families.streams(s.get("streams") or {})
+        quiet = GaugeMetricFamily(
+            "ingestd_stream_quiet",
+            "1 for a stream that delivered, then nothing past its freshness",
+            labels=["stream"],
+        )
+        for stream in (s.get("quiet") or {}).get("quiet_streams") or ():
+            quiet.add_metric([str(stream)], 1.0)
+        yield quiet
         yield from families.bus(s.get("bus") or {})
         yield from families.rest(s.get("rest") or {}, s.get("snapshots") or {})
         yield from families.books(s.get("books") or {})
