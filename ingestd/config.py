@@ -32,9 +32,9 @@ ENV_PREFIX = "INGESTD_"
 CONFIG_ENV = "INGESTD_CONFIG"
 """The config file's path when ``--config`` is not given (read by the CLI, not a setting)."""
 ENV_NOT_SETTINGS = frozenset({CONFIG_ENV, "INGESTD_API_KEY", "INGESTD_NO_EXTENSIONS"})
-"""``INGESTD_*`` variables the settings layer skips: the config file's path, the API key of
-``ingestd collect`` (a secret: it never enters the settings, their errors or ``/status``), and
-the switch that keeps the compiled speed-ups off (read at import, :mod:`ingestd.speedups`)."""
+"""``INGESTD_*`` variables the settings layer skips: the config file's path, the API key (a secret:
+it never enters the settings, their errors or ``/status``) and the switch that forces the
+pure-Python implementations (:mod:`ingestd.speedups`, read at import)."""
 DEFAULT_CHANNELS: Final[Mapping[str, tuple[str, ...]]] = {
     "binance-usdm": ("agg_trade", "book_ticker", "depth_diff", "depth_snapshot"),
     "binance-spot": ("trade", "agg_trade", "book_ticker", "depth_diff", "depth_snapshot"),
