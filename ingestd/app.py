@@ -36,8 +36,10 @@ from ingestd.consumers.nats import NatsPublisher
 from ingestd.consumers.parquet import ParquetWriter
 from ingestd.errors import IngestError, PhaseTimeoutError, StartupError
 from ingestd.observe.health import HealthServer
+from ingestd.observe.liveness import Intake, Liveness
 from ingestd.observe.metrics import MetricsTap, render
-from ingestd.observe.records import clock_sample
+from ingestd.observe.quiet import QuietStreams, QuietWatch
+from ingestd.observe.records import clock_sample, silent_stream_notices
 from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier
 from ingestd.producers.backfill import Backfiller
 from ingestd.producers.clock import ClockEstimate, ClockSync
@@ -91,7 +93,11 @@ class Daemon:
         self.metrics = MetricsTap(self._clock_offset_ns, counts=self.bus.counts)
         self.console: ConsoleReporter | None = None
         self.notifier = SdNotifier()
-        self.service = ServiceNotifier(self.notifier, self.readiness)
+        self._phase: str | None = "starting"
+        """What the intake does before the producers run (and while stopping); see :meth:`_intake`."""
+        self.quiet: QuietWatch | None = None
+        self.liveness = Liveness(settings.health, settings.streams, self._intake, venue=settings.venue)
+        self.service = ServiceNotifier(self.notifier, self.readiness, self.liveness.check)
         self._clock_skewed = False
         self.hook_context = HookContext()
         self._hooks: list[HookSpec] = [HookSpec.load(spec) for spec in settings.hooks.specs]
@@ -161,6 +167,7 @@ class Daemon:
             self._force = asyncio.Event()
         self._started_at = time.monotonic()
         self._install_signals()
+        self.liveness.start()
         for channel in self.channels:
             spec = TABLES[self.venue.name].get(channel)
             if spec is not None and not spec.documented:
@@ -206,10 +213,13 @@ class Daemon:
         out: dict[str, Any] = {
             "venue": self.venue.name,
             "uptime_s": round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0,
+            "phase": self._phase or "running",
             "contracts": len(self.contracts or ()),
             "bus": self.bus.stats(),
             "connection_events": dict(self._conn_events),
             "book_errors": self.book_errors,
+            "liveness": self.liveness.stats(),
+            "quiet": self.quiet.quiet.stats() if self.quiet is not None else {},
             "speedups": speedups.active(),
         }
         if self.streams is not None:
@@ -270,8 +280,14 @@ class Daemon:
                 not_ready.append(f"order books failing ({self._book_errors_in_episode} batch(es) in a row)")
         return (not not_ready, {"not_ready": not_ready})
 
+    def _intake(self) -> Intake:
+        """For :class:`Liveness`: the start-up/shutdown phase, else what the websockets do."""
+        if self._phase is not None:
+            return Intake(phase=self._phase)
+        return Intake(streams=self.streams.stats() if self.streams is not None else None)
+
     def _metrics(self) -> bytes:
-        return render(self.stats, self.metrics, ready=self.readiness)
+        return render(self.stats, self.metrics, ready=self.readiness, alive=self.liveness.check)
 
     def _clock_offset_ns(self) -> int | None:
         """ns the venue clock is ahead of ours: 0 without a clock, ``None`` before its first estimate."""
@@ -301,7 +317,12 @@ class Daemon:
         discovered_at = time.time_ns()
         if s.health.port:
             self.health = HealthServer(
-                s.health.host, s.health.port, stats=self.stats, ready=self.readiness, metrics=self._metrics
+                s.health.host,
+                s.health.port,
+                stats=self.stats,
+                ready=self.readiness,
+                metrics=self._metrics,
+                alive=self.liveness.check,
             )
             await self.health.start()
         if s.clock.enabled:
@@ -375,10 +396,21 @@ class Daemon:
                 ssl_context=self.tls,
             )
             self._spawn(self.streams.run(), "streams")
+            self._watch_quiet(self.streams)
         else:
             self.service.ready("running: no websocket streams to wait for")
         if s.discovery.follow:
             self._follow_listings(parser, stream_channels)
+        self._phase = None
+
+    def _watch_quiet(self, streams: StreamsProducer) -> None:
+        """Data quality: quiet streams into the gap log and metrics (never liveness)."""
+        assert self.contracts is not None
+        hs = self.settings.health
+        quiet = QuietStreams(self.venue.name, self.contracts, hs)
+        interval = max(0.05, min(5.0, hs.freshness_s / 4, hs.quiet_freshness_s / 4))
+        self.quiet = QuietWatch(quiet, lambda: streams.stats()["streams"], self._emit, interval)
+        self.quiet.start()
 
     async def _start_consumers(self) -> None:
         self._attach_consumers()
@@ -523,9 +555,15 @@ class Daemon:
         self._conn_events[ev.kind.value] = self._conn_events.get(ev.kind.value, 0) + 1
         if ev.kind is ConnectionEventKind.DATA_FLOWING:
             self._notify_data_flowing(ev)
-        if self.books is None:
+        elif ev.kind is ConnectionEventKind.STREAM_SILENT and self.streams is not None:
+            # Start-up does not wait for a connection whose streams are silent: that is reported.
+            self.service.streams_silent(ev.connection, self.streams.stats()["connections"].keys())
+        if self.books is not None:
+            extra: list[Record] = self.books.on_connection_event(ev)
+        elif ev.kind is ConnectionEventKind.STREAM_SILENT and self.contracts is not None:
+            extra = silent_stream_notices(self.venue.name, self.contracts, ev)
+        else:
             return
-        extra: list[Record] = self.books.on_connection_event(ev)
         if extra:
             # Connection events arrive from the producer's task; publishing is async, so the gap
             # records are handed to a referenced task rather than dropped.
@@ -576,8 +614,12 @@ class Daemon:
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
             remaining,
         )
+        self._phase = (
+            f"waiting out a REST ban until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}"
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), remaining)
+        self._phase = "starting"
         if self._stop.is_set():
             raise StartupError("stopped while waiting for a REST ban to end")
 
@@ -641,6 +683,7 @@ class Daemon:
         intake = INTAKE_SHARE
 
         # systemd: STOPPING=1 as shutdown begins (TimeoutStopSec runs from here); no WATCHDOG after.
+        self._phase = "stopping"
         await self.service.stopping()
         # Phase 1: stop intake. Producers close their sockets; nothing new enters the bus. Each
         # finishes the batch it is emitting (within the deadline): the clock emits records too.
@@ -648,6 +691,7 @@ class Daemon:
             # First: no listing may open a connection while the others close.
             ("listings", self.listings),
             ("clock", self.clock),
+            ("quiet streams", self.quiet),
             ("streams", self.streams),
             ("snapshots", self.snapshots),
             ("pollers", self.pollers),
@@ -684,6 +728,7 @@ class Daemon:
         if self.health is not None:
             with contextlib.suppress(Exception):
                 await self.health.close()
+        await self.liveness.close()
         self.notifier.close()
         if self.rest is not None:
             with contextlib.suppress(Exception):

@@ -167,10 +167,15 @@ class HealthSettings(_Model):
     port: Annotated[int, Field(ge=0, le=65535)] = 9108
     """0 turns the endpoint off."""
     freshness_s: PositiveFloat = 30.0
-    quiet_freshness_s: PositiveFloat = 600.0
-    """The same for trade-driven streams (trades, klines, tickers), quiet on thin contracts."""
     """/readyz wants a frame from every stream within this many seconds (liquidations exempt:
     Binance sends them only when they happen)."""
+    quiet_freshness_s: PositiveFloat = 600.0
+    """The same for trade-driven streams (trades, klines, tickers), quiet on thin contracts."""
+    loop_deadline_s: PositiveFloat = 10.0
+    """Liveness (/healthz, WATCHDOG=1): the event loop must run its heartbeat within this."""
+    liveness_s: PositiveFloat = 120.0
+    """Liveness: a websocket connection must read a frame, connect or retry within its own
+    longest legitimate pause plus this (see :mod:`ingestd.observe.liveness`)."""
 
 
 class ClockSettings(_Model):

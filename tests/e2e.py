@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,12 @@ from ingestd.app import Daemon
 from ingestd.config import Settings, load_settings
 from ingestd.consumers.schema import open_dataset
 from ingestd.venues.binance.endpoints import stream_kind
+from tests.ops import wait_for
+
+__all__ = [
+    "capture_frames", "capture_lines", "read_channel", "run_until", "settings_for", "stored_counts",
+    "wait_for",
+]  # fmt: skip
 
 
 def capture_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -55,40 +61,23 @@ def settings_for(sim_rest: str, sim_ws: str, data_dir: Path, **over: Any) -> Set
     return load_settings(environ={}, cli=cli)
 
 
-async def run_until(
-    daemon: Daemon, done: Callable[[], bool], *, timeout: float = 60.0, settle: float = 0.3
-) -> int:
-    """Run ``daemon`` until ``done()`` holds (checked every 50 ms), then stop it; returns its exit code."""
+async def run_until(daemon: Daemon, done: Callable[[], bool], *, timeout: float = 60.0) -> int:
+    """Run ``daemon`` until ``done()`` holds, then stop it; returns its exit code.
+
+    Stopping drains every queue and flushes every consumer, so whatever ``done()`` saw admitted
+    is stored: no settling time is needed (or allowed) before the stop.
+    """
     task = asyncio.create_task(daemon.run())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     try:
-        while loop.time() < deadline and not task.done():
-            if done():
-                await asyncio.sleep(settle)
-                break
-            await asyncio.sleep(0.05)
-        else:
-            if not task.done():
-                raise AssertionError(f"condition not reached in {timeout} s; stats: {daemon.stats()}")
+        try:
+            await wait_for(lambda: task.done() or done(), timeout, "run_until's condition")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; stats: {daemon.stats()}") from None
         daemon.request_stop("test done")
         return await asyncio.wait_for(task, 30)
     finally:
         if not task.done():
             task.cancel()
-
-
-async def wait_for(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        r = cond()
-        if isinstance(r, Awaitable):
-            r = await r
-        if r:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 def read_channel(data_dir: Path, channel: str) -> pa.Table:

@@ -13,7 +13,7 @@ import contextlib
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,14 @@ from typing import Any
 import orjson
 
 from ingestd.app import Daemon
-from ingestd.config import Settings
+from ingestd.backoff import Backoff
+from ingestd.config import Settings, StreamSettings
 from ingestd.consumers.schema import open_dataset
 from ingestd.sim import SimVenue
 from ingestd.sim.captures import Capture, load_capture
 from ingestd.venues.binance.endpoints import stream_kind, stream_symbol
 from tests.e2e import settings_for
+from tests.ops import wait_for as until
 from tests.realdata import CF, need
 
 CF_FUTURES = CF / "2021-10_head" / "BINANCE_FUTURES.ws.1.0"
@@ -363,6 +365,39 @@ async def running(daemon: Daemon) -> AsyncIterator[EventTimes]:
     assert code == 0, f"daemon exited with {code}"
 
 
+@dataclass
+class BackoffDraws:
+    """Every reconnect delay the daemon's websocket backoffs drew (a spy on ``Backoff``).
+
+    Whether a delay was drawn, and how long it was, is what a reconnect's pacing means; how many
+    milliseconds the reconnect then took depends on the machine and is never asserted.
+    """
+
+    initial_s: float
+    max_s: float
+    delays: list[float] = field(default_factory=list)
+
+    @classmethod
+    @contextlib.contextmanager
+    def spy(cls, settings: Settings | StreamSettings) -> Iterator[BackoffDraws]:
+        """Record draws of backoffs paced like these stream settings (REST retries are not)."""
+        streams = settings.streams if isinstance(settings, Settings) else settings
+        draws = cls(streams.backoff_initial_s, streams.backoff_max_s)
+        original = Backoff.next_delay
+
+        def next_delay(self: Backoff) -> float:
+            delay = original(self)
+            if (self.initial_s, self.max_s) == (draws.initial_s, draws.max_s):
+                draws.delays.append(delay)
+            return delay
+
+        Backoff.next_delay = next_delay  # type: ignore[method-assign]
+        try:
+            yield draws
+        finally:
+            Backoff.next_delay = original  # type: ignore[method-assign]
+
+
 class RequestTimes:
     """When the sim answered each request of one REST path (sampled every ``period`` seconds)."""
 
@@ -391,17 +426,6 @@ class RequestTimes:
                 await self._task
 
 
-async def until(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> float:
-    """Wait for ``cond()``; returns the monotonic time it held. Fails naming ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout} s")
-        await asyncio.sleep(0.01)
-    return time.monotonic()
-
-
 def received_all(sim: SimVenue, daemon: Daemon) -> bool:
     """The daemon has read every data frame the sim has sent so far (and at least one)."""
     sent = sum(sim.stats().frames_sent.values())
@@ -409,19 +433,33 @@ def received_all(sim: SimVenue, daemon: Daemon) -> bool:
     return sent > 0 and streams is not None and streams["frames"] >= sent
 
 
-async def settled(daemon: Daemon, quiet_s: float = 0.2, timeout: float = 10.0) -> None:
-    """Wait until the daemon has read no frame for ``quiet_s`` (the venue is done sending)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last, since = -1, loop.time()
-    while loop.time() < deadline:
-        frames = daemon.streams.stats()["frames"] if daemon.streams is not None else 0
-        if frames != last:
-            last, since = frames, loop.time()
-        elif loop.time() - since >= quiet_s:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"frames still arriving after {timeout} s")
+BARRIER = '{"stream":"barrier@settled","data":{"e":"settled","E":0}}'
+"""A frame naming a stream no run subscribes: counted as a parse error on its connection only."""
+
+
+async def settled(sim: SimVenue, daemon: Daemon) -> None:
+    """Wait until the daemon has read everything the venue sent so far on every open socket.
+
+    A :data:`BARRIER` frame is sent behind what each open socket already carries; frames arrive
+    in order, so once the daemon has counted it (one more parse error on that connection),
+    everything before it was read. Call it when no rotation is under way (a socket the daemon
+    closes first would never deliver its barrier). Each call adds one parse error per socket.
+    """
+    assert daemon.streams is not None
+    conns = daemon.streams.stats()["connections"]
+    want: dict[str, int] = {}
+    for c in sim.stats().connections:
+        if not c.open:
+            continue
+        name = next(n for n in conns if n.split("/", 1)[1].startswith(c.route.strip("/") + "#"))
+        want[name] = want.get(name, int(conns[name]["parse_errors"])) + 1
+        assert sim.faults.inject([BARRIER], connection=c.id) == 1
+
+    def read() -> bool:
+        now = daemon.streams.stats()["connections"] if daemon.streams is not None else {}
+        return all(int(now[n]["parse_errors"]) >= k for n, k in want.items())
+
+    await until(read, what=f"the barrier read on {sorted(want)}")
 
 
 def admitted(daemon: Daemon) -> int:

@@ -1,11 +1,20 @@
-"""Helpers for the operations tests: a free port, HTTP GETs, Prometheus samples, a daemon task."""
+"""Helpers for the tests: waiting on conditions (the one place for it), a free port, HTTP GETs,
+Prometheus samples, a daemon task, systemd's side of the notify socket.
+
+Tests never sleep to synchronise and never bound how long something took: they wait on an
+event, a counter or a condition with :func:`wait_for`, whose generous overall timeout only
+matters when the test fails (the suite runs on loaded 2-core machines). See docs/testing.md.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import orjson
@@ -13,6 +22,49 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from ingestd.app import Daemon
+
+T = TypeVar("T")
+
+WAIT_S = 30.0
+"""Default overall timeout of :func:`wait_for`: long enough for a loaded machine, and only spent
+when the condition never holds (the test then fails naming what it waited for)."""
+POLL_S = 0.01
+
+
+async def wait_for(
+    cond: Callable[[], bool | Awaitable[bool]], timeout: float = WAIT_S, what: str = "condition"
+) -> float:
+    """Wait until ``cond()`` (sync or async) holds; returns the monotonic time it was seen to.
+
+    Checked at once, then every 10 ms. Raises ``AssertionError`` naming ``what`` after
+    ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        r = cond()
+        if isinstance(r, Awaitable):
+            r = await r
+        if r:
+            return time.monotonic()
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout:g} s")
+        await asyncio.sleep(POLL_S)
+
+
+def completes_at_once(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` for one step and return its result; fails if it would have waited.
+
+    The check for "never blocks" that no machine's load can break: a coroutine that finishes at
+    its first step suspended for nothing, however long the step itself took.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return cast("T", done.value)
+    coro.close()
+    name = getattr(coro, "__qualname__", repr(coro))
+    raise AssertionError(f"{name} suspended: it waited for something")
 
 
 def free_port() -> int:
@@ -85,3 +137,40 @@ async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[int]]:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+class Listener:
+    """systemd's side: a datagram socket bound in tmp_path that collects (time, message)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self) -> list[str]:
+        """Read what arrived; returns the new messages."""
+        new = []
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                break
+            new.append(data.decode())
+            self.messages.append((time.monotonic(), new[-1]))
+        return new
+
+    def lines(self) -> list[str]:
+        return [m for _, m in self.messages]
+
+    def watch(self) -> None:
+        """Drain from the event loop as soon as anything arrives, as systemd does: the kernel
+        queues only net.unix.max_dgram_qlen (often 10) datagrams, the rest would be refused."""
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self.drain)
+        self._watched = True
+
+    def close(self) -> None:
+        if getattr(self, "_watched", False):
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()

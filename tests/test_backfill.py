@@ -36,6 +36,7 @@ from ingestd.venues.binance.endpoints import SPOT, USDM, VenueSpec
 from ingestd.venues.binance.history import parse_agg_trades, parse_historical_trades
 from ingestd.venues.binance.symbols import Contract, ContractSet
 from tests.e2e import capture_lines
+from tests.ops import wait_for
 
 SPOT_TRADES = Path(__file__).resolve().parent / "data" / "spot_btcusdt_20240808_trades.gz"
 MS = 1_000_000
@@ -99,9 +100,7 @@ class Rig:
         return [r for r in self.emitted if isinstance(r, Gap) and kind in (None, r.kind)]
 
     async def until(self, cond: Callable[[], bool], timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not cond():
-                await asyncio.sleep(0.02)
+        await wait_for(cond, timeout)
 
     async def settled(self) -> None:
         """Every queued hole is done (filled, or given up)."""

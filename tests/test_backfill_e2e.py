@@ -31,7 +31,7 @@ from ingestd.sim import BUNDLED_CAPTURE, SimVenue, load_capture
 from ingestd.sim.agg_trades import with_agg_trades
 from tests.e2e import settings_for
 from tests.faults_util import read_rows
-from tests.ops import free_port, parse_metrics, value
+from tests.ops import free_port, parse_metrics, value, wait_for
 
 MS = 1_000_000
 
@@ -95,9 +95,10 @@ def assert_closed_holes(data: Path, rows: list[dict[str, Any]], reason: str) -> 
 
 
 async def until(daemon: Daemon, cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.05)
+    try:
+        await wait_for(cond, timeout, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; stats: {daemon.stats()}") from None
 
 
 def agg_records(daemon: Daemon) -> int:

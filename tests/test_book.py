@@ -177,6 +177,7 @@ def test_gap_and_book_records_are_registered() -> None:
         "memory_bound",
         "ban",
         "silent_stream",
+        "quiet_stream",  # data quality notices (ingestd.observe.quiet)
         "id_reset",
         "trade_gap",  # trade holes (ingestd.producers.backfill)
         "backfill",

@@ -20,7 +20,7 @@ from ingestd.book.book import OrderBook
 from ingestd.book.sync import BookSync
 from ingestd.records import DepthDiff, DepthSnapshot
 from ingestd.sim import SimVenue
-from tests.e2e import read_channel, run_until, settings_for
+from tests.e2e import read_channel, run_until, settings_for, wait_for
 
 HFT = {
     # file: (venue, native, audit checks proven offline in docs/binance.md §8.2)
@@ -273,8 +273,8 @@ async def test_429_then_418_are_honoured_and_the_ban_survives_a_restart(
         assert rest["errors"].get("429", rest["errors"].get(429)) == 1
         assert waited >= 1.0  # Retry-After: 1 was honoured before the snapshot came
 
-        # Now a 418 with a 3 s ban: the snapshot producer stops asking, the ban is persisted.
-        sim.faults.rest_error("/fapi/v1/depth", 418, count=1, retry_after=3)
+        # Now a 418 with a 5 s ban: the snapshot producer stops asking, the ban is persisted.
+        sim.faults.rest_error("/fapi/v1/depth", 418, count=1, retry_after=5)
         daemon2 = Daemon(settings)
         await run_until(daemon2, lambda: bool(daemon2.rest and daemon2.rest.banned_until), timeout=30)
         assert state.is_file()
@@ -282,15 +282,23 @@ async def test_429_then_418_are_honoured_and_the_ban_survives_a_restart(
         assert ban_end > time.time()
 
         # A restarted daemon must not touch the host until the ban ends: it waits, then starts.
+        # Checked at every look while it says it is waiting (it sends nothing before it stops
+        # waiting), and it stops waiting only once the ban is over.
         before = dict(sim.stats().rest_requests)
         daemon3 = Daemon(settings)
         task = asyncio.create_task(daemon3.run())
-        await asyncio.sleep(max(0.0, ban_end - time.time()) - 0.5)
-        assert sim.stats().rest_requests == before  # nothing sent during the ban
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (daemon3.books and _books(daemon3)["totals"]["synced"]):
-            await asyncio.sleep(0.05)
+        looks: list[tuple[str, bool]] = []
+
+        def waited_out() -> bool:
+            phase = daemon3.stats()["phase"]
+            looks.append((phase, sim.stats().rest_requests == before))
+            return not phase.startswith("waiting out a REST ban")
+
+        await wait_for(lambda: daemon3.stats()["phase"].startswith("waiting out a REST ban"), what="waiting")
+        await wait_for(waited_out, what="the end of the ban")
         assert time.time() >= ban_end
+        assert all(same for phase, same in looks if phase.startswith("waiting"))  # nothing sent meanwhile
+        await wait_for(lambda: bool(daemon3.books and _books(daemon3)["totals"]["synced"]), what="synced")
         assert daemon3.books is not None
         assert _books(daemon3)["totals"]["synced"] == 1
         daemon3.request_stop("test")

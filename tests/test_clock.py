@@ -14,6 +14,7 @@ from ingestd.errors import BannedError, ParseError, RestError
 from ingestd.producers.clock import ClockEstimate, ClockSync, parse_server_time
 from ingestd.producers.rest import RestClient
 from ingestd.venues.binance.endpoints import USDM
+from tests.ops import wait_for
 from tests.test_rest import FakeBinance, Reply, big_budget, nautilus
 
 OFFSET_MS = 2_500
@@ -88,9 +89,7 @@ async def test_failures_and_periodic_refresh(
     clock.start()
     clock.start()  # idempotent
     try:
-        async with asyncio.timeout(3):
-            while clock.stats()["measurements"] < 3:
-                await asyncio.sleep(0.02)
+        await wait_for(lambda: clock.stats()["measurements"] >= 3, what="three measurements")
     finally:
         await clock.close()
         await clock.close()
@@ -123,6 +122,9 @@ async def test_ban_stops_measuring(venue: FakeBinance, client: RestClient) -> No
     # The refresh task waits for the ban to end instead of polling a banned host.
     clock.interval_s = 0.01
     clock.start()
+    await wait_for(lambda: clock.stats()["failures"] == 1, what="the refresh task's first (local) refusal")
+    # An absence check: polling every 10 ms would show within this window (on a loaded machine
+    # fewer rounds fit in it, which can only let a regression pass, never fail this test).
     await asyncio.sleep(0.2)
     await clock.close()
     assert len(venue.seen) == 1

@@ -16,6 +16,7 @@ import pytest
 from ingestd.bus import RecordCounts
 from ingestd.consumers.console import ConsoleReporter
 from ingestd.records import AnyRecord, Record
+from tests.ops import wait_for
 from tests.test_parquet import all_records
 
 LINE = re.compile(
@@ -81,14 +82,15 @@ async def test_background_lines_on_stderr_and_close_is_idempotent(
     await c.start()
     for _ in range(3):
         counts.add(list[AnyRecord](recs))
-    await asyncio.sleep(0.18)
+    await wait_for(lambda: c.stats()["lines"] >= 2, what="two report lines")
     await c.close()
     await c.close()
     err = capsys.readouterr().err.splitlines()
-    assert 2 <= len(err) <= 4
-    assert all(LINE.match(line) for line in err), err
     n = c.stats()["lines"]
-    await asyncio.sleep(0.1)
+    assert len(err) == n >= 2  # one line per report, each on its own
+    assert all(LINE.match(line) for line in err), err
+    # An absence check: a task left running would report within this window (0.05 s cadence).
+    await asyncio.sleep(0.2)
     assert c.stats()["lines"] == n  # the task is gone
     assert c.stats()["records"] == 300
 

@@ -122,7 +122,7 @@ async def _stored_contracts(capture: Path, venue: str, tmp_path: Path) -> list[d
         )
         daemon = Daemon(settings)
         # The contract row is published before any stream starts.
-        code = await run_until(daemon, lambda: daemon.bus.published >= 2, timeout=60, settle=0.0)
+        code = await run_until(daemon, lambda: daemon.bus.published >= 2, timeout=60)
     assert code == 0
     rows: list[dict[str, Any]] = open_dataset(data, "contract").to_table().to_pylist()
     return rows

@@ -151,14 +151,17 @@ def test_sigterm_under_load_flushes_every_record_accepted_before_the_signal(
         assert parquet_files(data) == []
         before = status(port)["bus"]["consumers"]["parquet"]
         proc.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
         code = proc.wait(30)
-        took = time.monotonic() - signalled
         assert proc.stderr is not None
         log = proc.stderr.read()
     assert code == 0, log
-    assert took < config["shutdown_timeout_s"]
     assert "stopping: SIGTERM" in log
+    # Within its deadline by its own clock (the phases are bounded by it; how long the process
+    # then took to exit depends on the machine), nothing cut at the deadline, no task cancelled.
+    (stopped,) = re.findall(r"stopped in ([0-9.]+) s \(SIGTERM\)(.*)", log)
+    assert float(stopped[0]) < config["shutdown_timeout_s"]
+    assert "cancelled" not in stopped[1]
+    assert "not flushed" not in log
     stored = assert_prefixes_of_the_capture(data, truth)
     snapshots = len(read_rows(data, "depth_snapshot"))
     contracts = len(read_rows(data, "contract"))  # the start-up definition row

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from ingestd.config import Settings
 from ingestd.sim import SimVenue
 from tests.faults_util import (
     CF_FUTURES,
+    BackoffDraws,
     CaptureTruth,
     admitted,
     assert_only_the_tail_was_lost,
@@ -80,17 +83,19 @@ async def test_server_close_mid_stream_reconnects_with_the_same_streams_and_lose
     data = tmp_path / "data"
     async with SimVenue([CF_FUTURES], speed=0, resume="continue") as sim:
         sim.faults.stall(sticky=True)  # hold every frame until both routes are connected
-        daemon = Daemon(fault_settings(sim, data, snapshots=FAST_SNAPSHOTS))
-        async with running(daemon) as ev:
-            await until(lambda: sim.stats().connections_open == 2, what="both routes connected")
-            assert sim.faults.close(code, after_frames=300, route="/public") == 1
-            sim.faults.resume()
-            await until(lambda: ev.count("disconnected") == 1, what="the disconnect")
-            await until(lambda: _all_in(truth, daemon), what="every frame sent and read")
-            await until(lambda: books_synced(daemon, truth.natives), what="books resynced")
-            public, market = _conn(daemon, PUBLIC), _conn(daemon, MARKET)
-            events = dict(daemon.stats()["connection_events"])
-            down, up = ev.at("disconnected"), ev.at("connected", 3)
+        settings = fault_settings(sim, data, snapshots=FAST_SNAPSHOTS)
+        daemon = Daemon(settings)
+        with BackoffDraws.spy(settings) as draws:
+            async with running(daemon) as ev:
+                await until(lambda: sim.stats().connections_open == 2, what="both routes connected")
+                assert sim.faults.close(code, after_frames=300, route="/public") == 1
+                sim.faults.resume()
+                await until(lambda: ev.count("disconnected") == 1, what="the disconnect")
+                await until(lambda: _all_in(truth, daemon), what="every frame sent and read")
+                await until(lambda: books_synced(daemon, truth.natives), what="books resynced")
+                public, market = _conn(daemon, PUBLIC), _conn(daemon, MARKET)
+                events = dict(daemon.stats()["connection_events"])
+                down, up = ev.at("disconnected"), ev.at("connected", 3)
         conns = sorted(sim.stats().connections, key=lambda c: c.id)
 
     # The public socket closed after exactly 300 frames with the code; the new one asked for
@@ -102,15 +107,18 @@ async def test_server_close_mid_stream_reconnects_with_the_same_streams_and_lose
     assert set(pub[0].subscriptions) == set(pub[1].subscriptions)
     assert len(pub[0].subscriptions) == 8
     assert [c.route for c in conns].count("/market") == 1
-    # Counted, and reconnected after one (jittered, 0..50 ms) backoff delay.
+    # Counted, and reconnected at the first attempt after one (jittered, 0..50 ms) backoff delay.
     assert public["reconnects"] == 1
     assert public["reconnect_reasons"] == {f"close {code}": 1}
+    assert (public["connects"], public["connect_failures"]) == (2, 0)
     assert market["reconnects"] == 0
     assert events["disconnected"] == 1
     assert events["connected"] == 3
+    assert len(draws.delays) == 1
+    assert 0 <= draws.delays[0] <= 0.05
     assert down is not None
     assert up is not None
-    assert 0 <= up - down < 0.5
+    assert down <= up
 
     assert_storage_is_capture(data, truth)
     # Every book lost its stream, so each has one disconnect gap and one resync, naming the code.
@@ -124,9 +132,10 @@ async def test_server_close_mid_stream_reconnects_with_the_same_streams_and_lose
 
 
 @pytest.mark.asyncio
-async def test_tcp_stall_is_reconnected_by_the_stale_watchdog_within_its_deadline(
-    truth: CaptureTruth, tmp_path: Path
+async def test_tcp_stall_is_reconnected_by_the_stale_watchdog_once_its_deadline_passed(
+    truth: CaptureTruth, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="ingestd.streams")
     stale_after = 0.3
     data = tmp_path / "data"
     # Paced at 20x (the 30 s capture in 1.5 s): frames flow, then the socket stalls mid-stream.
@@ -157,10 +166,21 @@ async def test_tcp_stall_is_reconnected_by_the_stale_watchdog_within_its_deadlin
     assert all("stale" in g["reason"] for g in disconnects)
     first = [g for g in disconnects if g["started_ts"] == disconnects[0]["started_ts"]]
     assert {g["native"] for g in first} == set(truth.natives)
-    # The watchdog fired stale_after_s after the last frame, which came just before the stall (at
-    # 20x, frames are milliseconds apart); the books' gap starts when the socket was given up.
-    waited_s = (first[0]["started_ts"] - stalled_ns) / 1e9
-    assert stale_after - 0.1 <= waited_s <= stale_after + 0.25
+    # The watchdog gave the socket up only once it had been quiet for stale_after_s, by its own
+    # measure (how much later it noticed depends on the machine's load, and is not asserted);
+    # the books' gap starts when it did, after the stall began.
+    quiet = [
+        float(m.group(1))
+        for r in caplog.records
+        if (
+            m := re.fullmatch(
+                rf"{re.escape(PUBLIC)} stale: no frame for ([0-9.]+) s; reconnecting", r.getMessage()
+            )
+        )
+    ]
+    assert quiet
+    assert quiet[0] >= stale_after
+    assert first[0]["started_ts"] > stalled_ns
 
 
 @pytest.mark.asyncio
@@ -196,18 +216,15 @@ async def test_a_stream_that_never_sends_is_reported_by_name_within_its_deadline
             subs = {c.route: c.subscriptions for c in sim.stats().connections}
 
     assert set(trade_streams) <= set(subs["/market"])  # asked for, acknowledged, never served
-    # Reported when the deadline after connecting passed, not much later. The report's time is
-    # the gap records' started_ts; the market socket connected before its first frame arrived
-    # (at speed 0: within milliseconds) and after the daemon was started.
+    # Reported once the deadline after connecting had passed (the market socket connected after
+    # the daemon was started). The report's time is the gap records' started_ts; how soon after
+    # the deadline it came depends on the machine and is not asserted.
     silent = [g for g in gaps(data) if g["kind"] == "silent_stream"]
     reported_ns = {g["started_ts"] for g in silent}
     assert len(reported_ns) == 1
     reported = reported_ns.pop()
-    first_frame = min(
-        st["first_frame_ts"] for name, st in streams.items() if st["connection"] == MARKET and st["frames"]
-    )
-    assert reported - first_frame >= (deadline - 0.05) * 1e9
-    assert reported - started_ns <= (deadline + 0.5) * 1e9
+    assert reported - started_ns >= deadline * 1e9
+    assert all(not streams[s]["first_frame_seen"] for s in trade_streams)
     assert events["stream_silent"] == 1  # one report for the connection, naming every stream
     assert sorted(market["silent_streams"]) == trade_streams  # type: ignore[call-overload]
     assert public["silent_streams"] == []
@@ -224,26 +241,26 @@ async def test_a_stream_that_never_sends_is_reported_by_name_within_its_deadline
     assert_storage_is_capture(data, truth)
 
 
-async def _shutdown_mid_stream(sim: SimVenue, daemon: Daemon, *, close_after: int | None = None) -> float:
+async def _shutdown_mid_stream(sim: SimVenue, daemon: Daemon, *, close_after: int | None = None) -> None:
     """Let frames flow, then announce serverShutdown on the public socket with frames right
     behind it (the ones that fell due while it was held): a venue that keeps sending until it
     closes. With ``close_after`` the venue closes that socket (1001) that many frames after the
-    notice. Returns how long after the notice the venue saw the new socket."""
+    notice. Returns once the venue saw the new socket."""
     await until(lambda: received_all(sim, daemon) and daemon.stats()["streams"]["frames"] >= 100)
     assert sim.faults.stall(route="/public") == 1
     await until(lambda: received_all(sim, daemon), what="the daemon caught up")
-    await asyncio.sleep(0.1)  # at 20x, two seconds of capture fall due meanwhile
+    # Not a sync point: the held socket's frames fall due meanwhile (at 20x, two seconds of
+    # capture), so the notice has data right behind it. Any amount (none included) is correct.
+    await asyncio.sleep(0.1)
     assert sim.faults.server_shutdown(route="/public") == 1
     if close_after is not None:
         assert sim.faults.close(1001, after_frames=close_after, route="/public") == 1
-    noticed = time.monotonic()
     sim.faults.resume()  # the notice goes first, then every frame that fell due
-    opened = await until(lambda: sim.stats().connections_total == 3, timeout=5, what="the new socket")
-    return opened - noticed
+    await until(lambda: sim.stats().connections_total == 3, what="the new socket")
 
 
 def _shutdown_settings(sim: SimVenue, data: Path) -> Settings:
-    # A backoff delay would be drawn from 0..1000 s: a quick new socket proves none was drawn.
+    # A backoff delay would be drawn from 0..1000 s: the spy proves none was drawn at all.
     backoff = {"backoff_initial_s": 1000.0, "backoff_max_s": 1000.0}
     return fault_settings(sim, data, snapshots=FAST_SNAPSHOTS, streams=backoff)
 
@@ -256,18 +273,20 @@ async def test_server_shutdown_rotates_at_once_and_loses_nothing_the_venue_sent(
     one has proven overlap, so what the venue sent behind the notice is kept too."""
     data = tmp_path / "data"
     async with SimVenue([CF_FUTURES], speed=20, resume="continue") as sim:
-        daemon = Daemon(_shutdown_settings(sim, data))
-        async with running(daemon) as ev:
-            new_socket_after = await _shutdown_mid_stream(sim, daemon)
-            await until(lambda: ev.count("rotated") == 1, timeout=5, what="the switch")
-            await until(lambda: _venue_done(sim, truth), what="the end of the capture")
-            await settled(daemon)
-            public, market = _conn(daemon, PUBLIC), _conn(daemon, MARKET)
-            events = dict(daemon.stats()["connection_events"])
-            books = daemon.books.stats()["symbols"] if daemon.books is not None else {}
+        settings = _shutdown_settings(sim, data)
+        daemon = Daemon(settings)
+        with BackoffDraws.spy(settings) as draws:
+            async with running(daemon) as ev:
+                await _shutdown_mid_stream(sim, daemon)
+                await until(lambda: ev.count("rotated") == 1, what="the switch")
+                await until(lambda: _venue_done(sim, truth), what="the end of the capture")
+                await settled(sim, daemon)
+                public, market = _conn(daemon, PUBLIC), _conn(daemon, MARKET)
+                events = dict(daemon.stats()["connection_events"])
+                books = daemon.books.stats()["symbols"] if daemon.books is not None else {}
         conns = sorted(sim.stats().connections, key=lambda c: c.id)
 
-    assert new_socket_after < 0.5  # at once: no backoff delay (it would be 0..1000 s)
+    assert draws.delays == []  # at once: no backoff delay was drawn (it would be 0..1000 s)
     assert events["server_shutdown"] == 1
     assert events["rotated"] == 1
     assert "disconnected" not in events
@@ -293,17 +312,19 @@ async def test_server_shutdown_then_close_hands_over_to_the_new_socket(
     proven overlap: the new socket takes over (no third socket, no backoff) and storage is whole."""
     data = tmp_path / "data"
     async with SimVenue([CF_FUTURES], speed=20, resume="continue") as sim:
-        daemon = Daemon(_shutdown_settings(sim, data))
-        async with running(daemon):
-            new_socket_after = await _shutdown_mid_stream(sim, daemon, close_after=close_after)
-            await until(lambda: _venue_done(sim, truth), what="the end of the capture")
-            await settled(daemon)
-            await until(lambda: books_synced(daemon, truth.natives), what="books synced")
-            public, market = _conn(daemon, PUBLIC), _conn(daemon, MARKET)
-            events = dict(daemon.stats()["connection_events"])
+        settings = _shutdown_settings(sim, data)
+        daemon = Daemon(settings)
+        with BackoffDraws.spy(settings) as draws:
+            async with running(daemon):
+                await _shutdown_mid_stream(sim, daemon, close_after=close_after)
+                await until(lambda: _venue_done(sim, truth), what="the end of the capture")
+                await settled(sim, daemon)
+                await until(lambda: books_synced(daemon, truth.natives), what="books synced")
+                public, market = _conn(daemon, PUBLIC), _conn(daemon, MARKET)
+                events = dict(daemon.stats()["connection_events"])
         conns = sorted(sim.stats().connections, key=lambda c: c.id)
 
-    assert new_socket_after < 0.5
+    assert draws.delays == []  # no backoff delay was drawn for the switch
     assert len(conns) == 3  # the rotation's socket took over; no further one was opened
     old = next(c for c in conns if c.route == "/public")
     assert old.close_code == 1001
@@ -424,7 +445,7 @@ async def test_a_frame_over_the_size_limit_costs_only_its_own_connection(
             assert sim.faults.inject([huge], route="/market") == 1
             await until(lambda: ev.count("connected") >= 3, timeout=5, what="the market reconnect")
             await until(lambda: _venue_done(sim, truth), what="the end of the capture")
-            await settled(daemon)
+            await settled(sim, daemon)
             stats = daemon.stats()["streams"]
         conns = sorted(sim.stats().connections, key=lambda c: c.id)
 

@@ -48,7 +48,7 @@ async def test_readyz_follows_book_sync_and_a_stalled_stream(bundled_capture: Pa
             assert daemon.health.url == base
 
             status, body = await get_json(base + "/healthz")
-            assert (status, body) == (200, {"status": "alive"})
+            assert (status, body["status"], body["not_alive"]) == (200, "alive", [])
 
             async def book_named() -> bool:
                 status, body = await get_json(base + "/readyz")
@@ -96,6 +96,9 @@ async def test_readyz_follows_book_sync_and_a_stalled_stream(bundled_capture: Pa
             assert isinstance(streams, dict)
             assert streams["streams"]["btcusdt@trade"]["last_frame_age_s"] > FRESHNESS_S
             assert streams["streams"]["btcusdt@bookTicker"]["last_frame_age_s"] < FRESHNESS_S
+            # Not ready is not "not alive": /public streams on, the stall is only reported.
+            status, body = await get_json(base + "/healthz")
+            assert (status, body["status"], body["not_alive"]) == (200, "alive", [])
 
             sim.faults.resume()
 
@@ -127,11 +130,14 @@ async def test_port_in_use_is_a_startup_error() -> None:
 @pytest.mark.asyncio
 async def test_endpoints_answer_from_the_callables() -> None:
     calls = {"ready": 0}
-    state = {"ok": False}
+    state = {"ok": False, "alive": False}
 
     def ready() -> tuple[bool, dict[str, object]]:
         calls["ready"] += 1
         return state["ok"], {"not_ready": [] if state["ok"] else ["stream x@trade: no frame yet"]}
+
+    def alive() -> tuple[bool, dict[str, object]]:
+        return state["alive"], {"not_alive": [] if state["alive"] else ["event loop blocked: 3 s"]}
 
     server = HealthServer(
         "127.0.0.1",
@@ -139,22 +145,31 @@ async def test_endpoints_answer_from_the_callables() -> None:
         stats=lambda: {"venue": "binance-usdm", "uptime_s": 1.0},
         ready=ready,
         metrics=lambda: b"# HELP x y\n",
+        alive=alive,
     )
     await server.start()
     try:
         assert server.port != 0  # port 0 here: the OS picked one, and the server reports it
+        status, body = await get_json(server.url + "/healthz")
+        assert (status, body) == (503, {"status": "not alive", "not_alive": ["event loop blocked: 3 s"]})
+        state["alive"] = True
+        status, body = await get_json(server.url + "/healthz")
+        assert (status, body) == (200, {"status": "alive", "not_alive": []})
         status, body = await get_json(server.url + "/readyz")
         assert (status, body) == (503, {"ready": False, "not_ready": ["stream x@trade: no frame yet"]})
         state["ok"] = True
         status, body = await get_json(server.url + "/readyz")
         assert (status, body) == (200, {"ready": True, "not_ready": []})
         status, body = await get_json(server.url + "/status")
-        assert body == {"ready": True, "not_ready": [], "venue": "binance-usdm", "uptime_s": 1.0}
+        assert body == {
+            "ready": True, "not_ready": [], "alive": True, "not_alive": [],
+            "venue": "binance-usdm", "uptime_s": 1.0,
+        }  # fmt: skip
         status, raw = await get(server.url + "/metrics")
         assert (status, raw) == (200, b"# HELP x y\n")
         status, _ = await get(server.url + "/nope")
         assert status == 404
-        assert server.requests == 4
+        assert server.requests == 6
     finally:
         await server.close()
         await server.close()  # idempotent

@@ -170,8 +170,11 @@ async def test_metrics_match_the_capture_storage_and_stats(bundled_capture: Path
     assert value(fams, "ingestd_hook_calls_total", hook="hook:counter#0") == expected["trade"]
     assert value(fams, "ingestd_hook_errors_total", hook="hook:counter#0") == expected["trade"] // 1_000 - 1
     assert value(fams, "ingestd_hook_timeouts_total", hook="hook:counter#0") == 1
-    p99 = value(fams, "ingestd_hook_latency_seconds", hook="hook:counter#0", quantile="0.99")
-    assert 0 <= p99 < 0.05
+    # The latency quantiles are the hook's own measure (how long calls take depends on the machine).
+    hook_stats = consumers["hook:counter#0"]
+    for q, key in (("0.5", "latency_p50_ms"), ("0.99", "latency_p99_ms"), ("1", "latency_max_ms")):
+        quantile = value(fams, "ingestd_hook_latency_seconds", hook="hook:counter#0", quantile=q)
+        assert quantile == pytest.approx(hook_stats[key] / 1e3)
 
     # REST: requests, the one 429, no 418, the weight the venue reported.
     rest = stats["rest"]
@@ -236,8 +239,10 @@ async def test_metrics_match_the_capture_storage_and_stats(bundled_capture: Path
         assert value(fams, "ingestd_exchange_latency_seconds_bucket", channel=channel, le="+Inf") == observed
     assert set(counts) <= {"trade", "book_ticker", "depth_diff", "depth_snapshot"}
 
-    # Clock and validation: a local sim shares our clock; real data has no invalid record.
-    assert abs(value(fams, "ingestd_clock_offset_seconds")) < 0.05
+    # Clock and validation: a local sim shares our clock, so the offset is zero within the
+    # midpoint method's bound (half the round trip); real data has no invalid record.
+    offset_s = value(fams, "ingestd_clock_offset_seconds")
+    assert abs(offset_s) * 1e3 <= stats["clock"]["rtt_ms"] / 2 + 1.0
     assert fams["ingestd_invalid_records"] == []
 
 

@@ -23,9 +23,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -59,6 +59,7 @@ from ingestd.records import (
 )
 from ingestd.venues.binance.parse import FrameParser, parse_depth_snapshot
 from ingestd.venues.binance.symbols import Contract, ContractSet
+from tests.ops import wait_for as until
 
 VENUE = "binance-usdm"
 DATA = Path(__file__).resolve().parent / "data"
@@ -164,13 +165,6 @@ def trades(realdata: Path, n: int) -> list[Record]:
 
 def settings(root: Path, **kw: Any) -> StorageSettings:
     return StorageSettings(data_dir=root, **kw)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def utc_date(r: Record) -> str:
@@ -350,8 +344,10 @@ async def test_rotation_by_age_writes_a_quiet_buffer(tmp_path: Path, realdata: P
     await w.start()
     started = time.monotonic()
     await w.consume(list[AnyRecord](recs))
-    await until(lambda: w.stats()["files"] == 1, timeout=3)
-    assert 0.15 <= time.monotonic() - started < 2.0
+    await until(lambda: w.stats()["files"] == 1)
+    # Sealed for its age (10 rows are far from rotate_rows), and not before it: the buffer opened
+    # after `started`. How much later the flusher got to it depends on the machine.
+    assert time.monotonic() - started >= 0.2
     assert w.stats()["pending_rows"] == 0
     assert w.stats()["last_write_latency_s"] > 0
     assert pq.read_table(parquet_files(tmp_path)[0]).num_rows == 10
@@ -557,7 +553,7 @@ _KILL_SCRIPT = textwrap.dedent(
 async def test_kill_9_leaves_only_complete_files(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path)])
     try:
-        await until(lambda: len(parquet_files(tmp_path)) >= 8, timeout=20)
+        await until(lambda: len(parquet_files(tmp_path)) >= 8)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -580,30 +576,42 @@ async def test_kill_9_leaves_only_complete_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_writes_run_off_the_event_loop(tmp_path: Path, realdata: Path) -> None:
-    """While a large depth file is built and compressed, the loop keeps ticking."""
+async def test_writes_run_off_the_event_loop(
+    tmp_path: Path, realdata: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a large depth file is built and compressed, the loop keeps ticking: the write runs
+    in a worker thread and hands the GIL back (pyarrow releases it while it encodes and
+    compresses). How often it does is a speed property, measured by the bench, not here."""
     many = [r for r in _stream_records(realdata, b"@depth@0ms") if utc_date(r) == "2024-08-08"]
     assert len(many) > 6000
     assert all(isinstance(r, DepthDiff) for r in many)
     many *= 4  # ~26 k rows of ~66 levels: a write of a few hundred ms
     w = ParquetWriter(settings(tmp_path, rotate_rows=len(many) + 1))
+    writing = threading.Event()
+    writers: list[int] = []
+    original = w._write_chunk
+
+    def spy(chunk: Any) -> Any:
+        writers.append(threading.get_ident())
+        writing.set()
+        try:
+            return original(chunk)
+        finally:
+            writing.clear()
+
+    monkeypatch.setattr(w, "_write_chunk", spy)
     await w.start()
     await w.consume(list[AnyRecord](many))
-    gaps: list[float] = []
+    ticks_while_writing = 0
     closing = asyncio.create_task(w.close())
-    last = time.perf_counter()
     while not closing.done():
         await asyncio.sleep(0.005)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
+        ticks_while_writing += writing.is_set()
     await closing
     assert w.stats()["rows"] == len(many)
-    assert w.stats()["last_write_latency_s"] > 0.05
-    assert len(gaps) >= 5  # the loop ran many times during one write
-    # The table is made from the column buffers without per-value work and pyarrow releases the
-    # GIL while it encodes and compresses (a write on the loop would stall it for all of it).
-    assert max(gaps) < 0.5 * w.stats()["last_write_latency_s"]
+    assert writers  # the one file was written ...
+    assert threading.main_thread().ident not in writers  # ... by a worker thread
+    assert ticks_while_writing >= 1  # and the loop ran while it did
 
 
 @pytest.mark.asyncio
@@ -627,8 +635,8 @@ async def test_a_dead_flusher_is_restarted_at_once_and_loses_nothing(
     monkeypatch.setattr(w, "_seal_aged", failing_once)
     await w.start()
     await w.consume(list[AnyRecord](recs[:10]))
-    await until(lambda: w.stats()["flusher_restarts"] == 1, timeout=3)
-    await until(lambda: w.stats()["files"] == 1, timeout=3)  # written by the new flusher, before close
+    await until(lambda: w.stats()["flusher_restarts"] == 1)
+    await until(lambda: w.stats()["files"] == 1)  # written by the new flusher, before close
     await w.consume(list[AnyRecord](recs[10:]))
     await w.close()
     assert "parquet flusher died" in caplog.text

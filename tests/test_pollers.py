@@ -38,6 +38,7 @@ from ingestd.records import RECORD_TYPES, AnyRecord, Record
 from ingestd.sim import Capture, SimVenue, load_capture
 from ingestd.venues.binance.endpoints import SPOT, USDM
 from ingestd.venues.binance.symbols import Contract, ContractSet
+from tests.ops import wait_for
 
 MS = 1_000_000
 ALL_ON = {p.key: 60.0 for p in POLLS}
@@ -181,13 +182,16 @@ async def test_run_stores_poller_records_in_parquet(capture: Capture, tmp_path: 
             contracts = await discover(client, USDM)
             pollers = PollerSet(client, USDM, contracts, bus.publish, settings)
             task = asyncio.create_task(pollers.run())
-            for _ in range(200):
-                await asyncio.sleep(0.02)
-                if pollers.stats()["polls"] >= 3:
-                    break
-            await asyncio.sleep(1.2)  # the 1 s premium-index poller comes round again: a duplicate
+            await wait_for(lambda: pollers.stats()["polls"] >= 3, what="three polls")
+
+            def premium_again() -> bool:
+                # The 1 s premium-index poller comes round again on the same data: a duplicate.
+                premium = pollers.stats()["endpoints"]["premium_index_s"]
+                return bool(premium["polls"] >= 2 and premium["duplicates"] >= 1)
+
+            await wait_for(premium_again, what="a second premium-index poll, a duplicate")
             await pollers.close()
-            await asyncio.wait_for(task, 5)
+            await asyncio.wait_for(task, 30)
             served = sim.stats().rest_requests
     await bus.close()
     stats = pollers.stats()

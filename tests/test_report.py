@@ -82,7 +82,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, bundled_capture: Path) -> tup
                 def stored_all(d: Daemon = daemon, n: int = trades) -> bool:
                     return d.bus.published >= n
 
-                code = await run_until(daemon, stored_all, settle=0.1)
+                code = await run_until(daemon, stored_all)
                 assert code == 0
             parser = argparse.ArgumentParser()
             collect_arguments(parser)

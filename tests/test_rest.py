@@ -28,6 +28,8 @@ from ingestd.errors import BannedError, ParseError, RateLimitedError, RestError
 from ingestd.producers.budget import BANS_KEY, WeightBudget, load_ban, save_ban
 from ingestd.producers.rest import RestClient, ban_end, retry_after, used_weight
 from ingestd.venues.binance.endpoints import SPOT, USDM, VenueSpec
+from tests.ops import completes_at_once
+from tests.ops import wait_for as until
 from tests.realdata import CF, DATA, HFT, need
 
 CAPTURE_LINE = re.compile(r"^(\S+) -> ([\d.]+): (.*)$")
@@ -203,7 +205,7 @@ async def test_get_returns_body_weight_header_and_json(venue: FakeBinance) -> No
     assert resp.json() == json.loads(served)
     assert resp.used_weight == 1  # the fake venue counts weight 1 for exchangeInfo
     assert before <= resp.recv_ts <= after
-    assert 0 < resp.elapsed_s < 5
+    assert 0 < resp.elapsed_s <= (after - before) / 1e9 + 1e-3  # measured inside the call
     assert resp.url == venue.url + USDM.exchange_info_path
     stats = client.stats()
     assert stats["requests"] == 1
@@ -282,10 +284,9 @@ async def test_server_errors_are_bounded(venue: FakeBinance) -> None:
 async def test_timeouts_are_retried_then_raise(venue: FakeBinance) -> None:
     venue.script.extend(Reply(delay_s=2.0) for _ in range(2))
     async with client_for(venue, timeout_s=0.2, max_retries=1) as client:
-        started = time.monotonic()
         with pytest.raises(RestError, match="timed out") as info:
             await client.get(USDM.exchange_info_path, None, weight=1)
-        assert time.monotonic() - started < 1.5
+        # Both attempts were cut by the 0.2 s timeout (counted), not answered after 2 s.
         assert client.stats()["errors"] == {"timeout": 2}
     assert info.value.retriable
     assert info.value.status is None
@@ -367,15 +368,17 @@ async def test_429_pauses_every_caller_of_the_host(venue: FakeBinance) -> None:
     venue.script.append(Reply(status=429, body=TOO_MANY, headers={"Retry-After": "1"}))
     async with client_for(venue) as client:
 
-        async def late() -> float:
-            await asyncio.sleep(0.2)  # starts while the host is paused
-            t = time.monotonic()
+        async def late() -> bool:
+            # Starts once the host is paused (the 429 is in), as a caller that knows nothing of it.
+            await until(lambda: bool(client.stats()["rate_limited"]), what="the pause")
+            paused = bool(client.stats()["rate_limited"])
             await client.get(USDM.time_path, None, weight=1)
-            return time.monotonic() - t
+            return paused
 
-        _, late_wait = await asyncio.gather(client.get(USDM.time_path, None, weight=1), late())
-    assert late_wait >= 0.7
-    # Three requests reached the server: the 429, then both callers after the pause.
+        _, started_paused = await asyncio.gather(client.get(USDM.time_path, None, weight=1), late())
+    assert started_paused
+    # Three requests reached the server: the 429, then both callers only after the pause (the
+    # server saw the 429's request before it answered, so this holds on any machine).
     first, *after = venue.seen
     assert len(after) == 2
     assert all(s.at - first.at >= 1.0 for s in after)
@@ -475,7 +478,9 @@ async def test_ban_over_resumes_and_clears_state(
         with pytest.raises(BannedError):
             await client.get(USDM.time_path, None, weight=1)
         assert json.loads(state.read_text())["other"] == {"kept": True}
-        await asyncio.sleep(1.05)
+        ends = client.banned_until
+        assert ends > 0
+        await until(lambda: time.time() > ends, what="the end of the 1 s ban")  # the scenario: it ends
         resp = await client.get(USDM.time_path, None, weight=1)
         assert resp.status == 200
         assert client.banned_until == 0
@@ -538,8 +543,12 @@ async def test_budget_paces_requests_at_the_sustained_rate(venue: FakeBinance) -
     finally:
         await client.close()
     assert elapsed >= 1.0 - 0.02
-    gaps = [b.at - a.at for a, b in zip(venue.seen[5:], venue.seen[6:], strict=False)]
-    assert all(g >= 0.15 for g in gaps)  # after the burst, ~0.2 s apart, never bunched
+    # Never ahead of the budget: after the burst of 5, the k-th request (k = 6 … 10) reaches the
+    # server no earlier than (k - 5) x 0.2 s after the start. (Gaps between two arrivals can be
+    # shorter on a loaded machine, when one was late and the next caught up: that is allowed.)
+    assert len(venue.seen) == 10
+    for k, seen in enumerate(venue.seen[5:], start=6):
+        assert seen.at - started >= (k - 5) * 0.2 - 0.02, k
     assert client.budget.budget == 300
 
 
@@ -559,7 +568,7 @@ async def test_used_weight_header_slows_the_budget_further(venue: FakeBinance) -
     # Without the header the three would go at once (5 weight of burst). With it each waits
     # for the external weight to age: 1 + 302 (1 - t/60) <= 299 → t >= 0.79 s, then ~1 s.
     assert elapsed >= 1.6
-    assert venue.seen[1].at - venue.seen[0].at >= 0.75
+    assert venue.seen[1].at - started >= 0.75
 
 
 @pytest.mark.asyncio
@@ -585,15 +594,14 @@ async def test_cancelled_waiter_leaves_the_queue() -> None:
     budget = WeightBudget(10, window_s=0.3)
     await budget.acquire(10)
     stuck = asyncio.create_task(budget.acquire(5, priority=9))
-    await asyncio.sleep(0.05)
-    assert budget.waiting == 1
+    await until(lambda: budget.waiting == 1, what="the waiter queued")
     stuck.cancel()
     with pytest.raises(asyncio.CancelledError):
         await stuck
     assert budget.waiting == 0
     # The next caller is served as soon as the budget allows (the window frees at 0.3 s),
     # not stuck behind the cancelled one.
-    await asyncio.wait_for(budget.acquire(2), 2.0)
+    await asyncio.wait_for(budget.acquire(2), 30)
     assert budget.stats()["acquired"] == 2
 
 
@@ -617,7 +625,8 @@ async def test_budget_rolling_window_and_observe() -> None:
 async def test_zero_weight_is_not_paced_but_is_paused() -> None:
     budget = WeightBudget(10, window_s=1.0)
     await budget.acquire(30)  # in debt for two seconds
-    assert await budget.acquire(0) < 0.05
+    # Not paced: it completes at its first step, without waiting for anything.
+    completes_at_once(budget.acquire(0))
     budget.pause(0.2)
     assert await budget.acquire(0) >= 0.19
 

@@ -18,6 +18,7 @@ from ingestd.app import Daemon
 from ingestd.sim import SimVenue
 from ingestd.tail import add_arguments, run
 from tests.e2e import capture_frames, read_channel, run_until, settings_for, stored_counts
+from tests.ops import wait_for
 from tests.test_nats import OwnServer, nats_url, own_server  # noqa: F401 - fixtures
 
 
@@ -94,31 +95,33 @@ async def test_nats_restart_mid_run_keeps_parquet_complete(
         total = n_trades + 1  # the start-up contract row is published too
         daemon = Daemon(settings)
         task = asyncio.create_task(daemon.run())
-        while daemon.bus.published < n_trades // 4:
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: daemon.bus.published >= n_trades // 4, 60, "a quarter of the trades")
         own_server.stop()  # NATS goes away mid-run
-        while daemon.bus.published < n_trades // 2:
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: daemon.bus.published >= n_trades // 2, 60, "half of the trades")
         own_server.start()  # and comes back (same store directory)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while loop.time() < deadline:
-            c = daemon.bus.stats()["consumers"]["nats"]
-            stored = c.get("acked", 0) - c.get("duplicates", 0)
-            if daemon.bus.published >= total and stored + c.get("buffer_dropped", 0) >= total:
-                break
-            await asyncio.sleep(0.1)
-        nats_stats = daemon.bus.stats()["consumers"]["nats"]
-        daemon.request_stop("test")
-        assert await asyncio.wait_for(task, 30) == 0
-    assert stored_counts(data)["trade"] == n_trades  # storage never waited for NATS
-    import nats  # noqa: PLC0415
+        import nats  # noqa: PLC0415
 
-    nc = await nats.connect(own_server.url)
-    try:
-        info = await nc.jetstream().stream_info("RESTART")
-    finally:
-        await nc.close()
+        nc = await nats.connect(own_server.url)
+        try:
+            js = nc.jetstream()
+
+            async def through() -> bool:
+                # Counted on the server: a message stored whose ack was lost in the outage is
+                # acknowledged again as a duplicate, so the publisher's own counts cannot tell.
+                dropped = daemon.bus.stats()["consumers"]["nats"].get("buffer_dropped", 0)
+                stored = (await js.stream_info("RESTART")).state.messages
+                return bool(daemon.bus.published >= total and stored + dropped >= total)
+
+            await wait_for(
+                through, 60, "every record published, and stored in JetStream or counted as dropped"
+            )
+            nats_stats = daemon.bus.stats()["consumers"]["nats"]
+            daemon.request_stop("test")
+            assert await asyncio.wait_for(task, 30) == 0
+            info = await js.stream_info("RESTART")
+        finally:
+            await nc.close()
+    assert stored_counts(data)["trade"] == n_trades  # storage never waited for NATS
     dropped = int(nats_stats.get("buffer_dropped", 0))
     assert info.state.messages + dropped == total, nats_stats  # complete apart from counted drops
 

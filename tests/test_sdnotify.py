@@ -1,13 +1,13 @@
 """systemd's notify protocol: messages received on a real AF_UNIX datagram socket.
 
 The daemon (against the sim replaying the real capture in real time) must send ``READY=1`` once
-every connection streams, ``WATCHDOG=1`` only while /readyz would answer 200 (none while the sim
-stalls the book stream), ``STATUS=`` lines, and ``STOPPING=1`` last.
+every connection streams, ``WATCHDOG=1`` while it is alive, also while a stream is stalled and
+/readyz is 503 (that is reported in ``STATUS=``, never enforced), and ``STOPPING=1`` last. The
+liveness failures that do withhold pings are in test_liveness.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -19,52 +19,15 @@ import pytest
 import pytest_asyncio
 
 from ingestd.app import Daemon
-from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier, status_line
+from ingestd.observe.sdnotify import SdNotifier, ServiceNotifier, alive_line, status_line
 from ingestd.sim import SimVenue
 from tests.e2e import settings_for, wait_for
-from tests.ops import running
+from tests.ops import Listener, running
 
 WATCHDOG_USEC = 100_000
 """systemd's WatchdogSec in µs: pings are due every 50 ms."""
 FRESHNESS_S = 1.0
 """bookTicker and depth@0ms are never quiet for more than 0.16 s in the capture's first 30 s."""
-
-
-class Listener:
-    """systemd's side: a datagram socket bound in tmp_path that collects (time, message)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[tuple[float, str]] = []
-
-    def drain(self) -> list[str]:
-        """Read what arrived; returns the new messages."""
-        new = []
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except BlockingIOError:
-                break
-            new.append(data.decode())
-            self.messages.append((time.monotonic(), new[-1]))
-        return new
-
-    def lines(self) -> list[str]:
-        return [m for _, m in self.messages]
-
-    def watch(self) -> None:
-        """Drain from the event loop as soon as anything arrives, as systemd does: the kernel
-        queues only net.unix.max_dgram_qlen (often 10) datagrams, the rest would be refused."""
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), self.drain)
-        self._watched = True
-
-    def close(self) -> None:
-        if getattr(self, "_watched", False):
-            asyncio.get_running_loop().remove_reader(self.sock.fileno())
-        self.sock.close()
 
 
 @pytest.fixture
@@ -89,7 +52,7 @@ async def watched(tmp_path: Path) -> AsyncIterator[Listener]:
 
 
 @pytest.mark.asyncio
-async def test_ready_watchdog_only_while_ready_then_stopping(
+async def test_ready_then_watchdog_while_alive_even_when_not_ready_then_stopping(
     bundled_capture: Path, tmp_path: Path, watched: Listener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     listener = watched
@@ -108,59 +71,53 @@ async def test_ready_watchdog_only_while_ready_then_stopping(
                 "port": 0,
                 "freshness_s": FRESHNESS_S,
                 "quiet_freshness_s": FRESHNESS_S,
-            },  # no HTTP: readiness drives sd_notify alone
+            },  # no HTTP: liveness and readiness drive sd_notify alone
         )
         daemon = Daemon(settings)
+        svc = daemon.service
         assert daemon.notifier.watchdog_interval_s == pytest.approx(0.05)
         async with running(daemon) as task:
-
-            def pinged(n: int) -> bool:
-                listener.drain()
-                return listener.lines().count("WATCHDOG=1") >= n
-
-            await wait_for(lambda: pinged(3), 15)
+            # The watched listener reads every datagram as it arrives (add_reader).
+            await wait_for(
+                lambda: daemon.readiness()[0] and "STATUS=ready: streaming" in listener.lines(), 15
+            )
             lines = listener.lines()
             ready = [i for i, m in enumerate(lines) if m.startswith("READY=1")]
             assert len(ready) == 1
-            first_ping = lines.index("WATCHDOG=1")
-            assert ready[0] < first_ping
+            assert ready[0] < lines.index("WATCHDOG=1")
             assert lines[ready[0]] == "READY=1\nSTATUS=streaming on 2 connection(s)"
-            assert "STATUS=ready: streaming" in lines
             assert daemon.notifier.errors == 0
 
-            # Stall the /public socket (bookTicker + depth): stale after 1 s, so not ready.
+            # Stall the /public socket (bookTicker + depth): stale after 1 s, so not ready; /market
+            # (trades) streams on, so the daemon is alive and the pings go on.
             assert sim.faults.stall(stream="btcusdt@bookTicker") == 1
             await wait_for(lambda: not daemon.readiness()[0], FRESHNESS_S + 5)
-            # Pings sent before the flip are already in the socket; none may follow while stalled.
-            listener.drain()
-            mark = len(listener.messages)
-            for _ in range(6):
-                await asyncio.sleep(WATCHDOG_USEC / 1e6)  # 12 ping intervals in all
-                assert not daemon.readiness()[0]
-                listener.drain()
+            mark, pings, stalled_at = len(listener.messages), svc.pings, time.monotonic()
+            # A dozen watchdog rounds on, and past the freshness deadline again.
+            await wait_for(
+                lambda: svc.pings >= pings + 12 and time.monotonic() - stalled_at > FRESHNESS_S, 30
+            )
+            assert not daemon.readiness()[0]
+            assert svc.withheld == 0
             during = [m for _, m in listener.messages[mark:]]
-            assert "WATCHDOG=1" not in during
+            assert during.count("WATCHDOG=1") >= 12
             status = [m for m in listener.lines() if m.startswith("STATUS=not ready: ")]
             assert status
             assert "stream btcusdt@bookTicker: last frame" in status[-1]
 
             sim.faults.resume()
             mark = len(listener.messages)
-            await wait_for(lambda: daemon.readiness()[0], 10)
-
-            def pinged_again() -> bool:
-                listener.drain()
-                return "WATCHDOG=1" in [m for _, m in listener.messages[mark:]]
-
-            await wait_for(pinged_again, 5)
+            await wait_for(lambda: "STATUS=ready: streaming" in [m for _, m in listener.messages[mark:]], 10)
         assert task.result() == 0
     listener.drain()
     assert daemon.notifier.errors == 0  # nothing was refused: the listener saw every message
+    assert svc.withheld == 0  # alive throughout
     lines = listener.lines()
     assert lines[-1] == "STOPPING=1"
     assert lines.count("STOPPING=1") == 1
     assert lines.count("READY=1\nSTATUS=streaming on 2 connection(s)") == 1
     assert lines.index("STATUS=ready: streaming") < len(lines) - 1
+    assert not any(m.startswith("STATUS=not alive") for m in lines)
 
 
 @pytest.mark.asyncio
@@ -268,14 +225,18 @@ def test_a_full_queue_never_blocks(listener: Listener) -> None:
 
 @pytest.mark.asyncio
 async def test_service_notifier_sequence(listener: Listener) -> None:
-    """READY once all planned connections flowed; WATCHDOG only while ready; STATUS on change."""
-    state: dict[str, bool] = {"ok": True}
+    """READY once all planned connections flowed; WATCHDOG every round while alive, ready or
+    not; none while not alive; STATUS when the reasons change. Synced on the notifier's rounds."""
+    state: dict[str, bool] = {"ok": True, "alive": True}
 
     def readiness() -> tuple[bool, dict[str, object]]:
         return state["ok"], {"not_ready": [] if state["ok"] else ["a", "b", "c"]}
 
+    def liveness() -> tuple[bool, dict[str, object]]:
+        return state["alive"], {"not_alive": [] if state["alive"] else ["event loop blocked: 3 s"]}
+
     sd = SdNotifier({"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "20000"})
-    svc = ServiceNotifier(sd, readiness)
+    svc = ServiceNotifier(sd, readiness, liveness)
     planned = ("v/public#0", "v/market#0")
     sent = [svc.ready_sent]
     svc.data_flowing("v/public#0", planned)
@@ -286,30 +247,72 @@ async def test_service_notifier_sequence(listener: Listener) -> None:
     sent.append(svc.ready_sent)
     assert sent == [False, False, False, True]
     svc.data_flowing("v/market#0", planned)  # a reconnect: READY is not repeated
-    await asyncio.sleep(0.05)
+
+    async def rounds(n: int) -> list[str]:
+        """Wait until ``n`` more rounds ran; the datagrams that arrived meanwhile."""
+        mark, target = len(listener.messages), svc.rounds + n
+
+        def done() -> bool:
+            listener.drain()  # the kernel queues only ~10 datagrams: keep reading while waiting
+            return svc.rounds >= target
+
+        await wait_for(done, 10)
+        listener.drain()
+        return [m for _, m in listener.messages[mark:]]
+
+    await rounds(2)
     state["ok"] = False
-    await asyncio.sleep(0.05)
-    listener.drain()
-    mark = len(listener.messages)
-    await asyncio.sleep(0.06)
-    state["ok"] = True
-    await asyncio.sleep(0.05)
+    not_ready = await rounds(3)
+    assert not_ready.count("STATUS=not ready: a; b (+1 more)") == 1
+    assert not_ready.count("WATCHDOG=1") >= 2  # not ready is reported, never enforced
+    withheld = svc.withheld
+    assert withheld == 0
+    state["alive"] = False
+    dead = await rounds(3)
+    assert "STATUS=not alive: event loop blocked: 3 s" in dead
+    # Every round from the one that saw "not alive" on withheld its ping.
+    assert "WATCHDOG=1" not in dead[dead.index("STATUS=not alive: event loop blocked: 3 s") :]
+    assert svc.withheld >= 3
+    state["alive"] = state["ok"] = True
+    back = await rounds(2)
+    assert "WATCHDOG=1" in back
+    assert "STATUS=ready: streaming" in back
     await svc.stopping()
     await svc.stopping()
     listener.drain()
     lines = listener.lines()
     assert lines[0] == "READY=1\nSTATUS=streaming on 2 connection(s)"
     assert lines[1:3] == ["WATCHDOG=1", "STATUS=ready: streaming"]
-    assert "STATUS=not ready: a; b (+1 more)" in lines
-    stalled = [m for _, m in listener.messages[mark:]]
-    assert stalled.index("STATUS=ready: streaming") > 0
-    assert "WATCHDOG=1" not in stalled[: stalled.index("STATUS=ready: streaming") - 1]
     assert lines[-1] == "STOPPING=1"
     assert lines.count("READY=1\nSTATUS=streaming on 2 connection(s)") == 1
+    assert svc.pings == lines.count("WATCHDOG=1")
+    assert svc.pings + svc.withheld == svc.rounds
+    sd.close()
+
+
+@pytest.mark.asyncio
+async def test_ready_waits_no_longer_for_a_connection_whose_streams_are_silent(listener: Listener) -> None:
+    """A connection that passed its first-frame deadline with no data has had its chance: READY
+    does not wait for it (its silence is reported in the gap log, metrics and /readyz)."""
+    sd = SdNotifier({"NOTIFY_SOCKET": str(listener.path)})
+    svc = ServiceNotifier(sd, lambda: (True, {}))
+    planned = ("v/public#0", "v/market#0")
+    svc.data_flowing("v/public#0", planned)
+    sent = [svc.ready_sent]
+    svc.streams_silent("v/market#0", planned)
+    sent.append(svc.ready_sent)
+    svc.streams_silent("v/market#0", planned)  # a later silence: READY is not repeated
+    assert sent == [False, True]
+    await svc.stopping()
+    assert listener.drain() == [
+        "READY=1\nSTATUS=streaming on 1 connection(s), 1 with no data yet (silent streams)",
+        "STOPPING=1",
+    ]
     sd.close()
 
 
 def test_status_line() -> None:
+    assert alive_line({"not_alive": ["x", "y", "z"]}) == "not alive: x; y (+1 more)"
     assert status_line(True, {}) == "ready: streaming"
     assert status_line(False, {"not_ready": ["x"]}) == "not ready: x"
     assert status_line(False, {"not_ready": ["x", "y", "z", "w"]}) == "not ready: x; y (+2 more)"

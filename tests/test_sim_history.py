@@ -28,6 +28,7 @@ from ingestd.sim.cli import main as sim_main
 from ingestd.sim.schedule import ListingChange, parse_change
 from ingestd.venues.binance.symbols import parse_exchange_info
 from tests.e2e import capture_frames, capture_lines
+from tests.ops import wait_for
 
 DATA = Path(__file__).resolve().parent / "data"
 SPOT_TRADES = DATA / "spot_btcusdt_20240808_trades.gz"
@@ -56,11 +57,9 @@ async def get(http: aiohttp.ClientSession, url: str, **params: Any) -> tuple[int
         return resp.status, await resp.json(), dict(resp.headers)
 
 
-async def until(cond: Any, what: str, timeout: float = 20.0) -> None:
+async def until(cond: Any, what: str, timeout: float = 30.0) -> None:
     """Wait for an async condition (polled; a generous overall timeout, not a timing window)."""
-    async with asyncio.timeout(timeout):
-        while not await cond():
-            await asyncio.sleep(0.05)
+    await wait_for(cond, timeout, what)
 
 
 def derived(path: Path, stream: str) -> list[tuple[int, dict[str, Any]]]:

@@ -20,6 +20,7 @@ from ingestd.producers.snapshots import SnapshotProducer, validate_limit
 from ingestd.records import AnyRecord, DepthSnapshot, RawFrame
 from ingestd.venues.binance.endpoints import SPOT, USDM
 from ingestd.venues.binance.symbols import ContractSet, parse_exchange_info
+from tests.ops import wait_for as until
 from tests.test_rest import FakeBinance, Reply, big_budget, cryptofeed_bodies, hftbacktest_snapshot, nautilus
 
 CRYPTOFEED_SYMBOLS = ("SUSHIUSDT", "AKROUSDT", "KEEPUSDT", "CTKUSDT")
@@ -39,7 +40,7 @@ class Sink:
     def snapshots(self) -> list[DepthSnapshot]:
         return [r for b in self.batches for r in b if isinstance(r, DepthSnapshot)]
 
-    async def wait_for(self, n: int, timeout: float = 5.0) -> None:
+    async def wait_for(self, n: int, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout):
             while len(self.snapshots()) < n:
                 self.arrived.clear()
@@ -264,9 +265,7 @@ async def test_request_during_scheduled_retry_joins_it(
     producer.request("CTKUSDT")
     task = asyncio.create_task(producer.run())
     try:
-        async with asyncio.timeout(2):
-            while producer.stats()["failed"] == 0:
-                await asyncio.sleep(0.01)
+        await until(lambda: producer.stats()["failed"] > 0, what="the first failure")
         producer.request("CTKUSDT", urgent=True)
         producer.request("CTKUSDT")
         assert producer.stats()["pending"] == 1
@@ -315,10 +314,10 @@ async def test_close_is_idempotent_and_leaves_no_task(
     assert producer.limit == 1000
     before = asyncio.all_tasks()
     task = asyncio.create_task(producer.run())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one loop step: run() is under way (close must work at any point)
     await producer.close()
     await producer.close()
-    await asyncio.wait_for(task, 1)
+    await asyncio.wait_for(task, 30)
     assert asyncio.all_tasks() == before
     producer.request("BTCUSDT")  # ignored once closed
     assert producer.stats()["pending"] == 0

@@ -122,3 +122,14 @@ def test_not_ready_is_exit_code_1_and_names_the_reasons() -> None:
     assert rows["ethusdt@depth@100ms"][-1] == "buffering"
     assert rows["ethusdt@depth20@100ms"][-1] == "-"  # partial depth feeds no book
     assert rows["btcusdt@bookTicker"][1] == "-"  # no frame yet
+
+    # Not alive (what restarts the daemon) is said first; alive says nothing extra.
+    out = io.StringIO()
+    status_cmd.render({**snap, "alive": False, "not_alive": ["event loop blocked: 12 s"]}, out)
+    assert out.getvalue().splitlines()[:2] == [
+        "binance-spot  NOT READY  NOT ALIVE  uptime 100s  contracts 2",
+        "  not alive: event loop blocked: 12 s",
+    ]
+    out = io.StringIO()
+    status_cmd.render({**snap, "alive": True, "not_alive": []}, out)
+    assert out.getvalue().splitlines()[0] == "binance-spot  NOT READY  uptime 100s  contracts 2"

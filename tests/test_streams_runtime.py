@@ -21,6 +21,7 @@ from ingestd.sim import BUNDLED_CAPTURE, SimVenue
 from ingestd.venues.binance.endpoints import USDM
 from ingestd.venues.binance.parse import FrameParser
 from ingestd.venues.binance.symbols import Contract, ContractSet
+from tests.ops import wait_for
 
 K = ConnectionEventKind
 BTC = Contract("binance-usdm", "BTCUSDT", "BTC-USDT-PERP", "BTC", "USDT", 0.1, 1, 0.001, 0.001)
@@ -38,10 +39,8 @@ class Run:
         return sum(1 for r in self.records if isinstance(r, cls))
 
 
-async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
+async def until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    await wait_for(cond, timeout)
 
 
 @asynccontextmanager

@@ -57,6 +57,9 @@ class GapKind(enum.StrEnum):
     """Snapshots cannot be fetched (HTTP 418/429 on the REST host)."""
     SILENT_STREAM = "silent_stream"
     """A subscribed stream delivered no first frame within its deadline (a notice)."""
+    QUIET_STREAM = "quiet_stream"
+    """A stream that had delivered sent nothing past its freshness limit (a notice; a second
+    record with ``ended_ts`` when it delivers again; ``data_channel`` names its channel)."""
     ID_RESET = "id_reset"
     """A stream's ids restarted below what was already emitted (venue maintenance, a looping
     replay): the records after it are a new sequence, kept, not duplicates (a notice, written by

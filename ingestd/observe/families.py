@@ -43,14 +43,19 @@ def streams(st: Mapping[str, Any]) -> Iterator[Metric]:
     cbytes = _counter("ingestd_connection_bytes", "Bytes received per connection", "connection")
     cframes = _counter("ingestd_connection_frames", "Frames received per connection", "connection")
     failures = _counter("ingestd_connect_failures", "Failed connection attempts", "connection")
+    silent = _gauge(
+        "ingestd_stream_silent", "1 for a stream that sent no first frame within its deadline", "stream"
+    )
     for name, c in (st.get("connections") or {}).items():
+        for stream in c.get("silent_streams") or ():
+            silent.add_metric([str(stream)], 1.0)
         state.add_metric([name, str(c.get("state", "unknown"))], 1.0)
         for reason, n in (c.get("reconnect_reasons") or {}).items():
             rec.add_metric([name, str(reason)], n)
         cbytes.add_metric([name], c.get("bytes", 0))
         cframes.add_metric([name], c.get("frames", 0))
         failures.add_metric([name], c.get("connect_failures", 0))
-    yield from (frames, records, errors, dups, resets, age, state, rec, cbytes, cframes, failures)
+    yield from (frames, records, errors, dups, resets, age, silent, state, rec, cbytes, cframes, failures)
 
 
 def bus(bus_stats: Mapping[str, Any]) -> Iterator[Metric]:

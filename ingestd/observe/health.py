@@ -1,7 +1,9 @@
 """The daemon's HTTP endpoint, inside its own loop (aiohttp ``AppRunner`` + ``TCPSite``).
 
-``/healthz`` the process is alive; ``/readyz`` 200 only when every stream is fresh and every
-required book is synced, else 503 with a JSON body naming what is not ready; ``/metrics`` the
+``/healthz`` 200 while the daemon is alive (the rule in :mod:`ingestd.observe.liveness`: the
+event loop answers and the intake makes progress), else 503 naming why; ``/readyz`` 200 only
+when every stream is fresh and every required book is synced, else 503 with a JSON body naming
+what is not ready; ``/metrics`` the
 Prometheus text format; ``/status`` a JSON snapshot of every component's stats. Binds 127.0.0.1
 unless configured otherwise: the endpoint is for the operator on the box, not the network.
 """
@@ -41,11 +43,13 @@ class HealthServer:
         stats: Callable[[], dict[str, Any]],
         ready: Readiness,
         metrics: Callable[[], bytes],
+        alive: Readiness | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self._stats = stats
         self._ready = ready
+        self._alive = alive
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
         self.requests = 0
@@ -83,7 +87,10 @@ class HealthServer:
 
     async def _healthz(self, _: web.Request) -> web.Response:
         self.requests += 1
-        return _json({"status": "alive"})
+        if self._alive is None:
+            return _json({"status": "alive"})
+        ok, detail = self._alive()
+        return _json({"status": "alive" if ok else "not alive", **detail}, 200 if ok else 503)
 
     async def _readyz(self, _: web.Request) -> web.Response:
         self.requests += 1
@@ -102,4 +109,8 @@ class HealthServer:
     async def _status(self, _: web.Request) -> web.Response:
         self.requests += 1
         ok, detail = self._ready()
-        return _json({"ready": ok, "not_ready": detail.get("not_ready", []), **self._stats()})
+        verdicts: dict[str, Any] = {"ready": ok, "not_ready": detail.get("not_ready", [])}
+        if self._alive is not None:
+            alive, why = self._alive()
+            verdicts |= {"alive": alive, "not_alive": why.get("not_alive", [])}
+        return _json({**verdicts, **self._stats()})

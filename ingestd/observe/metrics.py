@@ -217,14 +217,24 @@ class _DaemonCollector(Collector):
         stats: Callable[[], dict[str, Any]],
         tap: MetricsTap | None,
         ready: Callable[[], tuple[bool, dict[str, Any]]] | None,
+        alive: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
     ) -> None:
         self._stats = stats
         self._tap = tap
         self._ready = ready
+        self._alive = alive
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
         yield from families.streams(s.get("streams") or {})
+        quiet = GaugeMetricFamily(
+            "ingestd_stream_quiet",
+            "1 for a stream that delivered, then nothing past its freshness",
+            labels=["stream"],
+        )
+        for stream in (s.get("quiet") or {}).get("quiet_streams") or ():
+            quiet.add_metric([str(stream)], 1.0)
+        yield quiet
         yield from families.bus(s.get("bus") or {})
         yield from families.rest(s.get("rest") or {}, s.get("snapshots") or {})
         yield from families.books(s.get("books") or {})
@@ -239,6 +249,11 @@ class _DaemonCollector(Collector):
             g = GaugeMetricFamily("ingestd_ready", "1 when /readyz answers 200")
             g.add_metric([], 1.0 if ok else 0.0)
             yield g
+        if self._alive is not None:
+            alive, _ = self._alive()
+            a = GaugeMetricFamily("ingestd_alive", "1 when /healthz answers 200 (systemd watchdog pinged)")
+            a.add_metric([], 1.0 if alive else 0.0)
+            yield a
         if self._tap is not None:
             yield from _tap_metrics(self._tap)
 
@@ -283,8 +298,9 @@ def render(
     stats: Callable[[], dict[str, Any]],
     tap: MetricsTap | None,
     ready: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
+    alive: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
 ) -> bytes:
-    """The Prometheus text exposition of everything ``stats()``, ``tap`` and ``ready`` know."""
+    """The Prometheus text exposition of everything ``stats()``, ``tap``, ``ready`` and ``alive`` know."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_DaemonCollector(stats, tap, ready))
+    registry.register(_DaemonCollector(stats, tap, ready, alive))
     return generate_latest(registry)

@@ -1,4 +1,5 @@
-"""Records the observe stage adds to the data flow: clock samples (channel ``clock``).
+"""Records the observe stage adds to the data flow: clock samples (channel ``clock``) and the
+gap log's silent-stream notices of a run without order books.
 
 Registered in :data:`ingestd.records.RECORD_TYPES` on import, so Parquet, NDJSON, NATS and hooks
 handle them like market records. One :class:`ClockSample` is written after each clock estimate
@@ -10,8 +11,12 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
+from ingestd.book.records import Gap, GapKind
 from ingestd.producers.clock import ClockEstimate
+from ingestd.producers.events import ConnectionEvent
 from ingestd.records import Record, register
+from ingestd.venues.binance.endpoints import stream_symbol
+from ingestd.venues.binance.symbols import ContractSet
 
 CLOCK_SYMBOL: Final = "SERVER_TIME"
 """``symbol`` and ``native`` of a clock sample: it belongs to the venue's REST host, not to a
@@ -57,3 +62,35 @@ def clock_sample(venue: str, host: str, est: ClockEstimate) -> ClockSample:
         samples=est.samples,
         host=host,
     )
+
+
+def silent_stream_notices(venue: str, contracts: ContractSet, ev: ConnectionEvent) -> list[Record]:
+    """``silent_stream`` gap records (notices: no episode, no ``resync``) for a ``STREAM_SILENT``
+    event, one per contract of the silent streams. With depth diffs the book manager writes them
+    (with the book's last id); without, this does, so the gap log names every silent stream."""
+    streams: dict[str, list[str]] = {}
+    for stream in ev.streams:
+        streams.setdefault((stream_symbol(stream) or "").upper(), []).append(stream)
+    out: list[Record] = []
+    for native in dict.fromkeys((*ev.natives, *streams)):
+        contract = contracts.get(native)
+        if contract is None:
+            continue
+        what = ", ".join(streams.get(native, ())) or "its streams"
+        out.append(
+            Gap(
+                venue=venue,
+                symbol=contract.symbol,
+                native=contract.native,
+                exchange_ts=None,
+                recv_ts=ev.ts,
+                transaction_ts=None,
+                kind=GapKind.SILENT_STREAM.value,
+                reason=f"{ev.connection}: no first frame on {what}",
+                last_update_id=None,
+                first_update_id=None,
+                final_update_id=None,
+                started_ts=ev.ts,
+            )
+        )
+    return out

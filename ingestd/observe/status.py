@@ -69,9 +69,13 @@ def render(status: dict[str, Any], out: TextIO) -> None:
     """Write the table for one ``/status`` snapshot."""
     uptime = float(status.get("uptime_s") or 0.0)
     ready = "READY" if status.get("ready") else "NOT READY"
+    # Liveness is shown only when it fails: that is what restarts the daemon.
+    if status.get("alive") is False:
+        ready += "  NOT ALIVE"
     out.write(
         f"{status.get('venue', '?')}  {ready}  uptime {uptime:.0f}s  contracts {status.get('contracts', 0)}\n"
     )
+    out.writelines(f"  not alive: {reason}\n" for reason in status.get("not_alive") or [])
     out.writelines(f"  not ready: {reason}\n" for reason in status.get("not_ready") or [])
     streams = (status.get("streams") or {}).get("streams") or {}
     conns = (status.get("streams") or {}).get("connections") or {}

@@ -6,9 +6,10 @@ frame), stall (connected, nothing sent) until resumed or for N s, inject raw fra
 ``serverShutdown``. A ``sticky`` fault also hits connections opened later, until :meth:`Faults.clear`.
 ``drop`` aborts connections and refuses new handshakes on their route for N seconds: in a
 ``live`` replay the venue goes on meanwhile, so the client comes back to a hole. Depth diffs can
-be skipped (never sent, on any connection). REST faults (a status with
-``Retry-After``, a delay, a bad JSON body) apply to the next N requests of a path. The clock skew
-shifts ``serverTime``. Everything is plain state read by the venue; this module does no I/O.
+be skipped (never sent, on any connection), and a whole stream silenced (it is subscribed and
+acknowledged, then never sends, while the rest of its connection streams on). REST faults (a
+status with ``Retry-After``, a delay, a bad JSON body) apply to the next N requests of a path.
+The clock skew shifts ``serverTime``. Everything is plain state read by the venue; this module does no I/O.
 """
 
 from __future__ import annotations
@@ -253,6 +254,22 @@ class Faults:
                     return i
         raise ConfigError(f"skip_depth_diff: {symbol} has no diff with index={index} update_id={update_id}")
 
+    def silence(self, stream: str, *, market: Market | None = None) -> int:
+        """Never send any frame of the capture stream ``stream`` (``btcusdt@bookTicker``) on any
+        connection: a subscribed stream that stays silent while its connection streams on.
+        Returns how many frames that holds back."""
+        tl = self._timeline
+        if tl is None:
+            raise ConfigError("silence: the venue has not started")
+        sids = {
+            s for s, info in enumerate(tl.streams) if info.name == stream and market in (None, info.market)
+        }
+        if not sids:
+            raise ConfigError(f"silence: the capture has no stream {stream!r}")
+        held = [i for i, s in enumerate(tl.sid) if s in sids]
+        self.skip.update(held)
+        return len(held)
+
     def refuse_connections(self, status: int = 503, *, count: int = 1) -> None:
         """The next ``count`` websocket handshakes fail with HTTP ``status``."""
         self._refusals.append(_Refusal(status, count))
@@ -334,7 +351,8 @@ class Faults:
         Actions: ``close`` (code, after_frames, reason, sticky), ``drop`` (seconds, code, status),
         ``stall`` (seconds, sticky),
         ``resume``, ``inject`` (frames: list of strings, binary), ``server_shutdown``,
-        ``skip_depth_diff`` (symbol, index | update_id, market), ``refuse_connections``
+        ``skip_depth_diff`` (symbol, index | update_id, market), ``silence`` (stream, market),
+        ``refuse_connections``
         (status, count), ``rest_error`` (path, status, count, retry_after, body),
         ``rest_delay`` (path, seconds, count), ``rest_bad_json`` (path, count),
         ``clock_skew`` (ms), ``weight_limit`` (family, limit), ``clear``. Connection faults take
@@ -362,6 +380,8 @@ class Faults:
                     return {"ok": True, "connections": self.server_shutdown(**where)}
                 case "skip_depth_diff":
                     return {"ok": True, "index": self.skip_depth_diff(**args)}
+                case "silence":
+                    return {"ok": True, "frames": self.silence(**args)}
                 case "refuse_connections":
                     self.refuse_connections(**args)
                 case "rest_error":
