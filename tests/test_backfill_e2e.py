@@ -30,7 +30,7 @@ from ingestd.app import Daemon
 from ingestd.sim import BUNDLED_CAPTURE, SimVenue, load_capture
 from ingestd.sim.agg_trades import with_agg_trades
 from tests.e2e import settings_for
-from tests.faults_util import read_rows
+from tests.faults_util import closed_trade_holes, read_rows
 from tests.ops import free_port, parse_metrics, value, wait_for
 
 MS = 1_000_000
@@ -73,22 +73,12 @@ def assert_contiguous_and_true(
 def assert_closed_holes(data: Path, rows: list[dict[str, Any]], reason: str) -> list[dict[str, Any]]:
     """Every REST row lies in a hole the gap log names, and every such hole is closed by a
     ``backfill`` record with the same range and count. Returns the holes."""
-    gaps = [g for g in read_rows(data, "gap") if g["data_channel"] == "agg_trade"]
-    holes = [g for g in gaps if g["kind"] == "trade_gap"]
-    done = {
-        (g["first_update_id"], g["final_update_id"], g["started_ts"]): g
-        for g in gaps
-        if g["kind"] == "backfill"
-    }
-    assert [g for g in gaps if g["kind"] == "unfilled"] == []
+    holes, _ = closed_trade_holes(data)
+    assert all(h["data_channel"] == "agg_trade" for h in holes)
     assert any(h["reason"] == reason for h in holes), holes
     rest = {r["agg_id"] for r in rows if r["source"] == "rest"}
     covered: set[int] = set()
     for h in holes:
-        closing = done[(h["first_update_id"], h["final_update_id"], h["started_ts"])]
-        assert closing["count"] == h["count"] == h["final_update_id"] - h["first_update_id"] + 1
-        assert closing["ended_ts"] == h["ended_ts"]
-        assert h["last_update_id"] == h["first_update_id"] - 1
         covered |= set(range(h["first_update_id"], h["final_update_id"] + 1))
     assert rest == covered
     return holes

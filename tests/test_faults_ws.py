@@ -27,6 +27,7 @@ from tests.faults_util import (
     assert_only_the_tail_was_lost,
     assert_storage_is_capture,
     books_synced,
+    closed_trade_holes,
     fault_settings,
     gaps,
     read_rows,
@@ -460,8 +461,13 @@ async def test_a_frame_over_the_size_limit_costs_only_its_own_connection(
     # venue wrote behind the huge frame on the failed socket.
     book_channels = ["book_ticker", "depth_diff"]
     assert_storage_is_capture(data, truth, channels=book_channels)
-    assert gaps(data) == []
-    assert_only_the_tail_was_lost(data, truth, old_market.last, ["agg_trade", "kline"])
+    # Trades the failed socket had sent behind the huge frame (a race: often none) are holes the
+    # backfill closes from REST, so every aggTrade of the capture is stored; no other gap.
+    holes, other = closed_trade_holes(data)
+    assert other == []
+    assert all(h["data_channel"] == "agg_trade" for h in holes)
+    assert_storage_is_capture(data, truth, channels=["agg_trade"])
+    assert_only_the_tail_was_lost(data, truth, old_market.last, ["kline"])
 
 
 @pytest.mark.asyncio
