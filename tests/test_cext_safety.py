@@ -147,6 +147,51 @@ print(json.dumps(state(b)))
     }
 
 
+@needs_cbook
+def test_book_stays_consistent_when_an_allocation_fails() -> None:
+    # Every allocation of apply() + levels() made to fail in turn: the MemoryError leaves a book
+    # whose tops, levels and size agree with its own price -> qty maps (levels before the failure
+    # applied, as the pure-Python loop would leave them). This held before the memory-safety fixes
+    # too; it guards the rehash and copy-out paths they touched.
+    got = run_child(
+        _BOOK_PRELUDE
+        + """
+import _testcapi
+snap_b = [(float(p), 1.0) for p in range(1000, 1100)]
+snap_a = [(float(p), 1.0) for p in range(1100, 1200)]
+diff_b = [(p + 0.5, 2.0) for p in range(900, 1000)] + [(1099.0, 0.0)]
+failed = 0
+for start in range(1, 2000):
+    b = OrderBook()
+    b.load_snapshot(snap_b, snap_a, 1)
+    _testcapi.set_nomemory(start, 0)
+    try:
+        b.apply(diff_b, [(1100.0, 0.0)], 2)
+        top = b.levels(80)
+    except MemoryError:
+        top = None
+    finally:
+        _testcapi.remove_mem_hooks()
+    bids, asks = b.bids, b.asks
+    assert b.best_bid_price() == max(bids) and b.best_ask_price() == min(asks), start
+    assert b.levels(300) == (
+        [(p, bids[p]) for p in sorted(bids, reverse=True)[:300]],
+        [(p, asks[p]) for p in sorted(asks)[:300]],
+    ), start
+    assert len(b) == len(bids) + len(asks), start
+    if top is not None:
+        assert top == b.levels(80)
+        break
+    failed += 1
+print(json.dumps({"failed": failed, "start": start, "state": state(b)}))
+"""
+    )
+    assert got["failed"] >= 3
+    assert got["failed"] == got["start"] - 1
+    assert got["state"]["n"] == 100 + 100 - 1 + 100 - 1
+    assert got["state"]["best"] == [[1098.0, 1.0], [1101.0, 1.0]]
+
+
 # -- column builder -----------------------------------------------------------------------------
 
 _COLUMNS_PRELUDE = """
