@@ -464,3 +464,17 @@ def test_real_rest_bodies_parse_field_by_field(realdata: Path) -> None:
             None,
             "rest",
         )
+
+
+def test_overlapping_stored_files_do_not_hide_a_hole(
+    aggs: list[tuple[int, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Two runs stored the same ids (a backfill re-stored them): the footers' row count then
+    matches the id span although ids are missing; the hole is still found."""
+    data = tmp_path / "data"
+    asyncio.run(store(data, [ws_agg(BTC, t, p) for t, p in aggs[:100] + aggs[150:400]]))
+    asyncio.run(store(data, [ws_agg(BTC, t, p) for t, p in aggs[50:100]]))  # 50 ids stored twice
+    (tail,) = stored_tails(data, "binance-usdm", [("BTCUSDT", "BTC-USDT-PERP")], ["agg_trade"], 3600)
+    assert tail.last_id == aggs[399][1]["a"]
+    assert [(h.first, h.last) for h in tail.holes] == [(aggs[100][1]["a"], aggs[149][1]["a"])]
+    assert (tail.holes[0].before_recv, tail.holes[0].after_recv) == (aggs[99][0], aggs[150][0])
