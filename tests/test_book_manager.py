@@ -9,6 +9,7 @@ diff removed, a level or a bookTicker tampered, a snapshot withheld or made too 
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from ingestd.book.manager import BookManager
@@ -536,3 +537,62 @@ def test_bad_arguments() -> None:
         BookManager(
             USDM, ContractSet(USDM, ()), market="futures", request_snapshot=lambda n, u: None, book_depth=-1
         )
+
+
+# -- ids that restart lower -------------------------------------------------------------------
+
+
+def _shifted(r: Record, by: int) -> Record:
+    """``r`` with its update ids ``by`` lower (the venue restarted its id space)."""
+    if isinstance(r, DepthDiff):
+        return msgspec.structs.replace(
+            r,
+            first_update_id=r.first_update_id - by,
+            final_update_id=r.final_update_id - by,
+            prev_final_update_id=r.prev_final_update_id - by,
+        )
+    if isinstance(r, BookTicker):
+        return msgspec.structs.replace(r, update_id=r.update_id - by)
+    if isinstance(r, DepthSnapshot):
+        return msgspec.structs.replace(r, last_update_id=r.last_update_id - by)
+    return r
+
+
+def test_an_id_reset_of_the_depth_stream_resyncs_the_book() -> None:
+    """The duplicate filter saw the diffs' ids restart lower and wrote its ``id_reset`` record:
+    the book is discarded at once (an ``id_reset`` gap, an urgent snapshot request), never fed
+    diffs of another id space, and syncs again from a snapshot in the new one."""
+    recs = hft("usdm_btcusdt_20240808.gz", USDM, "BTCUSDT")
+    r = replay(["BTCUSDT"], USDM, "futures")
+    cut = index_of_diff(recs, "BTCUSDT", 100)
+    r.feed(recs[:cut])
+    assert r.manager.state("BTCUSDT") is SyncState.SYNCED
+    before = r.manager.get("BTCUSDT")
+    assert before is not None
+    prev = before.last_update_id
+    by = 5_000_000_000_000
+    first = recs[cut]
+    assert isinstance(first, DepthDiff)
+    notice = Gap(venue=first.venue, symbol=first.symbol, native="BTCUSDT", exchange_ts=first.exchange_ts,
+                 recv_ts=first.recv_ts, kind=GapKind.ID_RESET.value, reason="btcusdt@depth: ids restarted",
+                 last_update_id=prev,
+                 first_update_id=first.first_update_id - by, final_update_id=None, started_ts=first.recv_ts,
+                 data_channel="depth_diff")  # fmt: skip
+    tenth = cut
+    for _ in range(10):
+        tenth = next_diff(recs, "BTCUSDT", tenth + 1)
+    r.feed([notice, *(_shifted(x, by) for x in recs[cut : tenth + 1])])
+    assert [(g.kind, g.last_update_id) for g in r.gaps] == [("id_reset", prev)]
+    assert r.requests[-1] == ("BTCUSDT", True)
+    assert r.manager.state("BTCUSDT") is SyncState.BUFFERING
+    assert r.manager.get("BTCUSDT") is None
+    u = recs[tenth].final_update_id  # type: ignore[attr-defined]
+    snap = _shifted(snapshot_after(recs, "BTCUSDT", "futures", u, recs[tenth].recv_ts + 1), by)
+    r.feed([snap, *(_shifted(x, by) for x in recs[tenth + 1 :])])
+    st = r.manager.stats()["symbols"]["BTCUSDT"]
+    assert (st["state"], st["syncs"], st["audit_mismatches"]) == ("synced", 2, 0)
+    assert [g.kind for g in r.gaps] == ["id_reset", "resync"]
+    view = r.manager.get("BTCUSDT")
+    assert view is not None
+    last = [x for x in recs if isinstance(x, DepthDiff)][-1]
+    assert view.last_update_id == last.final_update_id - by

@@ -290,6 +290,23 @@ class BookSync:
         self.awaiting_snapshot = False
         return SyncResult(gap=gap)
 
+    def restart(self, kind: GapKind, reason: str) -> SyncResult:
+        """The stream's ids restarted (``id_reset``): the book and every buffered diff belong to
+        the old id space and are dropped; the diffs that come next are buffered for a snapshot
+        requested now (``need_snapshot``, urgent). :data:`NOTHING` when the book is idle (its
+        first diff asks for the snapshot)."""
+        if self.state is SyncState.IDLE and not self._buffer:
+            return NOTHING
+        last = self._last_good
+        self._discard()
+        self._buffer.clear()
+        self.buffered_levels = 0
+        self.state = SyncState.BUFFERING
+        self.awaiting_snapshot = True
+        self._gap_open = True
+        self._overflowed = False
+        return SyncResult(need_snapshot=True, urgent=True, gap=GapInfo(kind, reason, last))
+
     def shed(self, reason: str) -> SyncResult:
         """Drop the buffer (and the book, if one is being built) to free memory, and start the
         sync again. A buffering book keeps the snapshot it already asked for (it bridges from the
