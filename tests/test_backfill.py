@@ -478,3 +478,38 @@ def test_overlapping_stored_files_do_not_hide_a_hole(
     assert tail.last_id == aggs[399][1]["a"]
     assert [(h.first, h.last) for h in tail.holes] == [(aggs[100][1]["a"], aggs[149][1]["a"])]
     assert (tail.holes[0].before_recv, tail.holes[0].after_recv) == (aggs[99][0], aggs[150][0])
+
+
+@pytest.mark.asyncio
+async def test_close_lets_a_batch_being_emitted_finish(aggs: list[tuple[int, dict[str, Any]]]) -> None:
+    """Shutdown while a page of the backfill is inside ``emit`` (its consumers part-way through
+    it): close() waits for that batch instead of cancelling it half-emitted, and starts none after."""
+    async with SimVenue([BUNDLED_CAPTURE]) as sim:
+        client = RestClient(sim.rest_url, USDM, retry_initial_s=0.01, retry_max_s=0.05)
+        try:
+            contracts = await discover(client, USDM)
+            (c,) = contracts
+            entered, release = asyncio.Event(), asyncio.Event()
+            done: list[list[AnyRecord]] = []
+
+            async def emit(batch: Sequence[AnyRecord]) -> None:
+                if any(isinstance(x, AggTrade) for x in batch):
+                    entered.set()
+                    await release.wait()  # a slow consumer; the batch must not be cut here
+                done.append(list(batch))
+
+            engine = Backfiller(client, USDM.name, contracts, emit, FAST, ("agg_trade",))
+            task = asyncio.create_task(engine.run())
+            engine.observe([ws_agg(c, *aggs[0])])
+            engine.observe([ws_agg(c, *aggs[2001])])
+            await entered.wait()
+            closing = asyncio.create_task(engine.close())
+            await wait_for(lambda: engine.stats()["active"] == 1 and not closing.done())
+            release.set()
+            await closing
+            await task
+        finally:
+            await client.close()
+    pages = [b for b in done if any(isinstance(x, AggTrade) for x in b)]
+    assert len(pages) == 1  # the first page, whole; no page started after close()
+    assert_rest_aggs(pages[0], [p for _, p in aggs[1 : 1 + len(pages[0])]])

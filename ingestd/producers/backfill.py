@@ -42,6 +42,7 @@ from ingestd.backoff import Backoff
 from ingestd.book.records import Gap, GapKind
 from ingestd.errors import BannedError, IngestError, ParseError, RateLimitedError, RestError
 from ingestd.producers.events import Emit
+from ingestd.producers.inflight import EmitGuard
 from ingestd.producers.rest import RestClient
 from ingestd.producers.stored import StoredTail, stored_tails
 from ingestd.records import AggTrade, AnyRecord, Record, Trade
@@ -132,7 +133,8 @@ class Backfiller:
         self.settings = settings
         self.channels = frozenset(c for c in channels if c in ("agg_trade", "trade"))
         self._contracts: dict[str, Contract] = dict(contracts.by_native())
-        self._emit = emit
+        self._guard = EmitGuard(emit)
+        """close() lets a batch inside ``emit`` finish and starts none after it."""
         self._headers = {API_KEY_HEADER: api_key} if api_key else None
         self._max_age_ns = int(settings.max_age_s * _NS)
         self._last_agg: dict[str, AggTrade] = {}
@@ -455,7 +457,8 @@ class Backfiller:
                 return
             hole.first = start
             hole.before_id = start - 1
-            await self._emit([self._gap(hole, GapKind.TRADE_GAP, hole.why, hole.size)])
+            if not await self._guard.emit([self._gap(hole, GapKind.TRADE_GAP, hole.why, hole.size)]):
+                return
         assert hole.first is not None
         from_id, filled, pages = hole.first, 0, 0
         why = ""
@@ -467,7 +470,8 @@ class Backfiller:
             pages += 1
             keep = [r for r in rows if from_id <= record_id(r) <= hole.last]
             if keep:
-                await self._emit(keep)
+                if not await self._guard.emit(keep):
+                    return  # closing: the hole stays open in the gap log
                 filled += len(keep)
                 self.rows += len(keep)
             if not rows or record_id(rows[-1]) >= hole.last:
@@ -493,7 +497,7 @@ class Backfiller:
             self._episode["rows"] += filled
         log.debug("backfilled %s %s ids %d..%d: %d row(s), %d page(s)",
                   hole.native, hole.channel, hole.first, hole.last, filled, pages)  # fmt: skip
-        await self._emit(out)
+        await self._guard.emit(out)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -518,12 +522,15 @@ class Backfiller:
 
     async def close(self) -> None:
         """Stop filling (a hole being fetched is abandoned). Idempotent. What was not filled stays
-        open in the gap log; a restart within ``max_age_s`` finds it in storage again."""
+        open in the gap log; a restart within ``max_age_s`` finds it in storage again.
+
+        A batch already handed to ``emit`` is finished first (never cut half-emitted); no batch
+        starts after. The caller bounds the wait (see :class:`~ingestd.producers.inflight.EmitGuard`)."""
         if self._closed:
             return
         self._closed = True
         left = len(self._queue) + self._active
-        await self._stop_tasks()
+        await self._guard.stop(self._tasks)
         if left:
             log.warning("%d trade hole(s) not backfilled at shutdown (open in the gap log)", left)
         self._queue.clear()
