@@ -513,3 +513,27 @@ async def test_close_lets_a_batch_being_emitted_finish(aggs: list[tuple[int, dic
     pages = [b for b in done if any(isinstance(x, AggTrade) for x in b)]
     assert len(pages) == 1  # the first page, whole; no page started after close()
     assert_rest_aggs(pages[0], [p for _, p in aggs[1 : 1 + len(pages[0])]])
+
+
+@pytest.mark.asyncio
+async def test_a_listing_whose_history_fetch_fails_is_written_unfilled(
+    aggs: list[tuple[int, dict[str, Any]]],
+) -> None:
+    """The venue refuses the listed contract's history: the ids before its first stream record
+    are not fetched, and the gap log says so (an ``unfilled`` record up to that record), not
+    only a log line."""
+    async with rig() as r:
+        r.sim.faults.rest_error("/fapi/v1/aggTrades", 400, body='{"code":-1121,"msg":"Invalid symbol."}')
+        r.engine.listed(r.contract)
+        k = 1700
+        assert r.engine.observe([ws_agg(r.contract, *aggs[k])]) is None
+        await r.until(lambda: bool(r.gaps("unfilled")))
+        await r.settled()
+        (unfilled,) = r.gaps("unfilled")
+        assert (unfilled.data_channel, unfilled.native) == ("agg_trade", "BTCUSDT")
+        assert (unfilled.first_update_id, unfilled.final_update_id) == (None, aggs[k - 1][1]["a"])
+        assert unfilled.ended_ts == aggs[k][0]
+        assert "REST refused" in unfilled.reason
+        assert "-1121" in unfilled.reason
+        assert r.rows() == []
+        assert r.engine.stats()["unfilled_holes"] == 1

@@ -452,6 +452,9 @@ class Backfiller:
             if isinstance(start, str):
                 log.warning("%s %s: the history before its listing was not fetched: %s",
                             hole.native, hole.channel, start)  # fmt: skip
+                # Where its history starts is unknown: the record has no first id and no count.
+                self.unfilled_holes += 1
+                await self._guard.emit([self._gap(hole, GapKind.UNFILLED, start, None)])
                 return
             if start > hole.last:
                 return
