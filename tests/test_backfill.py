@@ -21,11 +21,12 @@ import orjson
 import pytest
 
 from ingestd.book.records import Gap, GapKind
-from ingestd.config import StorageSettings
+from ingestd.config import StorageSettings, StreamSettings
 from ingestd.consumers.parquet import ParquetWriter
 from ingestd.errors import ParseError
 from ingestd.producers.backfill import Backfiller, BackfillSettings
 from ingestd.producers.discovery import discover
+from ingestd.producers.listings import Followers, ListingWatcher
 from ingestd.producers.rest import RestClient
 from ingestd.producers.stored import stored_tails
 from ingestd.records import AggTrade, AnyRecord, Record, Trade
@@ -537,3 +538,41 @@ async def test_a_listing_whose_history_fetch_fails_is_written_unfilled(
         assert "-1121" in unfilled.reason
         assert r.rows() == []
         assert r.engine.stats()["unfilled_holes"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_contract_listed_at_runtime_resumes_from_what_the_data_dir_stored(
+    aggs: list[tuple[int, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """A contract not traded at start-up but stored by an earlier run (listed again since): its
+    listing resumes from the stored tail, so only the ids after it are fetched (not its whole
+    history again) and the holes stored within max_age_s are filled."""
+    async with rig() as r:
+        c = r.contract
+        data = tmp_path / "data"
+        await r.engine.resume_from_storage(data)  # start-up: nothing stored of it then
+        # Stored since (by the earlier run, as far as this listing can tell): read at the listing.
+        await store(data, [ws_agg(c, t, p) for t, p in aggs[:100] + aggs[150:400]])
+        emitted: list[AnyRecord] = []
+
+        async def emit(batch: Sequence[AnyRecord]) -> None:
+            emitted.extend(batch)
+
+        none = ContractSet(c.venue, ())
+        followers = Followers((), StreamSettings(), backfill=r.engine)
+        watcher = ListingWatcher(
+            r.client, USDM, none, followers, emit, refresh_s=3600, narrow=lambda found: found
+        )
+        change = await watcher.apply(ContractSet(c.venue, (c,)))
+        assert [x.native for x in change.listed] == [c.native]
+        gaps = r.engine.observe([ws_agg(c, *aggs[700])])
+        assert gaps is not None
+        opened = [g for g in gaps if isinstance(g, Gap)]
+        assert [(g.first_update_id, g.final_update_id, g.reason) for g in opened] == [
+            (aggs[100][1]["a"], aggs[149][1]["a"], "missing in storage"),
+            (aggs[400][1]["a"], aggs[699][1]["a"], "since the last run stored"),
+        ]
+        await r.until(lambda: r.engine.filled_holes == 2)
+        await r.settled()
+        rows = sorted(r.rows(), key=lambda x: x.agg_id if isinstance(x, AggTrade) else 0)
+        assert_rest_aggs(rows, [p for _, p in aggs[100:150] + aggs[400:700]])

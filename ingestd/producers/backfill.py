@@ -141,6 +141,8 @@ class Backfiller:
         self._last_trade: dict[str, Trade] = {}
         self._restored: dict[tuple[str, str], StoredTail] = {}
         self._listed: set[str] = set()
+        self._data_dir: Path | None = None
+        """The data dir read at start-up (:meth:`resume_from_storage`), read again for listings."""
         self._queue: deque[Hole] = deque()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -223,6 +225,7 @@ class Backfiller:
         out: list[Record] = []
         tail = self._restored.pop((channel, r.native), None)
         if tail is not None:
+            self._listed.discard(r.native)  # a listing with stored trades: goes on from them
             for h in tail.holes:
                 stored = Hole(channel, r.native, h.first, h.last, h.first - 1, h.before_ts, _venue_ts(r),
                               h.before_recv, h.after_recv, now, "missing in storage")  # fmt: skip
@@ -327,6 +330,7 @@ class Backfiller:
         """On an existing data dir, :meth:`restore` what it holds: the last stored ids of each
         symbol and the holes stored within ``max_age_s``, read from the Parquet footers off the
         event loop. A data dir that does not exist yet holds nothing."""
+        self._data_dir = data_dir
         symbols = [(c.native, c.symbol) for c in self._contracts.values()]
         tails = await asyncio.to_thread(
             stored_tails, data_dir, self.venue, symbols, sorted(self.channels), self.settings.max_age_s
@@ -348,6 +352,24 @@ class Backfiller:
         self._contracts[contract.native] = contract
         if contract.native not in self._last_agg and contract.native not in self._last_trade:
             self._listed.add(contract.native)
+
+    async def resume_listed(self, contracts: Sequence[Contract]) -> None:
+        """Contracts just :meth:`listed` that the data dir holds trades of (stored by an earlier
+        run): they resume from the stored tail like the contracts of the start-up, so only the ids
+        after it are fetched and the holes stored within ``max_age_s`` are filled (not their
+        whole history again). Footers only, off the event loop; nothing without a data dir."""
+        if self._data_dir is None:
+            return
+        symbols = [(c.native, c.symbol) for c in contracts if c.native in self._listed]
+        if not symbols:
+            return
+        tails = await asyncio.to_thread(
+            stored_tails, self._data_dir, self.venue, symbols, sorted(self.channels), self.settings.max_age_s
+        )
+        self.restore(tails)
+        for t in tails:
+            log.info("%s %s: listed with trades stored up to id %d; the stream resumes from there",
+                     t.native, t.channel, t.last_id)  # fmt: skip
 
     def retire(self, native: str) -> None:
         """A contract that stopped trading: no listing hole is opened for it any more; its queued
