@@ -12,6 +12,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from ingestd.book import sync as sync_module
 from ingestd.book.manager import BookManager
 from ingestd.book.records import BookTop, Gap, GapKind
 from ingestd.book.sync import BookSync, Market, SyncState
@@ -596,3 +597,26 @@ def test_an_id_reset_of_the_depth_stream_resyncs_the_book() -> None:
     assert view is not None
     last = [x for x in recs if isinstance(x, DepthDiff)][-1]
     assert view.last_update_id == last.final_update_id - by
+
+
+def test_a_long_run_of_diffs_below_the_book_resyncs_it() -> None:
+    """Ids went back with no ``id_reset`` notice (no duplicate filter in front, or one that let
+    them through): a few diffs at or below the book's id are stale copies and ignored, but a long
+    run of them is a broken sequence: the book resyncs (``desync`` gap, urgent snapshot) instead
+    of sitting on a book no diff updates any more."""
+    recs = hft("usdm_btcusdt_20240808.gz", USDM, "BTCUSDT")
+    r = replay(["BTCUSDT"], USDM, "futures")
+    cut = index_of_diff(recs, "BTCUSDT", 100)
+    r.feed(recs[:cut])
+    assert r.manager.state("BTCUSDT") is SyncState.SYNCED
+    by = 5_000_000_000_000
+    lower = [_shifted(x, by) for x in recs[cut:] if isinstance(x, DepthDiff)]
+    run: int = sync_module.DUPLICATE_RUN
+    assert len(lower) > run
+    r.feed(lower[:run])
+    assert r.gaps == []  # a short run: stale copies
+    assert r.manager.state("BTCUSDT") is SyncState.SYNCED
+    r.feed(lower[run : run + 1])
+    assert [g.kind for g in r.gaps] == ["desync"]
+    assert r.requests[-1] == ("BTCUSDT", True)
+    assert r.manager.state("BTCUSDT") is SyncState.BUFFERING

@@ -91,6 +91,11 @@ class SyncResult:
     """The replay stopped after a chunk: call :meth:`BookSync.continue_replay` again."""
 
 
+DUPLICATE_RUN: Final = 64
+"""Diffs in a row at or below a synced book's id taken for stale copies (ignored); one more is a
+broken sequence: the ids went back without an ``id_reset`` notice, so the book resyncs rather
+than sit on a book no diff updates any more."""
+
 NOTHING: Final = SyncResult()
 APPLIED: Final = SyncResult(applied=1)
 _NEED_FIRST: Final = SyncResult(need_snapshot=True)
@@ -103,6 +108,8 @@ class BookSync:
     __slots__ = (
         "_bridge_prev_u",
         "_buffer",
+        "_dup_run",
+        "_dup_since",
         "_gap_open",
         "_last_good",
         "_overflowed",
@@ -169,6 +176,10 @@ class BookSync:
         self.overflow_dropped = 0
         self.stale_snapshots = 0
         self.ignored_duplicates = 0
+        self._dup_run = 0
+        """Diffs in a row at or below the synced book's id (see :data:`DUPLICATE_RUN`)."""
+        self._dup_since = -1
+        """``applied`` when that run began (a diff applied since starts a new run)."""
         self.ignored_snapshots = 0
         self.shed_dropped = 0
         """Buffered diffs dropped by :meth:`shed` (the manager's memory bound)."""
@@ -336,7 +347,18 @@ class BookSync:
         if not ok:
             if u <= prev:
                 self.ignored_duplicates += 1
-                return NOTHING
+                if self._dup_since != self.applied:
+                    self._dup_since, self._dup_run = self.applied, 0
+                self._dup_run += 1
+                if self._dup_run <= DUPLICATE_RUN:
+                    return NOTHING
+                self._dup_since = -1
+                return self._break(
+                    diff,
+                    GapKind.DESYNC,
+                    f"{DUPLICATE_RUN + 1} diffs in a row at or below the book's u={prev} (last U="
+                    f"{diff.first_update_id} u={u}): its ids went back",
+                )
             rule = "U == prev_u + 1" if self.spot else "pu == prev_u"
             return self._break(
                 diff,
