@@ -42,7 +42,7 @@ from ingestd.backoff import Backoff
 from ingestd.book.records import Gap, GapKind
 from ingestd.errors import BannedError, IngestError, ParseError, RateLimitedError, RestError
 from ingestd.producers.events import Emit
-from ingestd.producers.inflight import EmitGuard
+from ingestd.producers.inflight import EmitGuard, run_workers
 from ingestd.producers.rest import RestClient
 from ingestd.producers.stored import StoredTail, stored_tails
 from ingestd.records import AggTrade, AnyRecord, Record, Trade
@@ -531,19 +531,7 @@ class Backfiller:
         if self._closed or self._tasks:
             return
         self._tasks = [asyncio.create_task(self._worker(), name=f"backfill#{i}") for i in range(WORKERS)]
-        try:
-            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                exc = None if t.cancelled() else t.exception()
-                if exc is not None:
-                    raise exc
-        finally:
-            await self._stop_tasks()
-
-    async def _stop_tasks(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await run_workers(self._tasks)
 
     async def close(self) -> None:
         """Stop filling (a hole being fetched is abandoned). Idempotent. What was not filled stays
