@@ -620,3 +620,44 @@ def test_a_long_run_of_diffs_below_the_book_resyncs_it() -> None:
     assert [g.kind for g in r.gaps] == ["desync"]
     assert r.requests[-1] == ("BTCUSDT", True)
     assert r.manager.state("BTCUSDT") is SyncState.BUFFERING
+
+
+def test_a_snapshot_fetched_before_the_id_reset_is_refused() -> None:
+    """A snapshot in flight when the ids restarted (old id space, stamped before the restart)
+    would contain every new diff and the book would never sync on it: it is refused and asked for
+    again; the next one, of the new id space, syncs the book."""
+    recs = hft("usdm_btcusdt_20240808.gz", USDM, "BTCUSDT")
+    r = replay(["BTCUSDT"], USDM, "futures")
+    cut = index_of_diff(recs, "BTCUSDT", 100)
+    r.feed(recs[:cut])
+    before = r.manager.get("BTCUSDT")
+    assert before is not None
+    prev = before.last_update_id
+    by = 5_000_000_000_000
+    first = recs[cut]
+    assert isinstance(first, DepthDiff)
+    assert first.exchange_ts is not None
+    notice = Gap(venue=first.venue, symbol=first.symbol, native="BTCUSDT", exchange_ts=first.exchange_ts,
+                 recv_ts=first.recv_ts, kind=GapKind.ID_RESET.value, reason="btcusdt@depth: ids restarted",
+                 last_update_id=prev, first_update_id=first.first_update_id - by, final_update_id=None,
+                 started_ts=first.recv_ts, data_channel="depth_diff")  # fmt: skip
+    tenth = cut
+    for _ in range(10):
+        tenth = next_diff(recs, "BTCUSDT", tenth + 1)
+    r.feed([notice, *(_shifted(x, by) for x in recs[cut : tenth + 1])])
+    asked = len(r.requests)
+    assert prev is not None
+    stale = msgspec.structs.replace(
+        snapshot_after(recs, "BTCUSDT", "futures", prev, first.recv_ts),
+        exchange_ts=first.exchange_ts - 1,
+        transaction_ts=first.exchange_ts - 1,
+    )
+    r.feed([stale])
+    assert r.manager.state("BTCUSDT") is SyncState.BUFFERING
+    assert r.requests[asked:] == [("BTCUSDT", True)]
+    u = recs[tenth].final_update_id  # type: ignore[attr-defined]
+    fresh = _shifted(snapshot_after(recs, "BTCUSDT", "futures", u, recs[tenth].recv_ts + 1), by)
+    r.feed([fresh, *(_shifted(x, by) for x in recs[tenth + 1 :])])
+    st = r.manager.stats()["symbols"]["BTCUSDT"]
+    assert (st["state"], st["syncs"], st["audit_mismatches"]) == ("synced", 2, 0)
+    assert [g.kind for g in r.gaps] == ["id_reset", "resync"]

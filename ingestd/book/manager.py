@@ -475,7 +475,7 @@ class BookManager:
         sym = self._by_native.get(notice.native)
         if sym is None:
             return
-        res = sym.sync.restart(GapKind.ID_RESET, f"depth ids restarted: {notice.reason}")
+        res = sym.sync.restart(GapKind.ID_RESET, f"depth ids restarted: {notice.reason}", notice.exchange_ts)
         if res.gap is None:
             return
         sym.ahead.clear()

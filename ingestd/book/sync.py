@@ -115,6 +115,8 @@ class BookSync:
         "_overflowed",
         "_replay_state",
         "_replay_synced",
+        "_reset_from",
+        "_reset_ts",
         "already_in_snapshot",
         "applied",
         "awaiting_snapshot",
@@ -179,6 +181,11 @@ class BookSync:
         self._dup_run = 0
         """Diffs in a row at or below the synced book's id (see :data:`DUPLICATE_RUN`)."""
         self._dup_since = -1
+        self._reset_from: int | None = None
+        """After :meth:`restart`: the last id of the old id space (a snapshot at or above it is
+        from before the restart)."""
+        self._reset_ts: int | None = None
+        """After :meth:`restart`: the venue time it was seen at (an older snapshot is stale)."""
         """``applied`` when that run began (a diff applied since starts a new run)."""
         self.ignored_snapshots = 0
         self.shed_dropped = 0
@@ -231,8 +238,20 @@ class BookSync:
             # Synced (periodic polling), or a replay under way finishes with its own snapshot.
             self.ignored_snapshots += 1
             return NOTHING
-        self.awaiting_snapshot = False
         big_l = snap.last_update_id
+        if self._reset_from is not None or self._reset_ts is not None:
+            at = snap.transaction_ts if snap.transaction_ts is not None else snap.exchange_ts
+            if at is not None and self._reset_ts is not None:
+                stale = at < self._reset_ts  # the venue's clock says it all
+            else:
+                stale = self._reset_from is not None and big_l >= self._reset_from
+            if stale:
+                # Fetched before the ids restarted: it would "contain" every new diff.
+                self.ignored_snapshots += 1
+                self.awaiting_snapshot = True
+                return _NEED_URGENT
+            self._reset_from = self._reset_ts = None
+        self.awaiting_snapshot = False
         if state is SyncState.BRIDGING:
             # A second answer to an earlier request: keep whichever snapshot is newer.
             if self.snapshot_id is not None and big_l <= self.snapshot_id:
@@ -301,14 +320,17 @@ class BookSync:
         self.awaiting_snapshot = False
         return SyncResult(gap=gap)
 
-    def restart(self, kind: GapKind, reason: str) -> SyncResult:
-        """The stream's ids restarted (``id_reset``): the book and every buffered diff belong to
-        the old id space and are dropped; the diffs that come next are buffered for a snapshot
-        requested now (``need_snapshot``, urgent). :data:`NOTHING` when the book is idle (its
+    def restart(self, kind: GapKind, reason: str, since: int | None = None) -> SyncResult:
+        """The stream's ids restarted (``id_reset``, seen at venue time ``since``): the book and
+        every buffered diff belong to the old id space and are dropped; the diffs that come next
+        are buffered for a snapshot requested now (``need_snapshot``, urgent). A snapshot from
+        before the restart (one in flight then: stamped before ``since``, or without a stamp at
+        or above the old last id) is refused and asked for again. :data:`NOTHING` when the book is idle (its
         first diff asks for the snapshot)."""
         if self.state is SyncState.IDLE and not self._buffer:
             return NOTHING
         last = self._last_good
+        self._reset_from, self._reset_ts = last, since
         self._discard()
         self._buffer.clear()
         self.buffered_levels = 0
