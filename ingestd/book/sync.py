@@ -244,7 +244,11 @@ class BookSync:
             if at is not None and self._reset_ts is not None:
                 stale = at < self._reset_ts  # the venue's clock says it all
             else:
-                stale = self._reset_from is not None and big_l >= self._reset_from
+                # Without a stamp, ids tell, until the new ones pass the old last id (then a
+                # snapshot of the old space is older than the buffer: the usual checks refuse it).
+                floor = self._reset_from
+                newest = self._buffer[-1].final_update_id if self._buffer else None
+                stale = floor is not None and big_l >= floor and (newest is None or newest < floor)
             if stale:
                 # Fetched before the ids restarted: it would "contain" every new diff.
                 self.ignored_snapshots += 1
