@@ -435,6 +435,9 @@ class Daemon:
 
     def _contracts_changed(self, contracts: ContractSet) -> None:
         self.contracts = contracts
+        if self.quiet is not None:
+            # A listed contract's quiet streams are named in the gap log too.
+            self.quiet.quiet.contracts = contracts
 
     async def _start_backfill(self, chans: Sequence[str]) -> None:
         """Trade holes are filled from REST; on an existing data dir, from its last stored ids."""

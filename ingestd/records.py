@@ -262,3 +262,20 @@ def register(cls: type[Record]) -> type[Record]:
 def ms_to_ns(ms: int) -> int:
     """Binance millisecond epoch → ns epoch."""
     return ms * 1_000_000
+
+
+TRADE_TIME_CHANNELS: Final = frozenset({"agg_trade", "trade"})
+"""Channels whose records without an event time (REST history: ``source="rest"``) are placed in
+time by their trade time, ``transaction_ts``: stored in that day's partition and selected by it
+in a replay window (a trade from before midnight fetched after it belongs to its own day)."""
+
+
+def event_time(rec: Record) -> int:
+    """The time a record is partitioned and selected by: ``exchange_ts``; for a trade without
+    one (:data:`TRADE_TIME_CHANNELS`), ``transaction_ts``; else ``recv_ts``."""
+    ts = rec.exchange_ts
+    if ts is not None:
+        return ts
+    if rec.transaction_ts is not None and rec.channel in TRADE_TIME_CHANNELS:
+        return rec.transaction_ts
+    return rec.recv_ts

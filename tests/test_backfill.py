@@ -21,11 +21,12 @@ import orjson
 import pytest
 
 from ingestd.book.records import Gap, GapKind
-from ingestd.config import StorageSettings
+from ingestd.config import StorageSettings, StreamSettings
 from ingestd.consumers.parquet import ParquetWriter
 from ingestd.errors import ParseError
 from ingestd.producers.backfill import Backfiller, BackfillSettings
 from ingestd.producers.discovery import discover
+from ingestd.producers.listings import Followers, ListingWatcher
 from ingestd.producers.rest import RestClient
 from ingestd.producers.stored import stored_tails
 from ingestd.records import AggTrade, AnyRecord, Record, Trade
@@ -464,3 +465,114 @@ def test_real_rest_bodies_parse_field_by_field(realdata: Path) -> None:
             None,
             "rest",
         )
+
+
+def test_overlapping_stored_files_do_not_hide_a_hole(
+    aggs: list[tuple[int, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Two runs stored the same ids (a backfill re-stored them): the footers' row count then
+    matches the id span although ids are missing; the hole is still found."""
+    data = tmp_path / "data"
+    asyncio.run(store(data, [ws_agg(BTC, t, p) for t, p in aggs[:100] + aggs[150:400]]))
+    asyncio.run(store(data, [ws_agg(BTC, t, p) for t, p in aggs[50:100]]))  # 50 ids stored twice
+    (tail,) = stored_tails(data, "binance-usdm", [("BTCUSDT", "BTC-USDT-PERP")], ["agg_trade"], 3600)
+    assert tail.last_id == aggs[399][1]["a"]
+    assert [(h.first, h.last) for h in tail.holes] == [(aggs[100][1]["a"], aggs[149][1]["a"])]
+    assert (tail.holes[0].before_recv, tail.holes[0].after_recv) == (aggs[99][0], aggs[150][0])
+
+
+@pytest.mark.asyncio
+async def test_close_lets_a_batch_being_emitted_finish(aggs: list[tuple[int, dict[str, Any]]]) -> None:
+    """Shutdown while a page of the backfill is inside ``emit`` (its consumers part-way through
+    it): close() waits for that batch instead of cancelling it half-emitted, and starts none after."""
+    async with SimVenue([BUNDLED_CAPTURE]) as sim:
+        client = RestClient(sim.rest_url, USDM, retry_initial_s=0.01, retry_max_s=0.05)
+        try:
+            contracts = await discover(client, USDM)
+            (c,) = contracts
+            entered, release = asyncio.Event(), asyncio.Event()
+            done: list[list[AnyRecord]] = []
+
+            async def emit(batch: Sequence[AnyRecord]) -> None:
+                if any(isinstance(x, AggTrade) for x in batch):
+                    entered.set()
+                    await release.wait()  # a slow consumer; the batch must not be cut here
+                done.append(list(batch))
+
+            engine = Backfiller(client, USDM.name, contracts, emit, FAST, ("agg_trade",))
+            task = asyncio.create_task(engine.run())
+            engine.observe([ws_agg(c, *aggs[0])])
+            engine.observe([ws_agg(c, *aggs[2001])])
+            await entered.wait()
+            closing = asyncio.create_task(engine.close())
+            await wait_for(lambda: engine.stats()["active"] == 1 and not closing.done())
+            release.set()
+            await closing
+            await task
+        finally:
+            await client.close()
+    pages = [b for b in done if any(isinstance(x, AggTrade) for x in b)]
+    assert len(pages) == 1  # the first page, whole; no page started after close()
+    assert_rest_aggs(pages[0], [p for _, p in aggs[1 : 1 + len(pages[0])]])
+
+
+@pytest.mark.asyncio
+async def test_a_listing_whose_history_fetch_fails_is_written_unfilled(
+    aggs: list[tuple[int, dict[str, Any]]],
+) -> None:
+    """The venue refuses the listed contract's history: the ids before its first stream record
+    are not fetched, and the gap log says so (an ``unfilled`` record up to that record), not
+    only a log line."""
+    async with rig() as r:
+        r.sim.faults.rest_error("/fapi/v1/aggTrades", 400, body='{"code":-1121,"msg":"Invalid symbol."}')
+        r.engine.listed(r.contract)
+        k = 1700
+        assert r.engine.observe([ws_agg(r.contract, *aggs[k])]) is None
+        await r.until(lambda: bool(r.gaps("unfilled")))
+        await r.settled()
+        (unfilled,) = r.gaps("unfilled")
+        assert (unfilled.data_channel, unfilled.native) == ("agg_trade", "BTCUSDT")
+        assert (unfilled.first_update_id, unfilled.final_update_id) == (None, aggs[k - 1][1]["a"])
+        assert unfilled.ended_ts == aggs[k][0]
+        assert "REST refused" in unfilled.reason
+        assert "-1121" in unfilled.reason
+        assert r.rows() == []
+        assert r.engine.stats()["unfilled_holes"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_contract_listed_at_runtime_resumes_from_what_the_data_dir_stored(
+    aggs: list[tuple[int, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """A contract not traded at start-up but stored by an earlier run (listed again since): its
+    listing resumes from the stored tail, so only the ids after it are fetched (not its whole
+    history again) and the holes stored within max_age_s are filled."""
+    async with rig() as r:
+        c = r.contract
+        data = tmp_path / "data"
+        await r.engine.resume_from_storage(data)  # start-up: nothing stored of it then
+        # Stored since (by the earlier run, as far as this listing can tell): read at the listing.
+        await store(data, [ws_agg(c, t, p) for t, p in aggs[:100] + aggs[150:400]])
+        emitted: list[AnyRecord] = []
+
+        async def emit(batch: Sequence[AnyRecord]) -> None:
+            emitted.extend(batch)
+
+        none = ContractSet(c.venue, ())
+        followers = Followers((), StreamSettings(), backfill=r.engine)
+        watcher = ListingWatcher(
+            r.client, USDM, none, followers, emit, refresh_s=3600, narrow=lambda found: found
+        )
+        change = await watcher.apply(ContractSet(c.venue, (c,)))
+        assert [x.native for x in change.listed] == [c.native]
+        gaps = r.engine.observe([ws_agg(c, *aggs[700])])
+        assert gaps is not None
+        opened = [g for g in gaps if isinstance(g, Gap)]
+        assert [(g.first_update_id, g.final_update_id, g.reason) for g in opened] == [
+            (aggs[100][1]["a"], aggs[149][1]["a"], "missing in storage"),
+            (aggs[400][1]["a"], aggs[699][1]["a"], "since the last run stored"),
+        ]
+        await r.until(lambda: r.engine.filled_holes == 2)
+        await r.settled()
+        rows = sorted(r.rows(), key=lambda x: x.agg_id if isinstance(x, AggTrade) else 0)
+        assert_rest_aggs(rows, [p for _, p in aggs[100:150] + aggs[400:700]])

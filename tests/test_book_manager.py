@@ -9,8 +9,10 @@ diff removed, a level or a bookTicker tampered, a snapshot withheld or made too 
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
+from ingestd.book import sync as sync_module
 from ingestd.book.manager import BookManager
 from ingestd.book.records import BookTop, Gap, GapKind
 from ingestd.book.sync import BookSync, Market, SyncState
@@ -536,3 +538,126 @@ def test_bad_arguments() -> None:
         BookManager(
             USDM, ContractSet(USDM, ()), market="futures", request_snapshot=lambda n, u: None, book_depth=-1
         )
+
+
+# -- ids that restart lower -------------------------------------------------------------------
+
+
+def _shifted(r: Record, by: int) -> Record:
+    """``r`` with its update ids ``by`` lower (the venue restarted its id space)."""
+    if isinstance(r, DepthDiff):
+        return msgspec.structs.replace(
+            r,
+            first_update_id=r.first_update_id - by,
+            final_update_id=r.final_update_id - by,
+            prev_final_update_id=r.prev_final_update_id - by,
+        )
+    if isinstance(r, BookTicker):
+        return msgspec.structs.replace(r, update_id=r.update_id - by)
+    if isinstance(r, DepthSnapshot):
+        return msgspec.structs.replace(r, last_update_id=r.last_update_id - by)
+    return r
+
+
+def test_an_id_reset_of_the_depth_stream_resyncs_the_book() -> None:
+    """The duplicate filter saw the diffs' ids restart lower and wrote its ``id_reset`` record:
+    the book is discarded at once (an ``id_reset`` gap, an urgent snapshot request), never fed
+    diffs of another id space, and syncs again from a snapshot in the new one."""
+    recs = hft("usdm_btcusdt_20240808.gz", USDM, "BTCUSDT")
+    r = replay(["BTCUSDT"], USDM, "futures")
+    cut = index_of_diff(recs, "BTCUSDT", 100)
+    r.feed(recs[:cut])
+    assert r.manager.state("BTCUSDT") is SyncState.SYNCED
+    before = r.manager.get("BTCUSDT")
+    assert before is not None
+    prev = before.last_update_id
+    by = 5_000_000_000_000
+    first = recs[cut]
+    assert isinstance(first, DepthDiff)
+    notice = Gap(venue=first.venue, symbol=first.symbol, native="BTCUSDT", exchange_ts=first.exchange_ts,
+                 recv_ts=first.recv_ts, kind=GapKind.ID_RESET.value, reason="btcusdt@depth: ids restarted",
+                 last_update_id=prev,
+                 first_update_id=first.first_update_id - by, final_update_id=None, started_ts=first.recv_ts,
+                 data_channel="depth_diff")  # fmt: skip
+    tenth = cut
+    for _ in range(10):
+        tenth = next_diff(recs, "BTCUSDT", tenth + 1)
+    r.feed([notice, *(_shifted(x, by) for x in recs[cut : tenth + 1])])
+    assert [(g.kind, g.last_update_id) for g in r.gaps] == [("id_reset", prev)]
+    assert r.requests[-1] == ("BTCUSDT", True)
+    assert r.manager.state("BTCUSDT") is SyncState.BUFFERING
+    assert r.manager.get("BTCUSDT") is None
+    u = recs[tenth].final_update_id  # type: ignore[attr-defined]
+    snap = _shifted(snapshot_after(recs, "BTCUSDT", "futures", u, recs[tenth].recv_ts + 1), by)
+    r.feed([snap, *(_shifted(x, by) for x in recs[tenth + 1 :])])
+    st = r.manager.stats()["symbols"]["BTCUSDT"]
+    assert (st["state"], st["syncs"], st["audit_mismatches"]) == ("synced", 2, 0)
+    assert [g.kind for g in r.gaps] == ["id_reset", "resync"]
+    view = r.manager.get("BTCUSDT")
+    assert view is not None
+    last = [x for x in recs if isinstance(x, DepthDiff)][-1]
+    assert view.last_update_id == last.final_update_id - by
+
+
+def test_a_long_run_of_diffs_below_the_book_resyncs_it() -> None:
+    """Ids went back with no ``id_reset`` notice (no duplicate filter in front, or one that let
+    them through): a few diffs at or below the book's id are stale copies and ignored, but a long
+    run of them is a broken sequence: the book resyncs (``desync`` gap, urgent snapshot) instead
+    of sitting on a book no diff updates any more."""
+    recs = hft("usdm_btcusdt_20240808.gz", USDM, "BTCUSDT")
+    r = replay(["BTCUSDT"], USDM, "futures")
+    cut = index_of_diff(recs, "BTCUSDT", 100)
+    r.feed(recs[:cut])
+    assert r.manager.state("BTCUSDT") is SyncState.SYNCED
+    by = 5_000_000_000_000
+    lower = [_shifted(x, by) for x in recs[cut:] if isinstance(x, DepthDiff)]
+    run: int = sync_module.DUPLICATE_RUN
+    assert len(lower) > run
+    r.feed(lower[:run])
+    assert r.gaps == []  # a short run: stale copies
+    assert r.manager.state("BTCUSDT") is SyncState.SYNCED
+    r.feed(lower[run : run + 1])
+    assert [g.kind for g in r.gaps] == ["desync"]
+    assert r.requests[-1] == ("BTCUSDT", True)
+    assert r.manager.state("BTCUSDT") is SyncState.BUFFERING
+
+
+def test_a_snapshot_fetched_before_the_id_reset_is_refused() -> None:
+    """A snapshot in flight when the ids restarted (old id space, stamped before the restart)
+    would contain every new diff and the book would never sync on it: it is refused and asked for
+    again; the next one, of the new id space, syncs the book."""
+    recs = hft("usdm_btcusdt_20240808.gz", USDM, "BTCUSDT")
+    r = replay(["BTCUSDT"], USDM, "futures")
+    cut = index_of_diff(recs, "BTCUSDT", 100)
+    r.feed(recs[:cut])
+    before = r.manager.get("BTCUSDT")
+    assert before is not None
+    prev = before.last_update_id
+    by = 5_000_000_000_000
+    first = recs[cut]
+    assert isinstance(first, DepthDiff)
+    assert first.exchange_ts is not None
+    notice = Gap(venue=first.venue, symbol=first.symbol, native="BTCUSDT", exchange_ts=first.exchange_ts,
+                 recv_ts=first.recv_ts, kind=GapKind.ID_RESET.value, reason="btcusdt@depth: ids restarted",
+                 last_update_id=prev, first_update_id=first.first_update_id - by, final_update_id=None,
+                 started_ts=first.recv_ts, data_channel="depth_diff")  # fmt: skip
+    tenth = cut
+    for _ in range(10):
+        tenth = next_diff(recs, "BTCUSDT", tenth + 1)
+    r.feed([notice, *(_shifted(x, by) for x in recs[cut : tenth + 1])])
+    asked = len(r.requests)
+    assert prev is not None
+    stale = msgspec.structs.replace(
+        snapshot_after(recs, "BTCUSDT", "futures", prev, first.recv_ts),
+        exchange_ts=first.exchange_ts - 1,
+        transaction_ts=first.exchange_ts - 1,
+    )
+    r.feed([stale])
+    assert r.manager.state("BTCUSDT") is SyncState.BUFFERING
+    assert r.requests[asked:] == [("BTCUSDT", True)]
+    u = recs[tenth].final_update_id  # type: ignore[attr-defined]
+    fresh = _shifted(snapshot_after(recs, "BTCUSDT", "futures", u, recs[tenth].recv_ts + 1), by)
+    r.feed([fresh, *(_shifted(x, by) for x in recs[tenth + 1 :])])
+    st = r.manager.stats()["symbols"]["BTCUSDT"]
+    assert (st["state"], st["syncs"], st["audit_mismatches"]) == ("synced", 2, 0)
+    assert [g.kind for g in r.gaps] == ["id_reset", "resync"]

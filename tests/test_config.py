@@ -75,6 +75,7 @@ def test_settings_are_frozen() -> None:
         ({"hooks": {"specs": ["nocolon"]}}, r"hooks\.specs: hook 'nocolon' is not MODULE:FUNC"),
         ({"hooks": {"policy": "drop_newest"}}, r"hooks\.policy: Input should be 'block' or 'drop_oldest'"),
         ({"log": {"level": "LOUD"}}, r"log\.level: Input should be"),
+        ({"discovery": {"refresh_s": 5}}, r"discovery\.refresh_s: .* greater than or equal to 10"),
         ({"venue": "binance-spot", "channels": "mark_price"}, r"mark_price does not exist on binance-spot"),
         ({"streams": {"max_streams_per_connection": 2000}}, r"streams\.max_streams_per_connection: .*1024"),
         (

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from ingestd.book.records import Gap
 from ingestd.producers import dedupe
 from ingestd.producers.dedupe import Handover, HighWaterMarks, key_for
@@ -171,3 +173,30 @@ def test_a_rotation_loses_no_record_sharing_a_millisecond() -> None:
     emitted += kept
     assert emitted == [a, b, c, mark(2, 4.0)]
     assert h.ready()
+
+
+def test_a_new_socket_whose_ids_restarted_is_not_taken_for_a_lagging_one() -> None:
+    """The venue restarted its ids just as a rotation switched sockets: the new socket's first
+    record was below the old one's mark, so it counted as behind. Its records after the switch
+    are still below that mark, but they are not copies: their event time is later than anything
+    the old socket emitted (a copy has the event time of its original). That is an id restart,
+    not lag: an ``id_reset`` record and the new sequence kept, not dropped until it passes the
+    old mark."""
+    m = HighWaterMarks()
+    spec = key_for("trade")
+    old, new = object(), object()
+    h = Handover(new)
+    m.admit("s", [trade(i) for i in range(1, 2001)], spec, source=old, rival=h)
+    assert m.admit("s", [trade(100)], spec, source=new, candidate=h) == ([], 1)  # looks behind
+    assert m.release(h, {"s": spec}) == ([], {})
+    later = E0 + 10**9  # a second after the old socket's last event
+    restarted = [msgspec.structs.replace(trade(i), exchange_ts=later + i) for i in range(101, 111)]
+    kept, dropped = m.admit("s", restarted, spec, source=new)
+    assert (ids(kept), dropped) == (["id_reset", *range(101, 111)], 0)
+    # A real lagger (copies: the event times of the originals) is still dropped.
+    m2 = HighWaterMarks()
+    h2 = Handover(new)
+    m2.admit("s", [trade(i) for i in range(1, 2001)], spec, source=old, rival=h2)
+    m2.admit("s", [trade(100)], spec, source=new, candidate=h2)
+    m2.release(h2, {"s": spec})
+    assert m2.admit("s", [trade(i) for i in range(101, 111)], spec, source=new) == ([], 10)

@@ -35,6 +35,7 @@ from ingestd.app import Daemon
 from ingestd.cli import main
 from ingestd.consumers.hooks import HookContext
 from ingestd.producers.contract_records import ContractRecord
+from ingestd.producers.discovery import DiscoverySettings
 from ingestd.records import Record
 from ingestd.sim import SimVenue, load_capture
 from ingestd.sim.schedule import ListingChange
@@ -132,10 +133,13 @@ async def test_a_listing_and_a_delisting_during_the_run(
     async with SimVenue([need(CAPTURE)], speed=1, resume="live", listings=changes) as sim:
         settings = settings_for(
             sim.rest_url, sim.ws_url, data, channels="agg_trade,book_ticker,depth_diff",
-            discovery={"follow": True, "refresh_s": 0.25}, clock={"enabled": False},
+            discovery={"follow": True}, clock={"enabled": False},
             health={"port": port, "freshness_s": FRESHNESS_S},
             streams={"backoff_initial_s": 0.2, "backoff_max_s": 1.0},
         )  # fmt: skip
+        # Below the configurable minimum (10 s) on purpose: the sim's listings are seconds apart.
+        fast = DiscoverySettings.model_construct(follow=True, refresh_s=0.25)
+        settings = settings.model_copy(update={"discovery": fast})
         daemon = Daemon(settings)
         daemon.add_hook(on_agg_trade, channels=["agg_trade"], on_contract=watch)
         task = asyncio.create_task(daemon.run())

@@ -644,6 +644,23 @@ async def test_unreachable_server_never_blocks_and_close_reports(real: Real) -> 
     assert pub.stats()["status"] == "closed"
 
 
+@pytest.mark.asyncio
+async def test_a_publish_after_close_is_counted_lost(real: Real) -> None:
+    """A batch that reaches the publisher after close() (a late producer) is never sent: it is
+    counted as lost, not buffered where nothing will publish it."""
+    s = NatsSettings(url=f"nats://{NATS_HOST}:{_free_port()}", buffer_records=100, connect_timeout_s=0.3,
+                     reconnect_wait_s=0.1, close_timeout_s=0.5)  # fmt: skip
+    pub = NatsPublisher(s)
+    await asyncio.wait_for(pub.start(), 30)
+    await _publish_all(pub, real.records[:10], batch=10)
+    await asyncio.wait_for(pub.close(), 30)
+    assert pub.stats()["unpublished_at_close"] == 10
+    await _publish_all(pub, real.records[10:40], batch=10)
+    st = pub.stats()
+    assert (st["lost_after_close"], st["buffered"], st["buffered_total"]) == (30, 10, 10)
+    assert st["unpublished_at_close"] == 10
+
+
 # --- ingestd tail -----------------------------------------------------------------------------------
 
 HOOKED: list[Record] = []

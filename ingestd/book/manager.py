@@ -56,6 +56,8 @@ TICKER_BYTES: Final = 320
 ``LEVEL_BYTES`` per level row, a bookTicker ``TICKER_BYTES`` (tracemalloc on the real USDⓈ-M
 BTCUSDT capture: 7,365 bytes per 62-level diff, 119 per level; 313 per bookTicker). The memory
 bound (``books.max_buffered_mb``) counts with these."""
+ID_RESET: Final = GapKind.ID_RESET.value
+"""The duplicate filter's notice that a stream's ids restarted lower (a depth one resyncs the book)."""
 
 RequestSnapshot = Callable[[str, bool], None]
 """``request_snapshot(native, urgent)``: queue a REST depth snapshot (must not block)."""
@@ -218,6 +220,10 @@ class BookManager:
                 sym = books.get(rec.native)
                 if sym is not None:
                     self._audit(sym, rec, out)
+            elif cls is Gap:
+                assert isinstance(rec, Gap)
+                if rec.kind == ID_RESET and rec.data_channel == "depth_diff":
+                    self._id_reset(rec, out)
             elif cls is DepthSnapshot:
                 assert isinstance(rec, DepthSnapshot)
                 sym = books.get(rec.native)
@@ -462,6 +468,22 @@ class BookManager:
             self._request(native, res.urgent)
         if res.applied and sym.ahead and sym.sync.is_synced:
             self._audit_ahead(sym, out)
+
+    def _id_reset(self, notice: Gap, out: list[Record]) -> None:
+        """The duplicate filter saw the depth stream's ids restart lower: the book (and what it
+        buffered) is of the old id space; discard it and sync again from a new snapshot."""
+        sym = self._by_native.get(notice.native)
+        if sym is None:
+            return
+        res = sym.sync.restart(GapKind.ID_RESET, f"depth ids restarted: {notice.reason}", notice.exchange_ts)
+        if res.gap is None:
+            return
+        sym.ahead.clear()
+        log.warning("%s: book discarded (id_reset): %s", sym.contract.native, notice.reason)
+        out.append(self._gap(sym, res.gap, notice.recv_ts, notice.exchange_ts))
+        self.snapshot_requests += 1
+        self._request(sym.contract.native, True)
+        self._settle(sym, notice.recv_ts, out)
 
     def _synced(self, sym: _Symbol, rec: DepthDiff | DepthSnapshot, out: list[Record]) -> None:
         s = sym.sync

@@ -21,7 +21,10 @@ Trade holes (``data_channel`` ``agg_trade`` or ``trade``) are delimited by ids, 
 ``count`` of them, ``last_update_id`` the id before the hole) and ``started_ts`` / ``ended_ts``,
 the receive times of the records on either side. A ``backfill`` record with the same
 ``started_ts`` says the ids were fetched from REST and stored (``count`` of them, marked
-``source="rest"``); an ``unfilled`` record says why ``count`` of them could not be.
+``source="rest"``); an ``unfilled`` record says why ``count`` of them could not be. A contract
+listed during the run whose history could not be fetched at all gets an ``unfilled`` record
+without ``first_update_id`` or ``count`` (where its history starts is unknown): the ids up to
+``final_update_id`` are missing.
 """
 
 from __future__ import annotations

@@ -91,6 +91,11 @@ class SyncResult:
     """The replay stopped after a chunk: call :meth:`BookSync.continue_replay` again."""
 
 
+DUPLICATE_RUN: Final = 64
+"""Diffs in a row at or below a synced book's id taken for stale copies (ignored); one more is a
+broken sequence: the ids went back without an ``id_reset`` notice, so the book resyncs rather
+than sit on a book no diff updates any more."""
+
 NOTHING: Final = SyncResult()
 APPLIED: Final = SyncResult(applied=1)
 _NEED_FIRST: Final = SyncResult(need_snapshot=True)
@@ -103,11 +108,15 @@ class BookSync:
     __slots__ = (
         "_bridge_prev_u",
         "_buffer",
+        "_dup_run",
+        "_dup_since",
         "_gap_open",
         "_last_good",
         "_overflowed",
         "_replay_state",
         "_replay_synced",
+        "_reset_from",
+        "_reset_ts",
         "already_in_snapshot",
         "applied",
         "awaiting_snapshot",
@@ -169,6 +178,15 @@ class BookSync:
         self.overflow_dropped = 0
         self.stale_snapshots = 0
         self.ignored_duplicates = 0
+        self._dup_run = 0
+        """Diffs in a row at or below the synced book's id (see :data:`DUPLICATE_RUN`)."""
+        self._dup_since = -1
+        self._reset_from: int | None = None
+        """After :meth:`restart`: the last id of the old id space (a snapshot at or above it is
+        from before the restart)."""
+        self._reset_ts: int | None = None
+        """After :meth:`restart`: the venue time it was seen at (an older snapshot is stale)."""
+        """``applied`` when that run began (a diff applied since starts a new run)."""
         self.ignored_snapshots = 0
         self.shed_dropped = 0
         """Buffered diffs dropped by :meth:`shed` (the manager's memory bound)."""
@@ -220,8 +238,24 @@ class BookSync:
             # Synced (periodic polling), or a replay under way finishes with its own snapshot.
             self.ignored_snapshots += 1
             return NOTHING
-        self.awaiting_snapshot = False
         big_l = snap.last_update_id
+        if self._reset_from is not None or self._reset_ts is not None:
+            at = snap.transaction_ts if snap.transaction_ts is not None else snap.exchange_ts
+            if at is not None and self._reset_ts is not None:
+                stale = at < self._reset_ts  # the venue's clock says it all
+            else:
+                # Without a stamp, ids tell, until the new ones pass the old last id (then a
+                # snapshot of the old space is older than the buffer: the usual checks refuse it).
+                floor = self._reset_from
+                newest = self._buffer[-1].final_update_id if self._buffer else None
+                stale = floor is not None and big_l >= floor and (newest is None or newest < floor)
+            if stale:
+                # Fetched before the ids restarted: it would "contain" every new diff.
+                self.ignored_snapshots += 1
+                self.awaiting_snapshot = True
+                return _NEED_URGENT
+            self._reset_from = self._reset_ts = None
+        self.awaiting_snapshot = False
         if state is SyncState.BRIDGING:
             # A second answer to an earlier request: keep whichever snapshot is newer.
             if self.snapshot_id is not None and big_l <= self.snapshot_id:
@@ -290,6 +324,26 @@ class BookSync:
         self.awaiting_snapshot = False
         return SyncResult(gap=gap)
 
+    def restart(self, kind: GapKind, reason: str, since: int | None = None) -> SyncResult:
+        """The stream's ids restarted (``id_reset``, seen at venue time ``since``): the book and
+        every buffered diff belong to the old id space and are dropped; the diffs that come next
+        are buffered for a snapshot requested now (``need_snapshot``, urgent). A snapshot from
+        before the restart (one in flight then: stamped before ``since``, or without a stamp at
+        or above the old last id) is refused and asked for again. :data:`NOTHING` when the book is idle (its
+        first diff asks for the snapshot)."""
+        if self.state is SyncState.IDLE and not self._buffer:
+            return NOTHING
+        last = self._last_good
+        self._reset_from, self._reset_ts = last, since
+        self._discard()
+        self._buffer.clear()
+        self.buffered_levels = 0
+        self.state = SyncState.BUFFERING
+        self.awaiting_snapshot = True
+        self._gap_open = True
+        self._overflowed = False
+        return SyncResult(need_snapshot=True, urgent=True, gap=GapInfo(kind, reason, last))
+
     def shed(self, reason: str) -> SyncResult:
         """Drop the buffer (and the book, if one is being built) to free memory, and start the
         sync again. A buffering book keeps the snapshot it already asked for (it bridges from the
@@ -319,7 +373,18 @@ class BookSync:
         if not ok:
             if u <= prev:
                 self.ignored_duplicates += 1
-                return NOTHING
+                if self._dup_since != self.applied:
+                    self._dup_since, self._dup_run = self.applied, 0
+                self._dup_run += 1
+                if self._dup_run <= DUPLICATE_RUN:
+                    return NOTHING
+                self._dup_since = -1
+                return self._break(
+                    diff,
+                    GapKind.DESYNC,
+                    f"{DUPLICATE_RUN + 1} diffs in a row at or below the book's u={prev} (last U="
+                    f"{diff.first_update_id} u={u}): its ids went back",
+                )
             rule = "U == prev_u + 1" if self.spot else "pu == prev_u"
             return self._break(
                 diff,

@@ -194,7 +194,7 @@ def decode_message(data: bytes) -> Record:
 
 _COUNTERS: Final = (
     "buffered_total", "buffer_dropped", "refused_unsafe", "sent", "acked", "duplicates", "retried",
-    "failed", "late_acks", "disconnects", "reconnects", "unpublished_at_close",
+    "failed", "late_acks", "disconnects", "reconnects", "unpublished_at_close", "lost_after_close",
 )  # fmt: skip
 
 
@@ -230,6 +230,8 @@ class NatsPublisher:
         self._ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._closing = False
+        self._final = False
+        """The publishing task has ended (close): a record consumed now can never be sent."""
         self._start_error: BaseException | None = None
         self._subjects: dict[tuple[str, str, str], str | None] = {}
         self._buffer: deque[Record] = deque(maxlen=settings.buffer_records)
@@ -276,7 +278,11 @@ class NatsPublisher:
                         self.settings.buffer_records)  # fmt: skip
 
     async def consume(self, batch: list[AnyRecord]) -> None:
-        """Buffer ``batch`` for the publishing task. Never waits on NATS."""
+        """Buffer ``batch`` for the publishing task. Never waits on NATS. After :meth:`close`
+        nothing publishes any more: the records are counted ``lost_after_close``."""
+        if self._final:
+            self._lost_after_close(batch)
+            return
         buf = self._buffer
         before = len(buf)
         taken = 0
@@ -299,6 +305,14 @@ class NatsPublisher:
         self._high_water = max(self._high_water, len(buf))
         if taken:
             self._wake.set()
+
+    def _lost_after_close(self, batch: list[AnyRecord]) -> None:
+        n = sum(1 for rec in batch if isinstance(rec, Record))
+        if not n:
+            return
+        if not self.counters["lost_after_close"]:
+            log.error("nats: %d record(s) arrived after close and are lost; counting further ones", n)
+        self.counters["lost_after_close"] += n
 
     async def close(self) -> None:
         """Publish what is buffered within ``close_timeout_s``, then disconnect. Idempotent."""
@@ -612,6 +626,7 @@ class NatsPublisher:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._final = True
         left = len(self._buffer) + len(self._retry) + len(self._inflight)
         self.counters["unpublished_at_close"] = left
         if left:

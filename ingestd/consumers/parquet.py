@@ -5,7 +5,8 @@ Layout (hive partitioning, so DuckDB, Polars and pyarrow open the tree as one da
     <data_dir>/venue=<venue>/channel=<channel>/symbol=<SYMBOL>/date=<YYYY-MM-DD>/<file>.parquet
 
 ``SYMBOL`` is the normalized symbol (``BTC-USDT-PERP``); ``date`` is the UTC date of
-``exchange_ts`` (``recv_ts`` where the venue sends no event time). ``venue``, ``channel`` and
+``exchange_ts`` (where the venue sends no event time: a REST trade's ``transaction_ts``, else
+``recv_ts``; :func:`ingestd.records.event_time`). ``venue``, ``channel`` and
 ``symbol`` live only in the path (see :mod:`ingestd.consumers.schema`). Reading it back::
 
     -- one channel
@@ -66,7 +67,7 @@ from ingestd.config import StorageSettings
 from ingestd.consumers.columns import Columns, ColumnsLike, plan_for, to_table
 from ingestd.consumers.schema import schema_for
 from ingestd.errors import ConfigError, StorageError
-from ingestd.records import AnyRecord, Record
+from ingestd.records import AnyRecord, Record, event_time
 
 log = logging.getLogger("ingestd.parquet")
 
@@ -324,7 +325,7 @@ class ParquetWriter:
                 continue
             ts = r.exchange_ts
             if ts is None:
-                ts = r.recv_ts
+                ts = event_time(r)
             key = (r.venue, type(r), r.symbol, ts // NS_PER_DAY)
             buf = bufs.get(key)
             if buf is None:

@@ -47,7 +47,10 @@ def _names(names: Sequence[str]) -> str:
 
 
 class QuietStreams:
-    """Tracks quiet periods per stream; :meth:`scan` is pure (the time comes in as ``now_ns``)."""
+    """Tracks quiet periods per stream; :meth:`scan` is pure (the time comes in as ``now_ns``).
+
+    It follows the streams the producer reports (a retired stream's open period is dropped);
+    ``contracts`` is replaced when listings change it (the gap records name the contract)."""
 
     def __init__(self, venue: str, contracts: ContractSet, health: HealthSettings) -> None:
         self.venue = venue
@@ -62,6 +65,12 @@ class QuietStreams:
         out: list[Record] = []
         began: list[str] = []
         ended: list[str] = []
+        gone = [name for name in self._open if name not in streams]
+        if gone:
+            # Retired (their contract was delisted): no longer expected, so no longer quiet.
+            for name in gone:
+                del self._open[name]
+            log.info("%d quiet stream(s) retired: %s", len(gone), _names(gone))
         for name, st in streams.items():
             limit = freshness_limit(str(st.get("cadence", Cadence.TRADE)), self.health)
             age = st.get("last_frame_age_s")

@@ -42,6 +42,7 @@ from ingestd.backoff import Backoff
 from ingestd.book.records import Gap, GapKind
 from ingestd.errors import BannedError, IngestError, ParseError, RateLimitedError, RestError
 from ingestd.producers.events import Emit
+from ingestd.producers.inflight import EmitGuard, run_workers
 from ingestd.producers.rest import RestClient
 from ingestd.producers.stored import StoredTail, stored_tails
 from ingestd.records import AggTrade, AnyRecord, Record, Trade
@@ -132,13 +133,16 @@ class Backfiller:
         self.settings = settings
         self.channels = frozenset(c for c in channels if c in ("agg_trade", "trade"))
         self._contracts: dict[str, Contract] = dict(contracts.by_native())
-        self._emit = emit
+        self._guard = EmitGuard(emit)
+        """close() lets a batch inside ``emit`` finish and starts none after it."""
         self._headers = {API_KEY_HEADER: api_key} if api_key else None
         self._max_age_ns = int(settings.max_age_s * _NS)
         self._last_agg: dict[str, AggTrade] = {}
         self._last_trade: dict[str, Trade] = {}
         self._restored: dict[tuple[str, str], StoredTail] = {}
         self._listed: set[str] = set()
+        self._data_dir: Path | None = None
+        """The data dir read at start-up (:meth:`resume_from_storage`), read again for listings."""
         self._queue: deque[Hole] = deque()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -221,6 +225,7 @@ class Backfiller:
         out: list[Record] = []
         tail = self._restored.pop((channel, r.native), None)
         if tail is not None:
+            self._listed.discard(r.native)  # a listing with stored trades: goes on from them
             for h in tail.holes:
                 stored = Hole(channel, r.native, h.first, h.last, h.first - 1, h.before_ts, _venue_ts(r),
                               h.before_recv, h.after_recv, now, "missing in storage")  # fmt: skip
@@ -325,6 +330,7 @@ class Backfiller:
         """On an existing data dir, :meth:`restore` what it holds: the last stored ids of each
         symbol and the holes stored within ``max_age_s``, read from the Parquet footers off the
         event loop. A data dir that does not exist yet holds nothing."""
+        self._data_dir = data_dir
         symbols = [(c.native, c.symbol) for c in self._contracts.values()]
         tails = await asyncio.to_thread(
             stored_tails, data_dir, self.venue, symbols, sorted(self.channels), self.settings.max_age_s
@@ -346,6 +352,24 @@ class Backfiller:
         self._contracts[contract.native] = contract
         if contract.native not in self._last_agg and contract.native not in self._last_trade:
             self._listed.add(contract.native)
+
+    async def resume_listed(self, contracts: Sequence[Contract]) -> None:
+        """Contracts just :meth:`listed` that the data dir holds trades of (stored by an earlier
+        run): they resume from the stored tail like the contracts of the start-up, so only the ids
+        after it are fetched and the holes stored within ``max_age_s`` are filled (not their
+        whole history again). Footers only, off the event loop; nothing without a data dir."""
+        if self._data_dir is None:
+            return
+        symbols = [(c.native, c.symbol) for c in contracts if c.native in self._listed]
+        if not symbols:
+            return
+        tails = await asyncio.to_thread(
+            stored_tails, self._data_dir, self.venue, symbols, sorted(self.channels), self.settings.max_age_s
+        )
+        self.restore(tails)
+        for t in tails:
+            log.info("%s %s: listed with trades stored up to id %d; the stream resumes from there",
+                     t.native, t.channel, t.last_id)  # fmt: skip
 
     def retire(self, native: str) -> None:
         """A contract that stopped trading: no listing hole is opened for it any more; its queued
@@ -450,12 +474,16 @@ class Backfiller:
             if isinstance(start, str):
                 log.warning("%s %s: the history before its listing was not fetched: %s",
                             hole.native, hole.channel, start)  # fmt: skip
+                # Where its history starts is unknown: the record has no first id and no count.
+                self.unfilled_holes += 1
+                await self._guard.emit([self._gap(hole, GapKind.UNFILLED, start, None)])
                 return
             if start > hole.last:
                 return
             hole.first = start
             hole.before_id = start - 1
-            await self._emit([self._gap(hole, GapKind.TRADE_GAP, hole.why, hole.size)])
+            if not await self._guard.emit([self._gap(hole, GapKind.TRADE_GAP, hole.why, hole.size)]):
+                return
         assert hole.first is not None
         from_id, filled, pages = hole.first, 0, 0
         why = ""
@@ -467,7 +495,8 @@ class Backfiller:
             pages += 1
             keep = [r for r in rows if from_id <= record_id(r) <= hole.last]
             if keep:
-                await self._emit(keep)
+                if not await self._guard.emit(keep):
+                    return  # closing: the hole stays open in the gap log
                 filled += len(keep)
                 self.rows += len(keep)
             if not rows or record_id(rows[-1]) >= hole.last:
@@ -493,7 +522,7 @@ class Backfiller:
             self._episode["rows"] += filled
         log.debug("backfilled %s %s ids %d..%d: %d row(s), %d page(s)",
                   hole.native, hole.channel, hole.first, hole.last, filled, pages)  # fmt: skip
-        await self._emit(out)
+        await self._guard.emit(out)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -502,28 +531,19 @@ class Backfiller:
         if self._closed or self._tasks:
             return
         self._tasks = [asyncio.create_task(self._worker(), name=f"backfill#{i}") for i in range(WORKERS)]
-        try:
-            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                exc = None if t.cancelled() else t.exception()
-                if exc is not None:
-                    raise exc
-        finally:
-            await self._stop_tasks()
-
-    async def _stop_tasks(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await run_workers(self._tasks)
 
     async def close(self) -> None:
         """Stop filling (a hole being fetched is abandoned). Idempotent. What was not filled stays
-        open in the gap log; a restart within ``max_age_s`` finds it in storage again."""
+        open in the gap log; a restart within ``max_age_s`` finds it in storage again.
+
+        A batch already handed to ``emit`` is finished first (never cut half-emitted); no batch
+        starts after. The caller bounds the wait (see :class:`~ingestd.producers.inflight.EmitGuard`)."""
         if self._closed:
             return
         self._closed = True
         left = len(self._queue) + self._active
-        await self._stop_tasks()
+        await self._guard.stop(self._tasks)
         if left:
             log.warning("%d trade hole(s) not backfilled at shutdown (open in the gap log)", left)
         self._queue.clear()

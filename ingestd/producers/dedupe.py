@@ -42,7 +42,10 @@ new socket catches up with the mark) a record below the mark that a partner emit
 :class:`Handover` holds the proof state; :meth:`HighWaterMarks.release` flushes what is left when
 the switch happens without proof (the hand-over deadline). An id restart that falls inside a
 rotation is only recognised on a socket's own sequence going back; records of it one socket
-delivers below a mark the other set are taken for that socket's lag.
+delivers below a mark the other set are taken for that socket's lag, except after the switch: a
+copy has its original's event time, so a record of the new socket below the mark but with an
+event time later than anything the old socket emitted during the rotation is a restart (an
+``id_reset``), not lag (it would otherwise be dropped until the new ids passed the old mark).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class Handover:
 
     ``owner`` names the candidate's socket (the ``source`` its records are admitted with)."""
 
-    __slots__ = ("buffered", "caught", "held", "last", "needed", "owner")
+    __slots__ = ("buffered", "caught", "emitted_ts", "held", "last", "needed", "owner")
 
     def __init__(self, owner: object = None) -> None:
         self.owner = owner
@@ -93,6 +96,10 @@ class Handover:
         """Keys where overlap is proven; the candidate's records go through the marks."""
         self.needed: set[StreamKey] = set()
         """Keys the primary emitted during the rotation that are not proven yet."""
+        self.emitted_ts: dict[StreamKey, int] = {}
+        """Per key: the latest event time (``exchange_ts``) the primary emitted during the
+        rotation. A copy the candidate delivers later has its original's event time, never a
+        later one (see :meth:`HighWaterMarks.release`)."""
 
     def ready(self) -> bool:
         """Every key either socket delivered during the rotation is proven."""
@@ -106,7 +113,7 @@ class Handover:
 class _Mark:
     """The state of one ``(stream, native)``: see the module docstring."""
 
-    __slots__ = ("key", "lag_key", "lagger", "ring", "src", "ties")
+    __slots__ = ("key", "lag_key", "lag_ts", "lagger", "ring", "src", "ties")
 
     def __init__(self, key: Any, r: Record, content: bool, src: object) -> None:
         self.key = key
@@ -120,6 +127,9 @@ class _Mark:
         """A socket taken over from a rotation partner that is still behind the mark."""
         self.lag_key: Any = None
         """The last key ``lagger`` delivered."""
+        self.lag_ts: int | None = None
+        """The latest event time the old socket emitted before ``lagger`` took over: a record of
+        ``lagger`` with a later one is no copy (its ids restarted), whatever its key says."""
 
     def own_prev(self, source: object) -> Any:
         """The last key ``source`` delivered here, when known (``None``: not known)."""
@@ -223,6 +233,10 @@ class HighWaterMarks:
                 dropped += 1
                 continue
             kept.append(r)
+            if rival is not None:
+                ts = r.exchange_ts
+                if ts is not None and ts > rival.emitted_ts.get(hk, ts - 1):
+                    rival.emitted_ts[hk] = ts
             if rival is not None and hk not in rival.caught:
                 entry = rival.buffered.get(hk)
                 if entry is not None and (key > entry[0] or (key == entry[0] and spec.same(r, entry[1][0]))):
@@ -262,6 +276,11 @@ class HighWaterMarks:
         lagging = source is not None and m.lagger is source
         if lagging:
             m.lag_key = key
+            ts = r.exchange_ts
+            if ts is not None and m.lag_ts is not None and ts > m.lag_ts:
+                # Later than anything emitted before the switch: not a copy, a restart.
+                out.append(self._reset(m, key, r, spec, stream=stream, source=source))
+                return True
         if m.copy(key, r, spec):
             return False
         if key == m.key:
@@ -323,6 +342,7 @@ class HighWaterMarks:
                 m = self._marks.get(hk)
                 if m is not None and m.src is not owner:
                     m.lagger, m.lag_key = owner, handover.last.get(hk)
+                    m.lag_ts = handover.emitted_ts.get(hk)
         return kept, dropped
 
     def _through(

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,11 @@ from ingestd.venues.binance.symbols import ContractSet, parse_exchange_info
 log = logging.getLogger("ingestd.discovery")
 
 
+MIN_REFRESH_S: Final = 10.0
+"""The shortest ``discovery.refresh_s``: listings change over hours, and a faster re-read (spot
+weight 20) only spends the REST budget the snapshots and backfill need."""
+
+
 class DiscoverySettings(BaseModel):
     """Following listings during the run (:mod:`ingestd.producers.listings`)."""
 
@@ -37,8 +42,9 @@ class DiscoverySettings(BaseModel):
     follow: bool = False
     """Re-read exchangeInfo every ``refresh_s``: contracts that start trading get streams on new
     connections and a book, contracts that stop are retired (``--follow-listings``)."""
-    refresh_s: Annotated[float, Field(gt=0)] = 300.0
-    """Seconds between two reads (USDⓈ-M weight 1, spot 20, from the shared REST budget)."""
+    refresh_s: Annotated[float, Field(ge=MIN_REFRESH_S)] = 300.0
+    """Seconds between two reads (USDⓈ-M weight 1, spot 20, from the shared REST budget); at least
+    :data:`MIN_REFRESH_S`."""
 
 
 def request_weight_limit(body: Any) -> int | None:

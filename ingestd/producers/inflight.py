@@ -1,4 +1,4 @@
-"""Closing a producer without cutting a batch in half.
+"""Closing a producer without cutting a batch in half; running its pool of worker tasks.
 
 A producer's task that is inside ``emit`` has handed its batch to the book manager (which may
 have applied it) and to some consumers already; cancelling it there leaves the batch with some
@@ -81,3 +81,20 @@ class EmitGuard:
                 t.cancel()
             # return_exceptions: a task's bug is its owner's to raise (run()), not close()'s.
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_workers(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """A producer's ``run()`` over its worker tasks: wait until one fails (its exception is
+    raised, as itself) or all have ended (``close()`` cancelled them); every task is then
+    cancelled and awaited, so none outlives the call. A worker only ends on its own on a bug."""
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            exc = None if t.cancelled() else t.exception()
+            if exc is not None:
+                raise exc
+    finally:
+        for t in tasks:
+            t.cancel()
+        # return_exceptions: a worker's bug is raised once, above, not again here.
+        await asyncio.gather(*tasks, return_exceptions=True)

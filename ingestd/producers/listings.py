@@ -322,6 +322,9 @@ class ListingWatcher:
                 f.books.add(c)
             if f.backfill is not None:
                 f.backfill.listed(c)
+        if f.backfill is not None and changes.listed:
+            # Before their streams open: the first record is compared with what is stored.
+            await f.backfill.resume_listed(changes.listed)
         if f.hooks is not None:
             f.hooks.contracts = new
             _replace_in_place(f.hooks.price_precision, new.price_precision())

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ingestd.errors import BannedError, ConfigError, IngestError, RateLimitedError
-from ingestd.producers.inflight import EmitGuard
+from ingestd.producers.inflight import EmitGuard, run_workers
 from ingestd.producers.poller_records import (
     RatioKind,
     parse_funding_rates,
@@ -314,20 +314,7 @@ class PollerSet:
             len(self.contracts),
         )
         self._tasks = [asyncio.create_task(self._loop(p), name=f"poll:{p.key}") for p in self._polls]
-        try:
-            # FIRST_EXCEPTION: a loop only ends on a bug; cancelled tasks (close) end the wait.
-            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                exc = None if t.cancelled() else t.exception()
-                if exc is not None:
-                    raise exc
-        finally:
-            await self._stop_tasks()
-
-    async def _stop_tasks(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await run_workers(self._tasks)
 
     async def close(self) -> None:
         """Stop polling; no task left when it returns. Idempotent. A batch already handed to

@@ -25,7 +25,7 @@ from typing import Any
 from ingestd.backoff import Backoff
 from ingestd.errors import BannedError, ConfigError, IngestError, RateLimitedError
 from ingestd.producers.events import Emit
-from ingestd.producers.inflight import EmitGuard
+from ingestd.producers.inflight import EmitGuard, run_workers
 from ingestd.producers.rest import RestClient
 from ingestd.records import AnyRecord, RawFrame
 from ingestd.venues.binance.endpoints import VenueSpec
@@ -322,21 +322,7 @@ class SnapshotProducer:
         ]
         if self.poll_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._poll(), name="snapshots.poll"))
-        try:
-            # FIRST_EXCEPTION: a worker only ends on a bug; cancelled tasks (close) end the wait.
-            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                exc = None if t.cancelled() else t.exception()
-                if exc is not None:
-                    raise exc
-        finally:
-            await self._stop_tasks()
-
-    async def _stop_tasks(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        # return_exceptions: a worker's bug is raised once, by run(), not again here.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await run_workers(self._tasks)
 
     async def close(self) -> None:
         """Stop fetching; drop the queue and scheduled retries. Idempotent; no task left.

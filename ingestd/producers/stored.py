@@ -6,8 +6,9 @@ That point is read cheaply from the Parquet files' footers (row-group statistics
 as far as ``max_age_s`` before the newest stored record: a few footers per symbol, no data pages.
 
 The footers also show whether the recent window is complete: ids are contiguous per symbol, so
-``rows == max_id - min_id + 1`` over the window means no hole (the common case). Otherwise (a
-run killed while it was still filling a hole, a venue that skipped ids) the id column of those
+``rows == max_id - min_id + 1`` over the window, with no two files' id ranges overlapping, means
+no hole (the common case). Otherwise (a run killed while it was still filling a hole, ids stored
+twice, a venue that skipped ids) the id column of those
 files is read and the holes are listed. Blocking file I/O: call it in a worker thread.
 """
 
@@ -110,6 +111,14 @@ def _newest_files(symbol_dir: Path) -> Iterator[Path]:
         yield from sorted(d.glob("*.parquet"), key=lambda p: p.name, reverse=True)
 
 
+def _disjoint(files: list[_FileStats]) -> bool:
+    """No two files' id ranges overlap. Only then does a row count equal to the id span prove
+    the span complete: ids stored twice (a backfill that re-stored them, two runs on one dir)
+    would otherwise make up for ids that are missing."""
+    ranges = sorted((f.min_id, f.max_id) for f in files)
+    return all(b[0] > a[1] for a, b in itertools.pairwise(ranges))
+
+
 def _holes(files: list[_FileStats], id_column: str) -> tuple[StoredHole, ...]:
     """Read the id column of ``files`` and list the ranges missing between their rows."""
     rows: dict[int, tuple[int | None, int]] = {}
@@ -162,7 +171,7 @@ def stored_tails(
                 continue
             top = max(window, key=lambda f: f.max_id)
             lo = min(f.min_id for f in window)
-            complete = sum(f.rows for f in window) == top.max_id - lo + 1
+            complete = _disjoint(window) and sum(f.rows for f in window) == top.max_id - lo + 1
             out.append(
                 StoredTail(
                     channel=channel,

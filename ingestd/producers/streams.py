@@ -198,13 +198,27 @@ class StreamsProducer:
 
     def add(self, plans: Sequence[ConnectionPlan]) -> list[str]:
         """Open a new connection for each of ``plans`` (streams of contracts listed during the
-        run). Existing connections are not touched. A name already taken gets the next free
-        index of its route. Returns the names of the new connections."""
+        run). A name already taken gets the next free index of its route. Returns, per plan, the
+        name of the connection that carries it.
+
+        A stream retired earlier (its contract delisted) whose connection is still open (it
+        carries other streams) is still subscribed there: that connection expects it again and
+        no new socket subscribes to it, so one connection carries each stream. A plan whose every
+        stream is adopted so opens nothing (its name is the adopting connection's)."""
         if self._stopping:
             return []
         taken = {s.plan.name for s in self._slots}
         names: list[str] = []
         for plan in plans:
+            adopted = self._adopt(plan.streams)
+            fresh = tuple(s for s in plan.streams if s not in adopted)
+            if not fresh:
+                names.append(next(iter(adopted.values())))
+                continue
+            if len(fresh) < len(plan.streams):
+                kept = {stream_symbol(s) for s in fresh}
+                natives = tuple(n for n in plan.natives if n.lower() in kept)
+                plan = dataclasses.replace(plan, streams=fresh, natives=natives)  # noqa: PLW2901 - the narrowed plan
             if plan.name in taken:
                 plan = dataclasses.replace(plan, name=_free_name(plan.name, taken))  # noqa: PLW2901 - the renamed plan
             taken.add(plan.name)
@@ -219,6 +233,22 @@ class StreamsProducer:
             log.info("%s planned: %d stream(s) of %d new contract(s)", plan.name, len(plan.streams),
                      len(plan.natives))  # fmt: skip
         return names
+
+    def _adopt(self, streams: Sequence[str]) -> dict[str, str]:
+        """Retired ``streams`` still subscribed on an open connection: expected there again.
+        Returns stream → the connection that carries it."""
+        adopted: dict[str, str] = {}
+        for slot in self._slots:
+            name = slot.plan.name
+            if name in self._retired_slots:
+                continue
+            for stream in streams:
+                if stream in self._retired and stream in slot.plan.streams and stream not in adopted:
+                    self._retired.discard(stream)
+                    self._streams[stream] = StreamStats(name, cadence_of(self._venue.name, stream))
+                    adopted[stream] = name
+                    log.info("%s: %s expected again (still subscribed there)", name, stream)
+        return adopted
 
     async def retire(self, natives: Iterable[str]) -> list[str]:
         """Stop expecting every stream of ``natives`` (native symbols). A connection left with no

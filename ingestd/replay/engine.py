@@ -16,8 +16,9 @@ handing each record on, feeds it to the same machinery the daemon runs:
   definition valid at each moment. At the start it holds the latest definition stored before
   the window (or the first one stored, for data whose contracts were stored later).
 
-The window ``[start, end)`` selects by event time, ``exchange_ts`` (``recv_ts`` where the venue
-sends none), which is also what names the ``date`` partitions, so whole days are pruned by path.
+The window ``[start, end)`` selects by event time, ``exchange_ts`` (where the venue sends none, a
+REST trade's ``transaction_ts``, else ``recv_ts``), which is also what names the ``date``
+partitions, so whole days are pruned by path.
 The merge order stays ``recv_ts``. So that a book is exact when the window opens, its book data
 is read from ``warmup_s`` before the latest stored snapshot before ``start`` (the diffs a live
 book buffered while that snapshot was fetched come with it); those records feed the book only.
@@ -43,7 +44,7 @@ from ingestd.consumers.hooks import HookContext
 from ingestd.errors import ConfigError
 from ingestd.producers.contract_records import ContractRecord, contract_from_record
 from ingestd.producers.events import ConnectionEvent, ConnectionEventKind
-from ingestd.records import RECORD_TYPES, BookTicker, DepthDiff, DepthSnapshot, Record
+from ingestd.records import RECORD_TYPES, BookTicker, DepthDiff, DepthSnapshot, Record, event_time
 from ingestd.replay.merge import merge
 from ingestd.replay.source import Losses, PartReader, latest_event_before, list_parts
 from ingestd.venues.binance.endpoints import VENUES
@@ -113,8 +114,9 @@ def native_of(symbol: str) -> str:
 
 
 def event_ts(rec: Record) -> int:
-    """The time a window selects on: ``exchange_ts``, or ``recv_ts`` where there is none."""
-    return rec.exchange_ts if rec.exchange_ts is not None else rec.recv_ts
+    """The time a window selects on: ``exchange_ts``; where there is none, a REST trade's
+    ``transaction_ts``, else ``recv_ts`` (:func:`ingestd.records.event_time`, as partitioned)."""
+    return event_time(rec)
 
 
 def _stored(root: Path, pattern: str) -> list[str]:

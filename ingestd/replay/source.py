@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingestd.records import Record
+from ingestd.records import TRADE_TIME_CHANNELS, Record
 from ingestd.replay.rows import builder_for
 
 log = logging.getLogger("ingestd.replay")
@@ -140,11 +140,14 @@ def latest_event_before(parts: list[Part], before: int) -> int | None:
     best: int | None = None
     for part in parts:
         for path in part.files:
+            cols = ["exchange_ts", "recv_ts"]
+            if part.channel in TRADE_TIME_CHANNELS:
+                cols.insert(1, "transaction_ts")
             try:
-                table = pq.read_table(path, columns=["exchange_ts", "recv_ts"])
+                table = pq.read_table(path, columns=cols)
             except _ERRORS:
                 continue
-            ts = pc.coalesce(table.column("exchange_ts"), table.column("recv_ts"))
+            ts = pc.coalesce(*(table.column(c) for c in cols))
             top = pc.max(ts.filter(pc.less(ts, before))).as_py()
             if top is not None and (best is None or top > best):
                 best = top
@@ -172,6 +175,9 @@ class PartReader:
         self.hi = hi
         self._losses = losses
         self._build = builder_for(part.channel)
+        self._trade_time = part.channel in TRADE_TIME_CHANNELS
+        """REST rows of this channel are timed by ``transaction_ts`` (no ``exchange_ts``)."""
+        self._tx: int | None = None
         self.rows_read = 0
 
     def first_recv_ts(self) -> int | None:
@@ -228,11 +234,13 @@ class PartReader:
             self._losses.report(path, str(exc) or type(exc).__name__, rows=None)
             return None
 
-    @staticmethod
-    def _indices(pf: pq.ParquetFile) -> tuple[int | None, int | None]:
+    def _indices(self, pf: pq.ParquetFile) -> tuple[int | None, int | None]:
+        """Column indices of ``exchange_ts`` and ``recv_ts``; for a trade channel, also notes
+        that of ``transaction_ts`` (the event time of its REST rows)."""
         paths = [pf.metadata.schema.column(i).path for i in range(pf.metadata.num_columns)]
         exch = paths.index("exchange_ts") if "exchange_ts" in paths else None
         recv = paths.index("recv_ts") if "recv_ts" in paths else None
+        self._tx = paths.index("transaction_ts") if self._trade_time and "transaction_ts" in paths else None
         return exch, recv
 
     def _wanted(self, rg: pq.RowGroupMetaData, exch: int | None, recv: int | None) -> bool | None:
@@ -243,6 +251,17 @@ class PartReader:
         e = _stat_range(rg, exch)
         r = _stat_range(rg, recv)
         n = rg.num_rows
+        if self._trade_time and (e is None or e[2]):
+            # Some rows (REST trades) are timed by transaction_ts: bound by it and exchange_ts.
+            t = _stat_range(rg, self._tx)
+            if t is None or t[2]:
+                return None
+            low, high = (t[0], t[1]) if e is None or e[2] == n else (min(e[0], t[0]), max(e[1], t[1]))
+            if (hi is not None and low >= hi) or (lo is not None and high < lo):
+                return False
+            if (lo is None or low >= lo) and (hi is None or high < hi):
+                return True
+            return None
         # The event time is exchange_ts where set, recv_ts where not: bound it by the columns
         # that can supply it.
         if e is not None and e[2] == 0:
@@ -264,7 +283,9 @@ class PartReader:
     def _filter(self, table: pa.Table) -> pa.Table:
         names = table.column_names
         recv = table.column("recv_ts")
-        ts = pc.coalesce(table.column("exchange_ts"), recv) if "exchange_ts" in names else recv
+        cols = [table.column(c) for c in ("exchange_ts", "transaction_ts") if c in names and (
+            c == "exchange_ts" or self._trade_time)]  # fmt: skip
+        ts = pc.coalesce(*cols, recv) if cols else recv
         mask = None
         if self.lo is not None:
             mask = pc.greater_equal(ts, self.lo)
