@@ -1,0 +1,259 @@
+"""The Parquet writer process (``storage.writer: process``): the same files as the thread
+writer, and a writer child that dies (kill -9) loses nothing, writes nothing twice, and is
+counted; a chunk that kills every child is dropped and counted exactly; real disk errors come
+back through the pipe as the thread writer sees them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from ingestd.config import StorageSettings
+from ingestd.consumers import writerproc
+from ingestd.consumers.parquet import ParquetWriter
+from ingestd.records import AnyRecord, Record, Trade
+from tests.ops import wait_for
+from tests.test_parquet import _stream_records, parquet_files, tmp_files, trades, utc_date
+
+
+def settings(root: Path, **kw: Any) -> StorageSettings:
+    return StorageSettings(data_dir=root, **{"writer": "process", **kw})
+
+
+async def write_all(root: Path, recs: list[Record], writer: str, **kw: Any) -> ParquetWriter:
+    w = ParquetWriter(settings(root, writer=writer, **kw))
+    await w.start()
+    for i in range(0, len(recs), 256):
+        await w.consume(list[AnyRecord](recs[i : i + 256]))
+    await w.close()
+    return w
+
+
+def tree(root: Path) -> dict[str, pq.ParquetFile]:
+    """Files by directory (relative) and order of their sequence number."""
+    out: dict[str, pq.ParquetFile] = {}
+    for p in parquet_files(root):
+        seq = p.name.rsplit("-", 1)[1]
+        out[f"{p.parent.relative_to(root)}/{seq}"] = pq.ParquetFile(p)
+    return out
+
+
+def trade_ids(root: Path) -> list[int]:
+    return sorted(i for p in parquet_files(root) for i in pq.read_table(p).column("trade_id").to_pylist())
+
+
+def want_ids(recs: list[Record]) -> list[int]:
+    return sorted(r.trade_id for r in recs if isinstance(r, Trade))
+
+
+def child_pid(w: ParquetWriter) -> int:
+    proc = w._process
+    assert proc is not None
+    pid = proc.pid
+    assert pid is not None
+    return pid
+
+
+@pytest.mark.asyncio
+async def test_the_process_writes_the_files_the_thread_writes(tmp_path: Path, realdata: Path) -> None:
+    """Depth diffs (levels), trades: same directories, same rotation, same schema (metadata
+    included), same encodings and compression per column, equal rows field by field."""
+    depth = [r for r in _stream_records(realdata, b"@depth@0ms") if utc_date(r) == "2024-08-08"][:3000]
+    recs: list[Record] = [*depth, *trades(realdata, 1500)]
+    a = await write_all(tmp_path / "thread", recs, "thread", rotate_rows=700)
+    b = await write_all(tmp_path / "process", recs, "process", rotate_rows=700)
+    ta, tb = tree(tmp_path / "thread"), tree(tmp_path / "process")
+    assert len(ta) >= 6
+    assert sorted(ta) == sorted(tb)
+    for key, fa in ta.items():
+        fb = tb[key]
+        assert fa.schema_arrow.equals(fb.schema_arrow, check_metadata=True), key
+        ma, mb = fa.metadata.row_group(0), fb.metadata.row_group(0)
+        for i in range(ma.num_columns):
+            ca, cb = ma.column(i), mb.column(i)
+            assert (ca.path_in_schema, ca.compression, ca.encodings) == (
+                cb.path_in_schema,
+                cb.compression,
+                cb.encodings,
+            )
+        assert fa.read().to_pylist() == fb.read().to_pylist(), key
+    sa, sb = a.stats(), b.stats()
+    for k in ("files", "rows", "per_channel", "dropped_rows", "write_errors", "pending_rows"):
+        assert sa[k] == sb[k], k
+    assert (sa["writer"], sb["writer"]) == ("thread", "process")
+    assert sb["writer_process_restarts"] == 0
+    assert tmp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_a_child_killed_while_idle_is_noticed_counted_and_replaced(
+    tmp_path: Path, realdata: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recs = trades(realdata, 400)
+    w = ParquetWriter(settings(tmp_path, rotate_rows=100, rotate_seconds=0.2))
+    await w.start()
+    with caplog.at_level(logging.ERROR, logger="ingestd.parquet"):
+        await w.consume(list[AnyRecord](recs[:200]))
+        await wait_for(lambda: w.stats()["rows"] == 200, what="the first files")
+        first = child_pid(w)
+        os.kill(first, signal.SIGKILL)
+        # Seen at the flusher's next tick, before anything else is written.
+        await wait_for(lambda: w.stats()["writer_process_restarts"] == 1, what="the restart")
+        await w.consume(list[AnyRecord](recs[200:]))
+        await w.close()
+    assert f"writer process {first} exited (code -9) while idle" in caplog.text
+    assert trade_ids(tmp_path) == want_ids(recs)
+    st = w.stats()
+    assert (st["rows"], st["files"], st["dropped_rows"], st["writer_process_restarts"]) == (400, 4, 0, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_child_killed_mid_write_loses_nothing(
+    tmp_path: Path, realdata: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The child is stopped before a request and killed while the parent waits for the answer:
+    the chunk, still in the parent's backlog, goes to a new child; written once."""
+    recs = trades(realdata, 300)
+    w = ParquetWriter(settings(tmp_path, rotate_rows=100))
+    await w.start()
+    sent = threading.Event()
+    real_send = writerproc.send
+    state = {"stopped": False}
+
+    def send(f: Any, obj: Any) -> None:
+        if not state["stopped"]:
+            state["stopped"] = True
+            os.kill(child_pid(w), signal.SIGSTOP)  # cannot read, cannot write: mid-request
+            real_send(f, obj)
+            sent.set()
+            return
+        real_send(f, obj)
+
+    monkeypatch.setattr(writerproc, "send", send)
+    await w.consume(list[AnyRecord](recs[:100]))  # seals one file
+    await wait_for(sent.is_set, what="the request to the stopped child")
+    victim = child_pid(w)
+    os.kill(victim, signal.SIGKILL)
+    await wait_for(lambda: w.stats()["rows"] == 100, what="the file, by the next child")
+    await w.consume(list[AnyRecord](recs[100:]))
+    await w.close()
+    assert f"writer process {victim} exited (code -9) while writing" in caplog.text
+    assert trade_ids(tmp_path) == want_ids(recs)
+    st = w.stats()
+    assert (st["files"], st["rows"], st["dropped_rows"], st["writer_process_restarts"]) == (3, 300, 0, 1)
+    assert tmp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_a_child_dying_after_the_rename_is_not_written_twice(
+    tmp_path: Path, realdata: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is lost after the file was renamed into place: the file counts as written
+    (it is complete: the rename is atomic), it is not sent again."""
+    recs = trades(realdata, 200)
+    w = ParquetWriter(settings(tmp_path, rotate_rows=100))
+    await w.start()
+    real_recv = writerproc.recv
+    state = {"lost": 0}
+
+    def recv(f: Any) -> Any:
+        reply = real_recv(f)
+        if not state["lost"]:
+            state["lost"] += 1
+            os.kill(child_pid(w), signal.SIGKILL)
+            raise EOFError("the answer never came")
+        return reply
+
+    monkeypatch.setattr(writerproc, "recv", recv)
+    await w.consume(list[AnyRecord](recs))
+    await w.close()
+    assert state["lost"] == 1
+    assert trade_ids(tmp_path) == want_ids(recs)  # each once
+    st = w.stats()
+    assert (st["files"], st["rows"], st["dropped_rows"], st["writer_process_restarts"]) == (2, 200, 0, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_chunk_that_kills_every_child_is_dropped_and_counted_exactly(
+    tmp_path: Path, realdata: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    recs = trades(realdata, 300)
+    w = ParquetWriter(settings(tmp_path, rotate_rows=100))
+    await w.start()
+    real_send = writerproc.send
+    poison = {"n": 0}
+
+    def send(f: Any, obj: Any) -> None:
+        if poison["n"] < writerproc.MAX_ATTEMPTS:  # every attempt at the first chunk
+            poison["n"] += 1
+            os.kill(child_pid(w), signal.SIGKILL)  # dies before it can read the request
+        real_send(f, obj)
+
+    monkeypatch.setattr(writerproc, "send", send)
+    await w.consume(list[AnyRecord](recs[:100]))
+    await wait_for(lambda: w.stats()["dropped_rows"] == 100, what="the poisoned chunk dropped")
+    await w.consume(list[AnyRecord](recs[100:]))
+    await w.close()
+    st = w.stats()
+    assert poison["n"] == writerproc.MAX_ATTEMPTS
+    assert (st["files"], st["rows"], st["dropped_rows"]) == (2, 200, 100)
+    assert st["writer_process_restarts"] == writerproc.MAX_ATTEMPTS
+    assert trade_ids(tmp_path) == want_ids(recs[100:])
+    assert "100 rows dropped" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_real_disk_error_in_the_child_is_kept_retried_and_recovers(
+    tmp_path: Path, realdata: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file where the venue directory should be: every write fails in the child with the
+    OSError the parent logs and retries as with the thread writer; removed, the rows are written."""
+    recs = trades(realdata, 300)
+    blocker = tmp_path / f"venue={recs[0].venue}"
+    blocker.write_text("not a directory")
+    w = ParquetWriter(settings(tmp_path, rotate_rows=100), retry_interval_s=0.05)
+    await w.start()
+    with caplog.at_level(logging.WARNING, logger="ingestd.parquet"):
+        await w.consume(list[AnyRecord](recs))
+        await wait_for(lambda: w.stats()["write_errors"] >= 3, what="retries")
+        st = w.stats()
+        assert (st["failing"], st["files"], st["pending_rows"]) == (True, 0, 300)
+        failures = [r.getMessage() for r in caplog.records if "write failed" in r.getMessage()]
+        assert len(failures) == 1
+        assert "errno 20" in failures[0]  # ENOTDIR, from the child's mkdir
+        blocker.unlink()
+        await wait_for(lambda: w.stats()["pending_rows"] == 0, what="recovery")
+    await w.close()
+    assert trade_ids(tmp_path) == want_ids(recs)
+    st = w.stats()
+    assert (st["files"], st["rows"], st["dropped_rows"], st["failing"]) == (3, 300, 0, False)
+    assert st["writer_process_restarts"] == 0
+    assert "recovered" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_the_child_ignores_a_terminal_sigterm_and_exits_at_close(
+    tmp_path: Path, realdata: Path
+) -> None:
+    """SIGTERM/SIGINT to the whole process group (systemd stop, Ctrl-C) must not take the
+    writer away from the parent's shutdown drain; close ends it."""
+    recs = trades(realdata, 200)
+    w = ParquetWriter(settings(tmp_path, rotate_rows=100))
+    await w.start()
+    pid = child_pid(w)
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGINT)
+    await w.consume(list[AnyRecord](recs))
+    await w.close()
+    await w.close()
+    assert trade_ids(tmp_path) == want_ids(recs)
+    assert w.stats()["writer_process_restarts"] == 0
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped by close
