@@ -37,17 +37,16 @@ def _maxrss_kb() -> int:
 
 def _live_children_cpu_ns() -> int:
     """CPU of this process's live children (utime + stime from /proc), in ns."""
+    me = str(os.getpid())
     total = 0
-    for task in Path("/proc/self/task").iterdir():
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            pids = (task / "children").read_text().split()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
+        if fields[1] == me:  # ppid
             total += (int(fields[11]) + int(fields[12])) * 1_000_000_000 // _CLK_TCK
     return total
 

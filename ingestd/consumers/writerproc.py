@@ -37,6 +37,7 @@ exits at end of file on its stdin: when the parent closes it, or dies.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -338,6 +339,9 @@ def main() -> int:
     inp = os.fdopen(0, "rb", buffering=0)
     import ingestd.consumers.columns  # noqa: F401, PLC0415 - pyarrow loaded before "ready"
 
+    # What is imported stays; young collections only over a request's few containers.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     send(out, ("ready", os.getpid()))
     while True:
         try:
