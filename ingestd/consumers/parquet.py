@@ -228,7 +228,10 @@ class ParquetWriter:
         if self.stale_removed:
             log.warning("removed %d incomplete temp file(s) left under %s", self.stale_removed, self._root)
         if self._process is not None:
-            await asyncio.to_thread(self._process.start)
+            try:
+                await asyncio.to_thread(self._process.start)
+            except Exception as exc:
+                raise StorageError(f"cannot start the parquet writer process: {exc}") from exc
         if self._task is None:
             self._start_flusher()
 
