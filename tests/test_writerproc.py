@@ -17,6 +17,7 @@ import pytest
 
 from ingestd.config import StorageSettings
 from ingestd.consumers import writerproc
+from ingestd.consumers.columns import Columns, plan_for
 from ingestd.consumers.parquet import ParquetWriter
 from ingestd.records import AnyRecord, Record, Trade
 from tests.ops import wait_for
@@ -257,3 +258,43 @@ async def test_the_child_ignores_a_terminal_sigterm_and_exits_at_close(
     assert w.stats()["writer_process_restarts"] == 0
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reaped by close
+
+
+class _Trickle:
+    """A pipe end that moves at most ``k`` bytes per call (as a write cut short by a signal)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.data = bytearray()
+        self.pos = 0
+
+    def write(self, b: Any) -> int:
+        chunk = bytes(memoryview(b)[: self.k])
+        self.data += chunk
+        return len(chunk)
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b)
+        n = min(len(view), self.k, len(self.data) - self.pos)
+        view[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+def test_frames_survive_short_writes_and_reads(realdata: Path) -> None:
+    recs = trades(realdata, 500)
+    cols = Columns(plan_for(Trade))
+    for r in recs:
+        cols.append(r)
+    parts = cols.finish()
+    pipe = _Trickle(997)
+    writerproc.send(pipe, {"name": "x", "parts": writerproc._out_of_band(parts)})  # type: ignore[arg-type]
+    writerproc.send(pipe, ("ok", "/y", 5))  # type: ignore[arg-type]
+    got = writerproc.recv(pipe)  # type: ignore[arg-type]
+    assert got["name"] == "x"
+    assert len(got["parts"]) == len(parts)
+    for g, w in zip(got["parts"], parts, strict=True):
+        assert [bytes(v) if isinstance(v, memoryview) else v for v in g] == list(w)
+    assert writerproc.recv(pipe) == ("ok", "/y", 5)  # type: ignore[arg-type]
+    with pytest.raises(EOFError):
+        writerproc.recv(pipe)  # type: ignore[arg-type]

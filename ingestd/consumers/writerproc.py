@@ -131,10 +131,20 @@ def send(f: IO[bytes], obj: Any) -> None:
     head = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
     views = [b.raw() for b in bufs]
     lengths = struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
-    f.write(_HEAD.pack(len(head), len(views)) + lengths + head)
+    _write_all(f, memoryview(_HEAD.pack(len(head), len(views)) + lengths + head))
     for v in views:
-        f.write(v)
-    f.flush()
+        _write_all(f, v)
+
+
+def _write_all(f: IO[bytes], view: memoryview) -> None:
+    """Write all of ``view``: a raw pipe write may be cut short (a signal landing mid-write)."""
+    view = view.cast("B")
+    done = 0
+    while done < len(view):
+        n = f.write(view[done:])
+        if n is None:  # a non-blocking pipe that is full; ours block, but never spin silently
+            raise BlockingIOError("pipe full")
+        done += n
 
 
 def _read_exact(f: IO[bytes], n: int) -> bytearray:
