@@ -15,11 +15,23 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from ingestd.app import Daemon
 from ingestd.config import StorageSettings
 from ingestd.consumers import writerproc
 from ingestd.consumers.columns import Columns, plan_for
 from ingestd.consumers.parquet import ParquetWriter
 from ingestd.records import AnyRecord, Record, Trade
+from ingestd.sim import SimVenue
+from tests.faults_util import (
+    CF_FUTURES,
+    CaptureTruth,
+    admitted,
+    assert_storage_is_capture,
+    fault_settings,
+    real_capture,
+    running,
+    until,
+)
 from tests.ops import wait_for
 from tests.test_parquet import _stream_records, parquet_files, tmp_files, trades, utc_date
 
@@ -298,3 +310,58 @@ def test_frames_survive_short_writes_and_reads(realdata: Path) -> None:
     assert writerproc.recv(pipe) == ("ok", "/y", 5)  # type: ignore[arg-type]
     with pytest.raises(EOFError):
         writerproc.recv(pipe)  # type: ignore[arg-type]
+
+
+def _writer_children() -> list[int]:
+    me = str(os.getpid())
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == me and b"ingestd.consumers.writerproc" in cmd:
+            out.append(int(entry.name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def truth() -> CaptureTruth:
+    return CaptureTruth.load(real_capture(CF_FUTURES))
+
+
+@pytest.mark.asyncio
+async def test_the_daemon_stores_every_record_once_while_its_writer_is_killed(
+    truth: CaptureTruth, tmp_path: Path
+) -> None:
+    """The real capture through the sim into a daemon with ``storage.writer: process``; its
+    writer child is killed once files are being written and again after the last record was
+    admitted: storage still equals the capture, every payload once, field by field."""
+    data = tmp_path / "data"
+    async with SimVenue([CF_FUTURES], speed=0, resume="continue") as sim:
+        daemon = Daemon(
+            fault_settings(sim, data, storage={"rotate_rows": 50, "rotate_seconds": 0.5, "writer": "process"})
+        )
+        async with running(daemon):
+            await until(lambda: bool(_writer_children()), what="a writer process")
+            await until(lambda: parquet_stats(daemon)["files"] >= 3, what="files written")
+            (first,) = _writer_children()
+            os.kill(first, signal.SIGKILL)
+            await until(lambda: admitted(daemon) >= truth.count(), what="every frame")
+            await until(lambda: parquet_stats(daemon)["writer_process_restarts"] == 1, what="restart 1")
+            await until(lambda: [p for p in _writer_children() if p != first] != [], what="a new child")
+            (second,) = _writer_children()
+            os.kill(second, signal.SIGKILL)
+            await until(lambda: parquet_stats(daemon)["writer_process_restarts"] == 2, what="restart 2")
+        st = parquet_stats(daemon)
+    assert_storage_is_capture(data, truth)
+    assert (st["dropped_rows"], st["write_errors"], st["writer_process_restarts"]) == (0, 0, 2)
+    assert _writer_children() == []  # closed with the daemon
+
+
+def parquet_stats(daemon: Daemon) -> dict[str, Any]:
+    (found,) = [v for k, v in daemon.bus.stats()["consumers"].items() if k.startswith("parquet")]
+    return found

@@ -207,13 +207,10 @@ class WriterProcess:
         try:
             hello = recv(proc.stdout)
         except (OSError, EOFError) as exc:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            code = proc.wait()
-            raise WriterDied(f"the parquet writer process exited at start (code {code})") from exc
+            self._died(proc, "while starting")  # a death all the same: counted, pipes closed
+            raise WriterDied(f"the parquet writer process {proc.pid} exited at start") from exc
         if hello != ("ready", proc.pid):
-            proc.kill()
-            proc.wait()
+            self._died(proc, "with a wrong greeting")
             raise WriterError(f"the parquet writer process answered {hello!r} at start")
         self._proc = proc
 
@@ -269,9 +266,7 @@ class WriterProcess:
                     try:
                         self._spawn()
                     except WriterDied:
-                        log.exception("parquet: cannot start a writer process (attempt %d of %d)",
-                                      attempt, MAX_ATTEMPTS)  # fmt: skip
-                        continue
+                        continue  # logged and counted by _died
                 proc = self._proc
                 assert proc is not None
                 assert proc.stdin is not None
