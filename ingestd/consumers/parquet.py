@@ -27,7 +27,10 @@ written early: memory stays bounded whatever the rotation settings), and on
 :meth:`ParquetWriter.close`. Files are written by one flusher task that hands each sealed buffer
 to a worker thread (``asyncio.to_thread``): the Arrow table is made from the buffers there
 (``pa.Array.from_buffers``, no per-value work) and the zstd Parquet write runs off the event
-loop; pyarrow releases the GIL while it compresses and writes. A record whose fields do not fit
+loop; pyarrow releases the GIL while it compresses and writes. With ``storage.writer: process``
+that worker thread instead hands the buffers to a child process which builds and writes the file
+the same way (:mod:`ingestd.consumers.writerproc`: off the loop's core, crash-safe: the chunk
+stays here until the child has answered). A record whose fields do not fit
 its columns is dropped and counted (``dropped_rows``, ``write_errors``), logged once per type.
 
 Crash safety: a file is written to ``.<name>.tmp`` in its final directory, fsynced, then
