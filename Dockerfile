@@ -17,9 +17,10 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 COPY README.md ./
 COPY ingestd ./ingestd
 # The compiled speed-ups are optional for pip (a machine without gcc still installs); the image
-# must have them, so a build that fell back to pure Python fails here.
+# must have them, so a build that fell back to pure Python fails here. The check runs outside
+# /src, so that it imports the installed package, not the source tree (which has no .so).
 RUN pip install --no-cache-dir --root-user-action=ignore --no-deps --prefix=/install . \
-    && PYTHONPATH=/install/lib/python3.11/site-packages python -c "import ingestd.book._cbook, ingestd.consumers._ccolumns"
+    && cd / && PYTHONPATH=/install/lib/python3.11/site-packages python -c "import ingestd.book._cbook, ingestd.consumers._ccolumns"
 
 FROM python:3.11-slim
 RUN useradd --system --create-home --uid 10001 ingestd \

@@ -1,9 +1,15 @@
 """``python -m bench.replay``: replay throughput, against reading the same Parquet with pyarrow.
 
+``python -m bench.run`` (``make bench``) runs this too and puts its rows under the main table and
+into ``bench/results/latest.json`` (``--no-replay`` skips it); ``python -m bench.replay`` runs it
+alone.
+
 The bench workload (:mod:`bench.workload`, 300,000 frames over 50 symbols by default) is stored
 once by the daemon (the sim at ``--speed 0``, storage on, all six channels) under
-``bench/.cache/replay-<frames>/``; then, on that tree, each of these runs ``--runs`` times
-(medians are reported):
+``bench/.cache/replay-<frames>/``; then, on that tree, each of these runs ``--runs`` times, one
+round after the other (every case once per round, so drift of the machine touches them all);
+medians with min-max are reported, and each rate as a ratio to the pyarrow read of the same
+run:
 
 * ``pyarrow``: ``pq.read_table`` of every file, all columns: the floor of reading the tree;
 * ``pyarrow + to_pylist``: the same, then every row as Python objects (what any Python
@@ -16,8 +22,9 @@ once by the daemon (the sim at ``--speed 0``, storage on, all six channels) unde
   ``HookConsumer`` (what ``ingestd replay --hook`` does): a hook taking the context is called
   once per record (so it reads the book as of each); a hook without it gets batches.
 
-Rates are records per second of wall time on one process. The table goes to stdout, to
-``bench/results/replay.json`` and between the ``replay`` markers of ``bench/README.md``.
+Rates are records per second of wall time on one process (pinned to one core when ``cpu`` is
+given). Alone, the table goes to stdout, to ``bench/results/replay.json`` and between the
+``replay`` markers of ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -130,34 +139,88 @@ CASES: Final[dict[str, Callable[[Path], int]]] = {
 }
 
 
-def measure(data: Path, runs: int) -> list[dict[str, Any]]:
+def prepare(cache: Path, frames: int, symbols: int = 50) -> tuple[workload.Workload, Path]:
+    """The workload and the tree the daemon stored from it (stored on first use, then reused)."""
+    wl = workload.ensure(cache, frames=frames, symbols=symbols)
+    data = cache / f"replay-{frames}" if symbols == 50 else cache / f"replay-{frames}-{symbols}s"
+    if not (data / ".stored").exists():
+        shutil.rmtree(data, ignore_errors=True)  # a store that was interrupted
+        print(f"storing the workload ({wl.frames:,} frames) under {data} ...")
+        store(wl, data)
+        (data / ".stored").write_text("ok\n")
+    return wl, data
+
+
+def measure(
+    data: Path, runs: int, *, cases: dict[str, Callable[[Path], int]] | None = None, cpu: int | None = None
+) -> list[dict[str, Any]]:
+    """Every case ``runs`` times in rounds; per case the median rate with min-max, and its ratio to
+    the first case (the pyarrow read) of the same run. Pinned to ``cpu`` while it measures."""
+    cases = CASES if cases is None else cases
+    before = os.sched_getaffinity(0)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    rates: dict[str, list[float]] = {label: [] for label in cases}
+    counts: dict[str, int] = {}
+    try:
+        for r in range(runs):
+            for label, case in cases.items():
+                gc.collect()
+                t0 = time.perf_counter()
+                n = case(data)
+                rate = n / (time.perf_counter() - t0)
+                rates[label].append(rate)
+                if counts.setdefault(label, n) != n:
+                    raise RuntimeError(f"{label}: {n} records in round {r + 1}, {counts[label]} before")
+                print(f"  replay round {r + 1} {label:<50} {rate:>10,.0f} rec/s  ({n:,} records)")
+    finally:
+        if cpu is not None:
+            os.sched_setaffinity(0, before)
+    return summarize(rates, counts)
+
+
+def summarize(rates: dict[str, list[float]], counts: dict[str, int]) -> list[dict[str, Any]]:
+    """Rows of :func:`measure` from the rates of each case (the first case is the baseline)."""
+    floor = statistics.median(next(iter(rates.values())))
     out = []
-    for label, case in CASES.items():
-        rates, n = [], 0
-        for _ in range(runs):
-            gc.collect()
-            t0 = time.perf_counter()
-            n = case(data)
-            rates.append(n / (time.perf_counter() - t0))
-        rate = statistics.median(rates)
-        out.append({"case": label, "records": n, "records_per_s": round(rate), "us_per_record": 1e6 / rate})
-        print(f"  {label:<42} {rate:>12,.0f} rec/s  {1e6 / rate:7.2f} µs/rec  ({n:,} records)")
+    for label, rs in rates.items():
+        rate = statistics.median(rs)
+        out.append({
+            "case": label,
+            "records": counts[label],
+            "records_per_s": round(rate),
+            "min": round(min(rs)),
+            "max": round(max(rs)),
+            "rates": [round(x) for x in rs],
+            "us_per_record": round(1e6 / rate, 2),
+            "x_pyarrow": round(rate / floor, 3),
+        })  # fmt: skip
     return out
 
 
-def table(rows: list[dict[str, Any]], info: dict[str, Any], frames: int) -> str:
-    floor = rows[0]["records_per_s"]
+HEADER: Final = (
+    "| replay of the stored tree | records/s | min-max | µs/record | x pyarrow read |",
+    "|---|---:|---:|---:|---:|",
+)
+
+
+def rows_md(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's lines (header included): medians, min-max, ratio to the pyarrow read."""
+    return [*HEADER] + [
+        f"| {r['case']} | {r['records_per_s']:,} | {r['min']:,}-{r['max']:,} | {r['us_per_record']:.2f} "
+        f"| {r['x_pyarrow']:.3f} |"
+        for r in rows
+    ]
+
+
+def table(rows: list[dict[str, Any]], info: dict[str, Any], frames: int, runs: int) -> str:
     lines = [
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Tree: the bench workload "
-        f"({frames:,} frames, 50 symbols) as the daemon stored it.",
+        f"({frames:,} frames, 50 symbols) as the daemon stored it; medians (min-max) of {runs} run(s).",
         "",
-        "| replay of the stored tree | records/s | µs/record | x pyarrow read |",
-        "|---|---:|---:|---:|",
+        *rows_md(rows),
     ]
-    for r in rows:
-        rate = r["records_per_s"]
-        lines.append(f"| {r['case']} | {rate:,} | {r['us_per_record']:.2f} | {rate / floor:.3f} |")
     return "\n".join(lines)
 
 
@@ -175,18 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=300_000, help="workload frames (default 300000)")
     p.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported (default 3)")
+    p.add_argument("--cpu", type=int, help="pin to this CPU while measuring (default: not pinned)")
     p.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
     args = p.parse_args(argv)
-    wl = workload.ensure(CACHE, frames=args.frames)
-    data = CACHE / f"replay-{args.frames}"
-    if not (data / ".stored").exists():
-        print(f"storing the workload ({wl.frames:,} frames) under {data} ...")
-        store(wl, data)
-        (data / ".stored").write_text("ok\n")
+    wl, data = prepare(CACHE, args.frames)
     info = procs.machine()
     print(f"replay throughput on {data}:")
-    rows = measure(data, args.runs)
-    block = table(rows, info, wl.frames)
+    rows = measure(data, args.runs, cpu=args.cpu)
+    block = table(rows, info, wl.frames, args.runs)
     print()
     print(block)
     RESULTS.mkdir(parents=True, exist_ok=True)

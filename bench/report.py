@@ -241,7 +241,24 @@ def table(summary: dict[str, Any]) -> str:
                 f"| {label} | {lt['rate'] or 0:,} | {r['p50']} | {r['p99']} | {r['p999']} "
                 f"| {e['p50']} | {e['p99']} | {e['p999']} |"
             )
+    lines += replay_lines(summary.get("replay"))
     return "\n".join(lines)
+
+
+def replay_lines(doc: dict[str, Any] | None) -> list[str]:
+    """The replay rows under the table (:mod:`bench.replay`), or nothing when they were skipped."""
+    if doc is None:
+        return []
+    head = (
+        f"Replay of the stored workload ({doc['frames']:,} frames as the daemon stored them), one process "
+        f"on the contender core, records/s, medians (min-max) of {doc['runs']} round(s); "
+        "x pyarrow read: against `pyarrow.parquet.read_table` of the same files in the same run:"
+    )
+    if "error" in doc:
+        return ["", head, "", f"failed: {doc['error']}"]
+    from bench.replay import rows_md  # noqa: PLC0415 - bench.replay imports pyarrow
+
+    return ["", head, "", *rows_md(doc["rows"])]
 
 
 def update_readme(

@@ -7,7 +7,11 @@ One command, one table. Steps:
    the other core, one after the other, alternating their order each round, ``--runs`` rounds;
 3. then the sim replays at ``--speed 1`` (the workload's natural 20 k msg/s) and each contender
    that has a hook runs once with latency sampling;
-4. medians are printed as one table, written to ``bench/results/latest.json`` and into the
+4. replay throughput (:mod:`bench.replay`): a 300,000-frame workload as the daemon stored it,
+   read back by ``ingestd.replay`` (with and without books, and through a hook) against
+   ``pyarrow.parquet.read_table`` of the same files, in this process pinned to the contender
+   core, ``--runs`` rounds (``--no-replay`` skips it);
+5. medians are printed as one table, written to ``bench/results/latest.json`` and into the
    "Latest" section of ``bench/README.md``.
 
 Contenders: ``ceiling`` (bare aiohttp + orjson), ``ingestd`` (end to end, storage on, all six
@@ -35,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from bench import procs, report, workload
+from bench import procs, replay, report, workload
 from ingestd.sim.certs import make_certs
 
 CACHE: Final = procs.ROOT / "bench" / ".cache"
@@ -298,6 +302,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, help="per latency run (default 15; --quick 6)")
     p.add_argument("--max-seconds", type=float, help="cap per throughput run (default 20; --quick 10)")
     p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--no-replay", action="store_true", help="skip the replay throughput rows")
+    p.add_argument(
+        "--replay-frames",
+        type=int,
+        default=300_000,
+        help="frames of the workload stored for the replay rows (default 300,000)",
+    )
     p.add_argument(
         "--no-readme",
         action="store_true",
@@ -373,7 +384,12 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)
         finally:
             sim.close()
+    replay_doc: dict[str, Any] | None = None
+    if not args.no_replay:
+        replay_doc = run_replay(args.replay_frames, args.runs, client_cpu)
     summary = report.summarize(runs, lat_runs, wl, info, args, time.monotonic() - t0)
+    if replay_doc is not None:
+        summary["replay"] = replay_doc
     table = report.table(summary)
     print()
     print(table)
@@ -387,7 +403,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nresults: {RESULTS / 'latest.json'}")
     # A side contender that could not be installed is reported as unavailable, not a failure.
     failed = [n for n, rs in runs.items() if not any(r.ok for r in rs) and rs[0].error != "unavailable"]
-    return 1 if failed else 0
+    return 1 if failed or (replay_doc is not None and "error" in replay_doc) else 0
+
+
+def run_replay(frames: int, runs: int, cpu: int) -> dict[str, Any]:
+    """The replay rows (:mod:`bench.replay`) on the stored ``frames``-frame workload, or the error."""
+    try:
+        rwl, data = replay.prepare(CACHE, frames)
+        print(f"replay throughput on {data} ({runs} round(s), pinned to CPU {cpu}):")
+        rows = replay.measure(data, runs, cpu=cpu)
+    except Exception as exc:  # the main table is still worth printing
+        print(f"  replay FAILED: {exc!r}")
+        return {"frames": frames, "runs": runs, "error": repr(exc)}
+    return {"frames": rwl.frames, "symbols": len(rwl.symbols), "runs": runs, "rows": rows}
 
 
 def median(values: list[float]) -> float:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -50,6 +51,28 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"{what} not reached in {timeout:g} s")
         await asyncio.sleep(POLL_S)
+
+
+def wait_until(cond: Callable[[], bool], what: str = "condition", timeout: float = 2 * WAIT_S) -> None:
+    """:func:`wait_for` for tests that drive a daemon in another process (no event loop here).
+
+    ``OSError`` from ``cond`` counts as "not yet" (the daemon's health port is not up).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if cond():
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout:g} s")
+        time.sleep(POLL_S)
+
+
+def status_of(port: int) -> dict[str, Any]:
+    """``GET /status`` of a daemon in another process, as a dict."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as resp:
+        body: dict[str, Any] = orjson.loads(resp.read())
+        return body
 
 
 def completes_at_once(coro: Coroutine[Any, Any, T]) -> T:

@@ -16,8 +16,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +29,7 @@ from ingestd.sim import BUNDLED_CAPTURE, SimVenue, load_capture
 from ingestd.sim.agg_trades import with_agg_trades
 from tests.e2e import settings_for
 from tests.faults_util import closed_trade_holes, read_rows
-from tests.ops import free_port, parse_metrics, value, wait_for
+from tests.ops import free_port, parse_metrics, status_of, value, wait_for, wait_until
 
 MS = 1_000_000
 
@@ -219,24 +217,6 @@ def daemon_process(urls: str, data: Path, port: int) -> Iterator[subprocess.Pope
             proc.stderr.close()
 
 
-def status(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as resp:
-        body: dict[str, Any] = json.loads(resp.read())
-        return body
-
-
-def wait(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except OSError:
-            pass  # the health endpoint is not up yet
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached in {timeout} s")
-
-
 def stored_ids(data: Path) -> list[int]:
     return sorted(r["agg_id"] for r in read_rows(data, "agg_trade"))
 
@@ -248,7 +228,7 @@ def test_kill_9_and_a_restart_within_max_age_backfill_what_was_lost(
     with sim_process("--speed", "2", "--resume", "live") as urls:
         first = free_port()
         with daemon_process(urls, data, first) as proc:
-            wait(lambda: len(stored_ids(data)) >= 150, "aggTrades stored")
+            wait_until(lambda: len(stored_ids(data)) >= 150, "aggTrades stored")
             proc.send_signal(signal.SIGKILL)
             assert proc.wait(10) == -signal.SIGKILL
         before = stored_ids(data)
@@ -256,11 +236,11 @@ def test_kill_9_and_a_restart_within_max_age_backfill_what_was_lost(
         with daemon_process(urls, data, second) as proc:
 
             def done() -> bool:
-                bf = status(second).get("backfill") or {}
+                bf = status_of(second).get("backfill") or {}
                 return bool(bf.get("filled_holes")) and bf["pending"] == 0 and bf["active"] == 0
 
-            wait(done, "the restart backfilled")
-            wait(lambda: len(stored_ids(data)) >= len(before) + 200, "the second run stored more")
+            wait_until(done, "the restart backfilled")
+            wait_until(lambda: len(stored_ids(data)) >= len(before) + 200, "the second run stored more")
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
             assert proc.stderr is not None

@@ -13,11 +13,13 @@ import pytest
 from ingestd.app import Daemon
 from ingestd.consumers.schema import open_dataset
 from ingestd.producers.contract_records import (
+    DEFINITION_FIELDS,
     UNLISTED,
     ContractRecord,
     contract_from_record,
     contract_records,
 )
+from ingestd.records import Record
 from ingestd.sim import SimVenue
 from ingestd.venues.binance.symbols import ContractSet, parse_exchange_info
 from tests.e2e import run_until, settings_for
@@ -160,3 +162,10 @@ async def test_daemon_stores_the_sim_spot_definition_at_start(tmp_path: Path) ->
         None,
         None,
     )
+
+
+def test_a_row_is_the_record_header_plus_the_definition_fields() -> None:
+    """ContractRecord and ContractDefinition are built from one field list; neither has a field
+    the other lacks (a column added to one only would be silently dropped)."""
+    header = Record.__struct_fields__
+    assert ContractRecord.__struct_fields__ == header + DEFINITION_FIELDS

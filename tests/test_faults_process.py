@@ -10,9 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from tests.faults_util import (
     read_rows,
     row_key,
 )
+from tests.ops import status_of, wait_until
 
 CHANNELS = ["trade", "book_ticker", "depth_diff"]
 
@@ -92,24 +91,6 @@ BASE_CONFIG: dict[str, Any] = {
 }
 
 
-def status(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as resp:
-        body: dict[str, Any] = json.loads(resp.read())
-        return body
-
-
-def wait(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except OSError:
-            pass  # the health endpoint is not up yet
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached in {timeout} s")
-
-
 def parquet_files(data: Path) -> list[Path]:
     return sorted(p for p in data.rglob("*.parquet") if not p.name.startswith("."))
 
@@ -147,9 +128,11 @@ def test_sigterm_under_load_flushes_every_record_accepted_before_the_signal(
         sim_process("--speed", "20", "--resume", "continue") as (rest, ws),
         daemon_process(rest, ws, data, config, "--health-port", str(port)) as proc,
     ):
-        wait(lambda: status(port)["bus"]["consumers"]["parquet"]["put"] >= 3000, what="3,000 records in")
+        wait_until(
+            lambda: status_of(port)["bus"]["consumers"]["parquet"]["put"] >= 3000, what="3,000 records in"
+        )
         assert parquet_files(data) == []
-        before = status(port)["bus"]["consumers"]["parquet"]
+        before = status_of(port)["bus"]["consumers"]["parquet"]
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
         assert proc.stderr is not None
@@ -182,7 +165,7 @@ def test_kill_9_under_load_leaves_only_complete_files_and_the_next_start_appends
     config = {**BASE_CONFIG, "storage": {"rotate_rows": 2000, "rotate_seconds": 0.5}}
     with sim_process("--speed", "0", "--loop", "--loop-shift", "--resume", "continue") as (rest, ws):
         with daemon_process(rest, ws, data, config) as proc:
-            wait(lambda: len(parquet_files(data)) >= 5, what="files being written")
+            wait_until(lambda: len(parquet_files(data)) >= 5, what="files being written")
             proc.send_signal(signal.SIGKILL)
             assert proc.wait(10) == -signal.SIGKILL
         first_run = parquet_files(data)
@@ -221,11 +204,11 @@ def test_sighup_reopens_the_log_file(tmp_path: Path) -> None:
         sim_process("--speed", "1", "--resume", "continue") as (rest, ws),
         daemon_process(rest, ws, data, BASE_CONFIG, "--log-file", str(log_file)) as proc,
     ):
-        wait(lambda: "running:" in log_file.read_text(), what="the running line")
+        wait_until(lambda: "running:" in log_file.read_text(), what="the running line")
         rotated = tmp_path / "ingestd.log.1"
         shutil.move(log_file, rotated)  # what logrotate does
         proc.send_signal(signal.SIGHUP)
-        wait(lambda: log_file.exists() and "SIGHUP" in log_file.read_text(), what="a new log file")
+        wait_until(lambda: log_file.exists() and "SIGHUP" in log_file.read_text(), what="a new log file")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     old, new = rotated.read_text(), log_file.read_text()

@@ -11,6 +11,12 @@
  * tuples (what the parser builds) takes a fast path without iterator or number protocol calls.
  * A NaN price cannot be a book key (it equals nothing, itself included): such a level is skipped,
  * as the pure-Python book does. -0.0 and 0.0 are one key, as they are in a dict.
+ *
+ * Converting a number that is not a float runs Python code (__float__, __index__), which may
+ * change the list being read or the book itself: no borrowed reference is held across it, sizes
+ * are read again after it, and the book's state is only touched between conversions. Results are
+ * copied out of the tables before Python objects are made (an allocation may run the garbage
+ * collector, and a finalizer may change the book). tests/test_cext_safety.py covers this.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -76,6 +82,10 @@ side_init(Side *s, int desc)
 static int
 side_alloc(Side *s, Py_ssize_t cap)
 {
+    if (cap > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(double)) {
+        PyErr_NoMemory();
+        return -1;
+    }
     double *keys = PyMem_Malloc((size_t)cap * sizeof(double));
     double *vals = PyMem_Malloc((size_t)cap * sizeof(double));
     if (keys == NULL || vals == NULL) {
@@ -360,6 +370,10 @@ side_top_ready(Side *s)
  * (levels before the bad one have been handled, as with the pure-Python loop). */
 typedef int (*level_fn)(void *ctx, double p, double q);
 
+/* The two numbers of one level. `item` must be a strong reference: converting a non-float runs
+ * Python code (__float__, __index__) that may drop every other reference to it. Both items are
+ * taken (as `p, q = item` does) and held before either is converted, since a conversion may
+ * empty or refill a list item under us. */
 static int
 pair_values(PyObject *item, double *p, double *q)
 {
@@ -379,14 +393,14 @@ pair_values(PyObject *item, double *p, double *q)
         Py_DECREF(seq);
         return -1;
     }
-    double a = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, 0));
-    if (a == -1.0 && PyErr_Occurred()) {
-        Py_DECREF(seq);
-        return -1;
-    }
-    double b = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, 1));
+    PyObject *pa = Py_NewRef(PySequence_Fast_GET_ITEM(seq, 0));
+    PyObject *qa = Py_NewRef(PySequence_Fast_GET_ITEM(seq, 1));
     Py_DECREF(seq);
-    if (b == -1.0 && PyErr_Occurred()) return -1;
+    double a = PyFloat_AsDouble(pa);
+    double b = a == -1.0 && PyErr_Occurred() ? -1.0 : PyFloat_AsDouble(qa);
+    Py_DECREF(pa);
+    Py_DECREF(qa);
+    if ((a == -1.0 || b == -1.0) && PyErr_Occurred()) return -1;
     *p = a;
     *q = b;
     return 0;
@@ -397,11 +411,14 @@ for_each_level(PyObject *levels, level_fn fn, void *ctx)
 {
     double p, q;
     if (PyList_CheckExact(levels) || PyTuple_CheckExact(levels)) {
-        /* Indexing, not a cached item array: fn cannot run Python code, the list cannot change. */
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(levels);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (pair_values(PySequence_Fast_GET_ITEM(levels, i), &p, &q) < 0) return -1;
-            if (fn(ctx, p, q) < 0) return -1;
+        /* Indexing with the size read again each time and a strong reference on the item: a
+         * conversion in pair_values may run Python code that shrinks, clears or grows the list
+         * (the loop then ends where the list now ends, as a Python for loop does). */
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(levels); i++) {
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(levels, i));
+            int rc = pair_values(item, &p, &q);
+            Py_DECREF(item);
+            if (rc < 0 || fn(ctx, p, q) < 0) return -1;
         }
         return 0;
     }
@@ -611,19 +628,23 @@ Book_crossed(Book *self, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(hb && ha && bid >= ask);
 }
 
+/* The n best levels as a list of (price, qty) tuples, best first. Every pair is copied out of
+ * the side before the first Python object is made: an allocation may run the garbage collector,
+ * and a finalizer may change the book. */
 static PyObject *
 side_top(Side *s, Py_ssize_t n)
 {
-    Py_ssize_t k = n < s->count ? n : s->count;
     if (side_top_ready(s) < 0) return NULL;
-    PyObject *out = PyList_New(k);
-    if (out == NULL || k == 0) return out;
+    Py_ssize_t k = n < s->count ? n : s->count;
+    if (k == 0) return PyList_New(0);
+    double *pairs = PyMem_Malloc((size_t)k * 2 * sizeof(double));
+    if (pairs == NULL) return PyErr_NoMemory();
     double *keys = NULL;
     const double *best = s->top;
     if (k > s->top_n) {
         keys = side_best_keys(s, k);
         if (keys == NULL) {
-            Py_DECREF(out);
+            PyMem_Free(pairs);
             return NULL;
         }
         best = keys;
@@ -631,15 +652,17 @@ side_top(Side *s, Py_ssize_t n)
     for (Py_ssize_t i = 0; i < k; i++) {
         double q = 0.0;
         side_get(s, best[i], &q);
-        PyObject *t = level_tuple(best[i], q);
-        if (t == NULL) {
-            PyMem_Free(keys);
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, i, t);
+        pairs[2 * i] = best[i];
+        pairs[2 * i + 1] = q;
     }
     PyMem_Free(keys);
+    PyObject *out = PyList_New(k);
+    for (Py_ssize_t i = 0; out != NULL && i < k; i++) {
+        PyObject *t = level_tuple(pairs[2 * i], pairs[2 * i + 1]);
+        if (t == NULL) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, i, t);
+    }
+    PyMem_Free(pairs);
     return out;
 }
 
@@ -659,23 +682,31 @@ Book_levels(Book *self, PyObject *arg)
     return Py_BuildValue("(NN)", bids, asks);
 }
 
+/* The side as a new dict. As in side_top, the pairs are copied out first: making the dict's
+ * objects may run the garbage collector, whose finalizers may change the book. */
 static PyObject *
 side_dict(const Side *s)
 {
-    PyObject *d = PyDict_New();
-    if (d == NULL) return NULL;
+    Py_ssize_t n = s->count;
+    double *pairs = PyMem_Malloc((size_t)(n ? n : 1) * 2 * sizeof(double));
+    if (pairs == NULL) return PyErr_NoMemory();
+    Py_ssize_t m = 0;
     for (Py_ssize_t i = 0; i < s->cap; i++) {
         double k = s->keys[i];
         if (k != k) continue;
-        PyObject *pk = PyFloat_FromDouble(k), *pv = PyFloat_FromDouble(s->vals[i]);
+        pairs[2 * m] = k;
+        pairs[2 * m + 1] = s->vals[i];
+        m++;
+    }
+    PyObject *d = PyDict_New();
+    for (Py_ssize_t i = 0; d != NULL && i < m; i++) {
+        PyObject *pk = PyFloat_FromDouble(pairs[2 * i]), *pv = PyFloat_FromDouble(pairs[2 * i + 1]);
         int rc = pk && pv ? PyDict_SetItem(d, pk, pv) : -1;
         Py_XDECREF(pk);
         Py_XDECREF(pv);
-        if (rc < 0) {
-            Py_DECREF(d);
-            return NULL;
-        }
+        if (rc < 0) Py_CLEAR(d);
     }
+    PyMem_Free(pairs);
     return d;
 }
 

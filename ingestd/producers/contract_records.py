@@ -15,6 +15,7 @@ exchangeInfo wrote (``"0.10"``): a tick size must not drift through float. ``exc
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import ClassVar, Final
 
@@ -56,6 +57,12 @@ class ContractRecord(Record, frozen=True, kw_only=True, gc=False):
 
 register(ContractRecord)
 
+DEFINITION_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ContractDefinition))
+"""The columns a row shares with :class:`ContractDefinition`: the one list both are built from."""
+_missing = set(DEFINITION_FIELDS) - set(ContractRecord.__struct_fields__)
+if _missing:  # the two classes drifted apart: fail at import, not on the first row
+    raise TypeError(f"ContractRecord lacks the ContractDefinition fields {sorted(_missing)}")
+
 
 def _definition(c: Contract) -> ContractDefinition:
     """A contract's definition; one built by hand (no exchangeInfo) is described from its fields."""
@@ -81,25 +88,15 @@ def _definition(c: Contract) -> ContractDefinition:
 def contract_record(c: Contract, recv_ts: int, *, status: str | None = None) -> ContractRecord:
     """The row describing ``c`` as read at ``recv_ts`` (``status`` overrides its status)."""
     d = _definition(c)
+    if status:
+        d = dataclasses.replace(d, status=status)
     return ContractRecord(
         venue=c.venue,
         symbol=c.symbol,
         native=c.native,
         exchange_ts=None,
         recv_ts=recv_ts,
-        status=status or d.status,
-        contract_type=d.contract_type,
-        base_asset=d.base_asset,
-        quote_asset=d.quote_asset,
-        margin_asset=d.margin_asset,
-        tick_size=d.tick_size,
-        step_size=d.step_size,
-        min_qty=d.min_qty,
-        min_notional=d.min_notional,
-        price_precision=d.price_precision,
-        qty_precision=d.qty_precision,
-        onboard_ts=d.onboard_ts,
-        delivery_ts=d.delivery_ts,
+        **{name: getattr(d, name) for name in DEFINITION_FIELDS},
     )
 
 
@@ -138,21 +135,7 @@ def contract_records(
 
 def definition_of(rec: ContractRecord) -> ContractDefinition:
     """The definition a stored row carries."""
-    return ContractDefinition(
-        status=rec.status,
-        contract_type=rec.contract_type,
-        base_asset=rec.base_asset,
-        quote_asset=rec.quote_asset,
-        margin_asset=rec.margin_asset,
-        tick_size=rec.tick_size,
-        step_size=rec.step_size,
-        min_qty=rec.min_qty,
-        min_notional=rec.min_notional,
-        price_precision=rec.price_precision,
-        qty_precision=rec.qty_precision,
-        onboard_ts=rec.onboard_ts,
-        delivery_ts=rec.delivery_ts,
-    )
+    return ContractDefinition(**{name: getattr(rec, name) for name in DEFINITION_FIELDS})
 
 
 def contract_from_record(rec: ContractRecord) -> Contract:
