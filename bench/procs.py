@@ -69,6 +69,22 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def move_children(pid: int, cpu: int, done: set[int]) -> set[int]:
+    """Pin the children of ``pid`` not in ``done`` to ``cpu``; the pids pinned."""
+    moved: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in done:
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                os.sched_setaffinity(int(entry.name), {cpu})
+                moved.add(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return moved
+
+
 def spawn(
     argv: Sequence[str], *, cpu: int, env: dict[str, str] | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:

@@ -24,6 +24,7 @@ LABELS: Final = {
     "ingestd-nostorage": "(c) ingestd --no-storage, hook only",
     "ingestd-nostorage-wss": "(c') ingestd --no-storage over wss + https",
     "ingestd-cf": "(b') ingestd end to end, storage on, cryptofeed's channels",
+    "ingestd-wproc": "(b'') (b) with storage.writer: process (writer on the sim's core)",
     "cryptofeed": "(d) cryptofeed 2.4 BinanceFutures, L2 book + trades",
 }
 TLS_PAIRS: Final = {"ceiling-wss": "ceiling", "ingestd-nostorage-wss": "ingestd-nostorage"}

@@ -48,7 +48,7 @@ ALL_KINDS: Final = tuple(workload.STREAM_SUFFIX)
 CF_KINDS: Final = ("depth", "aggTrade")
 CONTENDERS: Final = (
     "ceiling", "ceiling-picows", "ceiling-wss", "ingestd", "ingestd-nostorage", "ingestd-nostorage-wss",
-    "ingestd-cf", "cryptofeed",
+    "ingestd-cf", "cryptofeed", "ingestd-wproc",
 )  # fmt: skip
 TLS_CONTENDERS: Final = ("ceiling-wss", "ingestd-nostorage-wss")
 """Contenders that read the TLS sim (``wss://``, ``https://``)."""
@@ -177,6 +177,7 @@ def run_ceiling(ctx: Ctx, name: str = "ceiling") -> Run:
 
 def run_ingestd(ctx: Ctx, name: str) -> Run:
     storage = name not in ("ingestd-nostorage", "ingestd-nostorage-wss")
+    wproc = name == "ingestd-wproc"
     kinds = CF_KINDS if name == "ingestd-cf" else ALL_KINDS
     sim = ctx.sim_for(name)
     out, log = ctx.work / f"{name}.json", ctx.work / f"{name}.log"
@@ -194,10 +195,13 @@ def run_ingestd(ctx: Ctx, name: str) -> Run:
     env = {**INGESTD_ENV, "BENCH_OUT": str(out), "BENCH_EXPECT": "0" if ctx.latency else str(expect)}
     if ctx.latency:
         env["BENCH_LATENCY"] = "1"
+    if wproc:
+        env["INGESTD_STORAGE__WRITER"] = "process"
     sim0 = sim.cpu_s()
     started = time.monotonic()
     proc = procs.spawn(argv, cpu=ctx.cpu, env=env, log=log)
     status: dict[str, Any] = {}
+    moved: set[int] = set()
     last_poll = [0.0, 0.0, -1.0]  # poll time, progress time, frames
 
     def progress() -> None:
@@ -205,6 +209,10 @@ def run_ingestd(ctx: Ctx, name: str) -> Run:
         if now - last_poll[0] < 1.0:
             return
         last_poll[0] = now
+        if wproc:
+            # The writer child inherits the daemon's core; on this 2-core rig the only other one
+            # is the sim's (the child's CPU is still counted in the daemon's µs/msg).
+            moved.update(procs.move_children(proc.pid, procs.cpus()[0], moved))
         doc = procs.get_json(f"http://127.0.0.1:{port}/status")
         if doc is None:
             return
@@ -278,9 +286,10 @@ RUNNERS: Final[dict[str, Callable[[Ctx], Run]]] = {
     "ingestd-nostorage": lambda ctx: run_ingestd(ctx, "ingestd-nostorage"),
     "ingestd-nostorage-wss": lambda ctx: run_ingestd(ctx, "ingestd-nostorage-wss"),
     "ingestd-cf": lambda ctx: run_ingestd(ctx, "ingestd-cf"),
+    "ingestd-wproc": lambda ctx: run_ingestd(ctx, "ingestd-wproc"),
     "cryptofeed": run_cryptofeed,
 }
-LATENCY: Final = ("ingestd", "ingestd-nostorage", "cryptofeed")
+LATENCY: Final = ("ingestd", "ingestd-wproc", "ingestd-nostorage", "cryptofeed")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

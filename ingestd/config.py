@@ -102,6 +102,9 @@ class StorageSettings(_Model):
     queue_size: PositiveInt = 200_000
     max_pending_rows: PositiveInt = 2_000_000
     """Rows held in memory while the disk fails; past this, records are dropped and counted."""
+    writer: Literal["thread", "process"] = "thread"
+    """Who encodes and writes the files: a worker thread of the daemon, or a child process
+    (:mod:`ingestd.consumers.writerproc`: off the event loop's core)."""
 
 
 class JsonDumpSettings(_Model):

@@ -397,7 +397,11 @@ async def test_disk_errors_keep_rows_retry_then_drop_and_count(
         raise OSError(errno.ENOSPC, "No space left on device", str(where))
 
     monkeypatch.setattr(pq, "write_table", full_disk)
-    w = ParquetWriter(settings(tmp_path, rotate_rows=100, max_pending_rows=1000), retry_interval_s=0.05)
+    # pyarrow is patched in this process: the thread writer (the writer process's disk errors:
+    # tests/test_writerproc.py, the shared retry logic: tests/test_faults_storage.py).
+    w = ParquetWriter(
+        settings(tmp_path, rotate_rows=100, max_pending_rows=1000, writer="thread"), retry_interval_s=0.05
+    )
     await w.start()
     with caplog.at_level(logging.WARNING, logger="ingestd.parquet"):
         await w.consume(list[AnyRecord](recs[:300]))
@@ -443,7 +447,7 @@ async def test_close_flushes_is_idempotent_and_counts_loss_on_a_dead_disk(
         raise OSError(errno.EIO, "Input/output error", str(where))
 
     monkeypatch.setattr(pq, "write_table", dead)
-    w2 = ParquetWriter(settings(tmp_path / "b"))
+    w2 = ParquetWriter(settings(tmp_path / "b", writer="thread"))  # pyarrow patched here: the thread writer
     await w2.start()
     await w2.consume(list[AnyRecord](trades(realdata, 30)))
     await w2.close()

@@ -30,7 +30,7 @@ from ingestd import speedups
 from ingestd.consumers.schema import LEVEL_TYPE, LEVELS_TYPE, Column, _Kind, columns_for, schema_for
 from ingestd.records import Level, Record
 
-__all__ = ["Columns", "ColumnsLike", "PyColumns", "plan_for", "to_table"]
+__all__ = ["Columns", "ColumnsLike", "PyColumns", "plan_for", "table_from_parts", "to_table"]
 
 F64: Final = 0
 I64: Final = 1
@@ -208,10 +208,10 @@ def _buffer(data: Any) -> pa.Buffer:
     return data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
 
 
-def _array(col: Column, part: tuple[Any, ...]) -> pa.Array:
+def _array(type_: pa.DataType, part: tuple[Any, ...]) -> pa.Array:
     code = part[0]
     if code == OBJ:
-        return pa.array(part[1], type=col.type)
+        return pa.array(part[1], type=type_)
     if code == LEVELS:
         _, n, offsets, prices, qtys = part
         m = memoryview(prices).nbytes // 8
@@ -233,9 +233,14 @@ def to_table(record_type: type[Record], parts: Sequence[tuple[Any, ...]]) -> pa.
     (buffers in Arrow's layout: little-endian values, LSB-first bits), ``(LEVELS, rows, int32
     offsets, prices, qtys)`` and ``(OBJ, list)``.
     """
-    cols = columns_for(record_type)
-    arrays = [_array(c, p) for c, p in zip(cols, parts, strict=True)]
-    return pa.Table.from_arrays(arrays, schema=schema_for(record_type))
+    return table_from_parts(schema_for(record_type), parts)
+
+
+def table_from_parts(schema: pa.Schema, parts: Sequence[tuple[Any, ...]]) -> pa.Table:
+    """:func:`to_table` given the schema instead of the record type (the writer process, which
+    never sees the record classes, gets the schema with the parts)."""
+    arrays = [_array(f.type, p) for f, p in zip(schema, parts, strict=True)]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 _compiled = speedups.load("ingestd.consumers._ccolumns")

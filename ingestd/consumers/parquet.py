@@ -28,7 +28,10 @@ written early: memory stays bounded whatever the rotation settings), and on
 :meth:`ParquetWriter.close`. Files are written by one flusher task that hands each sealed buffer
 to a worker thread (``asyncio.to_thread``): the Arrow table is made from the buffers there
 (``pa.Array.from_buffers``, no per-value work) and the zstd Parquet write runs off the event
-loop; pyarrow releases the GIL while it compresses and writes. A record whose fields do not fit
+loop; pyarrow releases the GIL while it compresses and writes. With ``storage.writer: process``
+that worker thread instead hands the buffers to a child process which builds and writes the file
+the same way (:mod:`ingestd.consumers.writerproc`: off the loop's core, crash-safe: the chunk
+stays here until the child has answered). A record whose fields do not fit
 its columns is dropped and counted (``dropped_rows``, ``write_errors``), logged once per type.
 
 Crash safety: a file is written to ``.<name>.tmp`` in its final directory, fsynced, then
@@ -66,6 +69,7 @@ import pyarrow.parquet as pq
 from ingestd.config import StorageSettings
 from ingestd.consumers.columns import Columns, ColumnsLike, plan_for, to_table
 from ingestd.consumers.schema import schema_for
+from ingestd.consumers.writerproc import WriterProcess, write_file
 from ingestd.errors import ConfigError, StorageError
 from ingestd.records import AnyRecord, Record, event_time
 
@@ -131,7 +135,7 @@ class _Buffer:
 class _Chunk:
     """A sealed buffer waiting to become one file."""
 
-    __slots__ = ("buffer", "channel", "directory", "record_type", "table")
+    __slots__ = ("buffer", "channel", "directory", "parts", "record_type", "table")
 
     def __init__(self, directory: Path, record_type: type[Record], buffer: _Buffer) -> None:
         self.directory = directory
@@ -140,6 +144,8 @@ class _Chunk:
         self.buffer = buffer
         self.table: pa.Table | None = None
         """The Arrow table, once built (kept across retries of a failed write)."""
+        self.parts: list[tuple[Any, ...]] | None = None
+        """The column parts, once taken from the builder (writer process; kept for retries)."""
 
     @property
     def rows(self) -> int:
@@ -211,6 +217,8 @@ class ParquetWriter:
         self.unwritten_at_deadline = 0
         self.last_write_latency_s = 0.0
         self._per_channel: dict[str, list[int]] = {}
+        self._process = WriterProcess() if settings.writer == "process" else None
+        """The writer child (``storage.writer: process``; :mod:`ingestd.consumers.writerproc`)."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -223,6 +231,11 @@ class ParquetWriter:
         self.stale_removed = await asyncio.to_thread(self._remove_stale_tmp)
         if self.stale_removed:
             log.warning("removed %d incomplete temp file(s) left under %s", self.stale_removed, self._root)
+        if self._process is not None:
+            try:
+                await asyncio.to_thread(self._process.start)
+            except Exception as exc:
+                raise StorageError(f"cannot start the parquet writer process: {exc}") from exc
         if self._task is None:
             self._start_flusher()
 
@@ -290,6 +303,9 @@ class ParquetWriter:
                 log.exception("parquet flusher failed; writing the remaining rows directly")
                 self._seal_all()
                 await self._drain(final=True)
+        if self._process is not None:
+            # Every file is written: end of input to the child, which exits (shielded as above).
+            await asyncio.shield(asyncio.to_thread(self._process.close))
         log.info(
             "parquet writer closed: %d files, %d rows, %d bytes, %d dropped",
             self.files,
@@ -438,6 +454,8 @@ class ParquetWriter:
                     await self._wake.wait()
             self._wake.clear()
             closing = self._closing
+            if self._process is not None and self._process.exited():
+                await asyncio.to_thread(self._process.check)  # died while idle: log, count, restart
             now = time.monotonic()
             if closing:
                 self._seal_all()
@@ -533,40 +551,39 @@ class ParquetWriter:
         # getpid() per name, not cached: a writer built before a fork must not share names.
         return f"{self._prefix}{stamp}{millis:03d}Z-{os.getpid()}-{next(self._seq):06d}.parquet"
 
+    def _free_name(self, directory: Path) -> str:
+        name = self._next_name()
+        # A restart with the same pid in the same millisecond (pid 1 in Docker):
+        while (directory / name).exists():
+            name = self._next_name()
+        return name
+
     def _write_chunk(self, chunk: _Chunk) -> tuple[Path, int, float]:
-        """Build and atomically write one file (runs in a worker thread)."""
+        """Build and atomically write one file (runs in a worker thread): here, or by the
+        writer process (which builds the table from the parts)."""
         started = time.perf_counter()
         buf = chunk.buffer
+        if self._process is not None:
+            if chunk.parts is None:
+                chunk.parts = buf.cols.finish()  # once: a retry sends the same parts again
+            request = {
+                "directory": str(chunk.directory),
+                "name": self._free_name(chunk.directory),
+                "schema": schema_for(chunk.record_type),
+                "encodings": _encodings(chunk.record_type),
+                "compression": self._compression,
+            }
+            final, size = self._process.write(request, chunk.parts)
+            return final, size, time.perf_counter() - started
         table = chunk.table
         if table is None:
             # Once: a retry after a disk error writes the same table again.
             table = chunk.table = to_table(chunk.record_type, buf.cols.finish())
         directory = chunk.directory
         directory.mkdir(parents=True, exist_ok=True)
-        final = directory / self._next_name()
-        while final.exists():  # a restart with the same pid in the same millisecond (pid 1 in Docker)
-            final = directory / self._next_name()
-        tmp = directory / f".{final.name}.tmp"
-        try:
-            pq.write_table(table, tmp, compression=self._compression, **_encodings(chunk.record_type))
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
-        # The file is complete and in place; a failed directory fsync must not cause a rewrite.
-        with contextlib.suppress(OSError):
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        final, size = write_file(
+            table, directory, self._free_name(directory), self._compression, _encodings(chunk.record_type)
+        )
         return final, size, time.perf_counter() - started
 
     def _stale_tmp(self) -> Iterator[Path]:
@@ -612,6 +629,8 @@ class ParquetWriter:
             "dropped_rows": self.dropped_rows,
             "unwritten_at_deadline": self.unwritten_at_deadline,
             "flusher_restarts": self.flusher_restarts,
+            "writer": self.settings.writer,
+            "writer_process_restarts": 0 if self._process is None else self._process.restarts,
             "rejected_rows": self.rejected_rows,
             "skipped_records": self.skipped,
             "last_write_latency_s": round(self.last_write_latency_s, 6),

@@ -81,6 +81,7 @@ def bus(bus_stats: Mapping[str, Any]) -> Iterator[Metric]:
     pq_err = _counter("ingestd_parquet_write_errors", "Failed Parquet writes")
     pq_drop = _counter("ingestd_parquet_dropped_rows", "Rows dropped after the disk failed too long")
     pq_pending = _gauge("ingestd_parquet_pending_rows", "Rows buffered, not yet in a file")
+    pq_wdied = _counter("ingestd_parquet_writer_process_restarts", "Parquet writer processes that died")
     for name, c in (bus_stats.get("consumers") or {}).items():
         depth.add_metric([name], c.get("depth", 0))
         size.add_metric([name], c.get("maxsize", 0))
@@ -102,8 +103,9 @@ def bus(bus_stats: Mapping[str, Any]) -> Iterator[Metric]:
             pq_err.add_metric([], c.get("write_errors", 0))
             pq_drop.add_metric([], c.get("dropped_rows", 0))
             pq_pending.add_metric([], c.get("pending_rows", 0))
+            pq_wdied.add_metric([], c.get("writer_process_restarts", 0))
     yield from (published, depth, size, high, drops, blocked, cerr, hook_calls, hook_err, hook_to, hook_lat)
-    yield from (pq_files, pq_rows, pq_bytes, pq_err, pq_drop, pq_pending)
+    yield from (pq_files, pq_rows, pq_bytes, pq_err, pq_drop, pq_pending, pq_wdied)
 
 
 def rest(rest_stats: Mapping[str, Any], snaps: Mapping[str, Any]) -> Iterator[Metric]:
