@@ -335,13 +335,7 @@ class BookSync:
             return NOTHING
         last = self._last_good
         self._reset_from, self._reset_ts = last, since
-        self._discard()
-        self._buffer.clear()
-        self.buffered_levels = 0
-        self.state = SyncState.BUFFERING
-        self.awaiting_snapshot = True
-        self._gap_open = True
-        self._overflowed = False
+        self._start_over()
         return SyncResult(need_snapshot=True, urgent=True, gap=GapInfo(kind, reason, last))
 
     def shed(self, reason: str) -> SyncResult:
@@ -352,6 +346,13 @@ class BookSync:
         need = self.state is not SyncState.BUFFERING
         last = self._last_good
         self.shed_dropped += len(self._buffer)
+        self._start_over()
+        return SyncResult(need_snapshot=need, urgent=True, gap=GapInfo(GapKind.MEMORY_BOUND, reason, last))
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _start_over(self) -> None:
+        """Drop the book and every buffered diff; buffer again, a gap open, waiting for a snapshot."""
         self._discard()
         self._buffer.clear()
         self.buffered_levels = 0
@@ -359,9 +360,6 @@ class BookSync:
         self.awaiting_snapshot = True
         self._gap_open = True
         self._overflowed = False
-        return SyncResult(need_snapshot=need, urgent=True, gap=GapInfo(GapKind.MEMORY_BOUND, reason, last))
-
-    # -- internals --------------------------------------------------------------------------
 
     def _apply_synced(self, diff: DepthDiff) -> SyncResult:
         book = self.book
